@@ -100,13 +100,15 @@ def build_prompts(
     labels: object = None,
     box_xyxy: object = None,
     mask_input: object = None,
+    uniform_scale: bool = False,
 ) -> DecoderPrompts:
     """Validate prompts in the original frame and convert them to decoder arrays.
 
     ``points_xy`` ``(N, 2)`` or ``(B, N, 2)``; ``labels`` ``(N,)``/``(B, N)`` of 1/0 (default 1);
     ``box_xyxy`` ``(4,)`` or ``(B, 4)``; ``mask_input`` low-res logits ``(256, 256)`` or
     ``(B, 1, 256, 256)``. Points and a box combine per prompt; a single point set or box is
-    broadcast over the other's batch.
+    broadcast over the other's batch. ``uniform_scale`` maps coordinates with one ratio for both
+    axes (LiteMedSAM's recipe) instead of SAM's per-axis ratios.
     """
     if points_xy is None and box_xyxy is None:
         if mask_input is not None:
@@ -118,12 +120,12 @@ def build_prompts(
     batch = 1
     if points_xy is not None:
         pts, lab = _points(points_xy, labels, original_hw)
-        parts_xy.append(points_to_input(pts, original_hw, input_hw))
+        parts_xy.append(points_to_input(pts, original_hw, input_hw, uniform_scale))
         parts_lab.append(lab)
         batch = pts.shape[0]
     if box_xyxy is not None:
         box = _boxes(box_xyxy, original_hw)
-        corners = boxes_to_input(box, original_hw, input_hw).reshape(-1, 2, 2)
+        corners = boxes_to_input(box, original_hw, input_hw, uniform_scale).reshape(-1, 2, 2)
         parts_xy.append(corners)
         parts_lab.append(np.tile(np.array([[LABEL_BOX_TL, LABEL_BOX_BR]], np.float32), (box.shape[0], 1)))
     else:

@@ -82,20 +82,31 @@ def preprocess(image: np.ndarray, long_side: int, pixel_norm: PixelNorm) -> tupl
     return out, (h, w)
 
 
-def scale_xy(original_hw: tuple[int, int], input_hw: tuple[int, int]) -> np.ndarray:
-    """Per-axis factors ``(sx, sy)`` from the original frame to the input frame."""
+def scale_xy(original_hw: tuple[int, int], input_hw: tuple[int, int], uniform: bool = False) -> np.ndarray:
+    """Factors ``(sx, sy)`` from the original frame to the input frame.
+
+    Per axis (``input/original`` for each side, as segment-anything's ``ResizeLongestSide``), or
+    ``uniform``: one ratio ``S / max(H, W)`` for both axes, as LiteMedSAM's inference recipe.
+    """
+    if uniform:
+        r = max(input_hw) / max(original_hw)
+        return np.array([r, r], dtype=np.float32)
     return np.array([input_hw[1] / original_hw[1], input_hw[0] / original_hw[0]], dtype=np.float32)
 
 
-def points_to_input(points_xy: np.ndarray, original_hw: tuple[int, int], input_hw: tuple[int, int]) -> np.ndarray:
+def points_to_input(
+    points_xy: np.ndarray, original_hw: tuple[int, int], input_hw: tuple[int, int], uniform: bool = False
+) -> np.ndarray:
     """Map ``(..., 2)`` pixel coordinates from the original frame into the input frame (float32)."""
-    return np.asarray(points_xy, dtype=np.float32) * scale_xy(original_hw, input_hw)
+    return np.asarray(points_xy, dtype=np.float32) * scale_xy(original_hw, input_hw, uniform)
 
 
-def boxes_to_input(boxes_xyxy: np.ndarray, original_hw: tuple[int, int], input_hw: tuple[int, int]) -> np.ndarray:
+def boxes_to_input(
+    boxes_xyxy: np.ndarray, original_hw: tuple[int, int], input_hw: tuple[int, int], uniform: bool = False
+) -> np.ndarray:
     """Map ``(..., 4)`` boxes from the original frame into the input frame (float32)."""
     b = np.asarray(boxes_xyxy, dtype=np.float32)
-    return (b.reshape(*b.shape[:-1], 2, 2) * scale_xy(original_hw, input_hw)).reshape(b.shape)
+    return (b.reshape(*b.shape[:-1], 2, 2) * scale_xy(original_hw, input_hw, uniform)).reshape(b.shape)
 
 
 def _bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""SAM-family model definitions (ViT and TinyViT encoders, prompt encoder, mask decoder) and registry."""

@@ -1,0 +1,157 @@
+"""Model registry: names -> builders, input size, pixel normalisation, prompt kinds.
+
+A small builder registry in the style of segment-anything's ``sam_model_registry``: plain builder
+functions, one private ``_build`` that loads a checkpoint. Checkpoints are untrusted input and are
+read with ``torch.load(..., weights_only=True)`` (no arbitrary unpickling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine.models.mask_decoder import MaskDecoder
+from engine.models.prompt_encoder import PromptEncoder
+from engine.models.sam import SamModel
+from engine.models.tiny_vit import lite_medsam_encoder, mobile_sam_encoder
+from engine.models.transformer import TwoWayTransformer
+from engine.models.vit import vit_b_encoder, vit_h_encoder, vit_l_encoder
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """What a registered model is and how to feed it.
+
+    ``input_size``: side S of the square encoder input (pixels). ``pixel_norm``: "imagenet" (SAM
+    mean/std) or "minmax" (per-image [0, 1]). ``prompt_kinds``: prompts the released checkpoint
+    answers ("point", "box", "mask"); ``box_only`` models need points turned into box proposals.
+    ``uniform_scale``: prompts are mapped with one ratio ``S / max(H, W)`` (LiteMedSAM's recipe).
+    """
+
+    name: str
+    description: str
+    input_size: int
+    pixel_norm: str
+    prompt_kinds: frozenset[str]
+    encoder: Callable[[], nn.Module]
+    uniform_scale: bool = False
+
+    @property
+    def box_only(self) -> bool:
+        return "point" not in self.prompt_kinds
+
+
+_POINTS = frozenset({"point", "box", "mask"})
+
+REGISTRY: Mapping[str, ModelSpec] = {
+    s.name: s
+    for s in (
+        ModelSpec("sam_vit_b", "SAM ViT-B (Meta, 91M encoder params)", 1024, "imagenet", _POINTS, vit_b_encoder),
+        ModelSpec("sam_vit_l", "SAM ViT-L (Meta, 308M encoder params)", 1024, "imagenet", _POINTS, vit_l_encoder),
+        ModelSpec("sam_vit_h", "SAM ViT-H (Meta, 636M encoder params)", 1024, "imagenet", _POINTS, vit_h_encoder),
+        ModelSpec("mobile_sam", "MobileSAM TinyViT-5M (1024 input)", 1024, "imagenet", _POINTS, mobile_sam_encoder),
+        ModelSpec(
+            "lite_medsam",
+            "LiteMedSAM TinyViT (256 input, medical; answers boxes only)",
+            256,
+            "minmax",
+            frozenset({"box", "mask"}),
+            lite_medsam_encoder,
+            uniform_scale=True,
+        ),
+    )
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Look a model up by name; unknown names list the known ones."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(REGISTRY)}") from None
+
+
+def build_model(spec: ModelSpec | str) -> SamModel:
+    """Build a model with random weights (eval mode)."""
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    side = spec.input_size
+    model = SamModel(
+        image_encoder=spec.encoder(),
+        prompt_encoder=PromptEncoder(
+            embed_dim=256, image_embedding_size=(64, 64), input_image_size=(side, side), mask_in_chans=16
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+            transformer_dim=256,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        ),
+    )
+    return model.eval()
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used for the requested model."""
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint safely (``weights_only=True``); accepts a plain state_dict or ``{"model": ...}``."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}. "
+            "The file is corrupt, truncated, or not a PyTorch state_dict; delete it and run "
+            "`arsel weights fetch NAME` again."
+        ) from None
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state_dict of tensors (got {type(obj).__name__})")
+    return obj
+
+
+def identify(state: Mapping[str, torch.Tensor]) -> str | None:
+    """Name of the registered model a state_dict looks like, from its key layout and shapes."""
+    qkv = state.get("image_encoder.blocks.0.attn.qkv.weight")
+    if qkv is not None:
+        return {768: "sam_vit_b", 1024: "sam_vit_l", 1280: "sam_vit_h"}.get(int(qkv.shape[1]))
+    stem = state.get("image_encoder.patch_embed.seq.0.c.weight")
+    if stem is not None:
+        return "mobile_sam" if int(stem.shape[-1]) == 3 else "lite_medsam"
+    return None
+
+
+def load_model(name: str, checkpoint: Path) -> SamModel:
+    """Build ``name`` and load ``checkpoint`` with a strict key match.
+
+    Raises ``CheckpointError`` naming the model the file looks like when it is of another kind.
+    """
+    spec = get_spec(name)
+    state = read_state_dict(checkpoint)
+    looks_like = identify(state)
+    if looks_like != spec.name:
+        hint = f"it looks like a {looks_like!r} checkpoint" if looks_like else "it is not a SAM-family checkpoint"
+        raise CheckpointError(
+            f"{checkpoint} cannot be loaded as {spec.name!r}: {hint}. "
+            + (f"Use --model {looks_like}." if looks_like else "Check the file.")
+        )
+    model = build_model(spec)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"{checkpoint} does not match {spec.name!r}: {str(exc)[:300]}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{checkpoint} does not match {spec.name!r}: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]} (first five of each)"
+        )
+    return model.eval()

@@ -1,0 +1,115 @@
+"""Two-step predictor: ``set_image`` encodes once, ``predict`` decodes many prompts cheaply.
+
+Measured on 2 CPU cores, torch eager fp32 (see bench/bench_model.py for the current table).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.backends.base import Backend
+from engine.models.registry import ModelSpec, get_spec
+from engine.prompts import DecoderPrompts, build_prompts
+from engine.transforms import postprocess_logits, preprocess
+from engine.types import Embedding, Prediction
+
+
+def load_backend(spec: ModelSpec, checkpoint: Path | None = None, device: str = "cpu") -> Backend:
+    """torch backend of ``spec`` with weights resolved by ``engine.weights.resolve``."""
+    from engine.backends.torch_backend import TorchBackend
+    from engine.models.registry import load_model
+    from engine.weights import resolve
+
+    path = resolve(spec.name, checkpoint)
+    return TorchBackend(load_model(spec.name, path), spec.input_size, device=device)
+
+
+class Predictor:
+    """SAM-style predictor over any ``Backend``.
+
+    >>> p = Predictor.from_name("lite_medsam")          # doctest: +SKIP
+    >>> p.set_image(rgb)                                  # HxWx3 uint8 RGB, encodes once
+    >>> pred = p.predict(box_xyxy=[425, 600, 700, 875])   # masks (1, 1, H, W) bool
+    """
+
+    def __init__(self, backend: Backend, spec: ModelSpec) -> None:
+        self.backend = backend
+        self.spec = spec
+        self._embedding: Embedding | None = None
+
+    @classmethod
+    def from_name(cls, name: str, checkpoint: Path | None = None, device: str = "cpu") -> "Predictor":
+        spec = get_spec(name)
+        return cls(load_backend(spec, checkpoint, device), spec)
+
+    # --- encoding -------------------------------------------------------------------------
+    def set_image(self, rgb: np.ndarray, frame_index: int = 0) -> Embedding:
+        """Encode an ``HxWx3 uint8 RGB`` image; the embedding is kept for ``predict``."""
+        t0 = time.perf_counter()
+        x, input_hw = preprocess(rgb, self.spec.input_size, self.spec.pixel_norm)  # type: ignore[arg-type]
+        features = self.backend.encode(x)
+        self._embedding = Embedding(features, tuple(rgb.shape[:2]), input_hw, frame_index)
+        self.encode_ms = (time.perf_counter() - t0) * 1e3
+        return self._embedding
+
+    @property
+    def embedding(self) -> Embedding:
+        if self._embedding is None:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+        return self._embedding
+
+    def set_embedding(self, embedding: Embedding) -> None:
+        """Use an embedding computed elsewhere (e.g. by the stream engine's keyframe encoder)."""
+        if not isinstance(embedding, Embedding):
+            raise TypeError(f"expected an engine.types.Embedding, got {type(embedding).__name__}")
+        self._embedding = embedding
+
+    def reset_image(self) -> None:
+        self._embedding = None
+
+    # --- decoding -------------------------------------------------------------------------
+    def predict(
+        self,
+        points_xy: Any = None,
+        labels: Any = None,
+        box_xyxy: Any = None,
+        mask_input: Any = None,
+        multimask_output: bool = False,
+        mask_threshold: float = 0.0,
+    ) -> Prediction:
+        """Decode B prompts in one decoder call (shapes in ``engine.prompts.build_prompts``).
+
+        Returns masks ``(B, M, H, W)`` bool at the original size (M = 3 with ``multimask_output``,
+        else 1), scores ``(B, M)``, low-res logits ``(B, M, 256, 256)`` and full-size logits.
+        """
+        emb = self.embedding
+        if points_xy is not None and self.spec.box_only:
+            warnings.warn(
+                f"{self.spec.name} answers box prompts only; point prompts are ignored by its weights. "
+                "Give a box, or use the stream engine's point-to-box proposals.",
+                stacklevel=2,
+            )
+        prompts = build_prompts(
+            emb.original_hw, emb.input_hw, points_xy, labels, box_xyxy, mask_input, self.spec.uniform_scale
+        )
+        return self.decode(prompts, multimask_output, mask_threshold)
+
+    def decode(self, prompts: DecoderPrompts, multimask_output: bool, mask_threshold: float = 0.0) -> Prediction:
+        """Decode already-converted prompts (the stream engine builds them itself)."""
+        emb = self.embedding
+        t0 = time.perf_counter()
+        iou, low = self.backend.decode(
+            emb.features, prompts.point_coords, prompts.point_labels, prompts.mask_input, prompts.has_mask_input
+        )
+        t1 = time.perf_counter()
+        sel = slice(1, None) if multimask_output else slice(0, 1)
+        iou, low = np.ascontiguousarray(iou[:, sel]), np.ascontiguousarray(low[:, sel])
+        logits = postprocess_logits(low, emb.input_hw, emb.original_hw, self.spec.input_size)
+        t2 = time.perf_counter()
+        timings = {"decode_ms": (t1 - t0) * 1e3, "postprocess_ms": (t2 - t1) * 1e3}
+        return Prediction(logits > mask_threshold, iou.astype(np.float32), low, logits, timings)
