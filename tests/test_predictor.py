@@ -103,7 +103,8 @@ def test_batched_prompts_equal_single_calls(mobile_pair) -> None:  # noqa: ANN00
 @pytest.fixture(scope="module")
 def medsam_pair():  # noqa: ANN201
     ckpt = medsam_checkpoint()
-    return Predictor.from_name("lite_medsam", ckpt), LiteMedSamRecipe(ckpt)
+    ours = Predictor(TorchBackend(load_model("lite_medsam", ckpt), 256), get_spec("lite_medsam"))
+    return ours, LiteMedSamRecipe(ckpt)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

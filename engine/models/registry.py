@@ -107,8 +107,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
+        first_line = (str(exc).splitlines() or [""])[0][:200]
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}. "
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {first_line}. "
             "The file is corrupt, truncated, or not a PyTorch state_dict; delete it and run "
             "`arsel weights fetch NAME` again."
         ) from None
