@@ -1,0 +1,113 @@
+"""Latency of lifting one 640x480 selection: cloud + outlier removal + DBSCAN + oriented box.
+
+Usage: python bench/bench_lift.py [--repeats 20] [--threads 2]
+
+Cases: a raycast box filling a large part of a 640x480 RealSense-like frame (noisy depth with
+flying pixels and holes), and a real slambook2 Kinect frame with a 200x150 rectangle selection.
+Each number is the median of ``--repeats`` runs after two warm-ups. ``full-res`` runs the same
+pipeline without organised downsampling (``max_points`` = every pixel): Open3D's statistical
+outlier removal and DBSCAN on all points, the straightforward implementation.
+Target: <= 10 ms per lift on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.lift import lift  # noqa: E402
+from engine.types import CameraIntrinsics  # noqa: E402
+
+INTR = CameraIntrinsics(640, 480, 600.0, 600.0, 319.5, 239.5, 0.001)
+DATA = Path(os.environ.get("ARSEL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def median_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """(median, min) wall time in ms of ``repeats`` calls after two warm-ups."""
+    fn()
+    fn()  # warm-up (Open3D allocates its thread pool on first use)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), min(times)
+
+
+def raycast_box_frame(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(mask HxW bool, depth_raw HxW uint16 mm): a 20x12x8 cm box about 0.45 m away, on a floor."""
+    import open3d as o3d
+
+    scene = o3d.t.geometry.RaycastingScene()
+    size = np.array([0.20, 0.12, 0.08])
+    box = o3d.geometry.TriangleMesh.create_box(*size).translate((-0.10, -0.06, 0.0))
+    floor = o3d.geometry.TriangleMesh.create_box(3, 3, 0.01).translate((-1.5, -1.5, -0.01))
+    box_id = scene.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(box))
+    scene.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(floor))
+    eye, target = np.array([0.30, -0.25, 0.28]), np.array([0.0, 0.0, 0.04])
+    fwd = (target - eye) / np.linalg.norm(target - eye)
+    right = np.cross(fwd, [0, 0, 1.0])
+    right /= np.linalg.norm(right)
+    rot = np.stack([right, np.cross(fwd, right), fwd], axis=1)
+    v, u = np.mgrid[0:480, 0:640].astype(np.float64)
+    rays_cam = np.stack([(u - INTR.cx) / INTR.fx, (v - INTR.cy) / INTR.fy, np.ones_like(u)], axis=-1)
+    rays = np.concatenate([np.broadcast_to(eye, rays_cam.shape), rays_cam @ rot.T], axis=-1)
+    ans = scene.cast_rays(o3d.core.Tensor(rays.astype(np.float32)))
+    z = np.nan_to_num(ans["t_hit"].numpy().astype(np.float64), posinf=0.0)
+    rng = np.random.default_rng(seed)
+    z_noisy = z + rng.normal(size=z.shape) * 0.001 * z**2
+    z_noisy[rng.random(z.shape) < 0.03] = 0
+    return ans["geometry_ids"].numpy() == box_id, np.round(z_noisy * 1000).astype(np.uint16)
+
+
+def real_frame() -> tuple[np.ndarray, np.ndarray, CameraIntrinsics] | None:
+    import cv2
+
+    path = DATA / "slambook2_rgbd" / "depth" / "1.pgm"
+    if not path.is_file():
+        return None
+    depth = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    mask = np.zeros(depth.shape, bool)
+    mask[300:450, 400:600] = True  # table edge and chair in front of the floor
+    return mask, depth, CameraIntrinsics(640, 480, 518.0, 519.0, 325.5, 253.5, 0.001)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2, help="OpenMP threads for Open3D")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+
+    cases = [("raycast box", *raycast_box_frame(), INTR)]
+    real = real_frame()
+    if real is not None:
+        cases.append(("slambook2 200x150", *real))
+    load = os.getloadavg()[0]
+    print(
+        f"lift, 640x480 frame, median of {args.repeats} runs, {os.environ['OMP_NUM_THREADS']} threads, "
+        f"{os.cpu_count()} cores, load average {load:.1f} (numbers inflate when load > cores)"
+    )
+    for name, mask, depth, intr in cases:
+        stage_runs: list[dict[str, float]] = []
+        res = lift(mask, depth, intr)
+        fast, fast_min = median_ms(lambda: stage_runs.append(lift(mask, depth, intr).timings_ms), args.repeats)
+        full, _ = median_ms(lambda: lift(mask, depth, intr, max_points=10**7), max(3, args.repeats // 5))
+        stages = ", ".join(f"{k} {statistics.median(r[k] for r in stage_runs):.2f}" for k in res.timings_ms)
+        print(
+            f"  {name:18s} mask {int(mask.sum()):6d} px -> {res.num_points:6d} pts  lift {fast:6.2f} ms "
+            f"(min {fast_min:5.2f})   full-res {full:7.1f} ms ({full / fast:4.1f}x)   [median ms: {stages}]"
+        )
+
+
+if __name__ == "__main__":
+    main()

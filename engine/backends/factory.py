@@ -1,0 +1,125 @@
+"""``create_backend``: one call from a runtime name and a model name to a ready ``Backend``.
+
+``onnxruntime`` and ``tensorrt`` backends need exported files; they are made on first use in a
+cache folder keyed by the model name and the checkpoint's sha256, so a new checkpoint never runs
+with a stale graph. Runtimes are imported only when chosen.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Literal
+
+from engine.backends.base import Backend
+
+BackendName = Literal["torch", "onnxruntime", "tensorrt", "auto"]
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "auto")
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/arsel`` (``~/.cache/arsel``): exported ONNX and TensorRT engines live under it."""
+    from engine.weights import user_cache_dir
+
+    return user_cache_dir().parent
+
+
+def checkpoint_sha256(path: Path, cache_dir: Path) -> str:
+    """sha256 of a checkpoint, memoised in ``cache_dir/sha256.json`` by (path, size, mtime)."""
+    from engine.weights import sha256_file
+
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo_path = cache_dir / "sha256.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if key not in memo:
+        memo[key] = sha256_file(path)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(memo, indent=1))
+        tmp.replace(memo_path)
+    return str(memo[key])
+
+
+def onnx_files(model_name: str, checkpoint: Path | None, cache_dir: Path | None = None) -> tuple[Path, Path]:
+    """(encoder, decoder) ONNX of ``model_name`` with the weights of ``checkpoint``, exported if missing.
+
+    Files live in ``cache_dir/onnx/{model}-{sha256[:16]}/``; the export is checked against torch.
+    """
+    from engine.weights import resolve
+
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    ckpt = resolve(model_name, checkpoint)
+    digest = checkpoint_sha256(ckpt, cache_dir)
+    folder = cache_dir / "onnx" / f"{model_name}-{digest[:16]}"
+    encoder, decoder = folder / f"{model_name}_encoder.onnx", folder / f"{model_name}_decoder.onnx"
+    if not (encoder.is_file() and decoder.is_file() and (folder / f"{model_name}_export.json").is_file()):
+        from trt.export import export_model
+
+        export_model(model_name, folder, ckpt)
+    return encoder, decoder
+
+
+def _gpu_present() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+def resolve_auto(device: str = "cpu") -> str:
+    """The runtime ``auto`` picks: tensorrt (importable and a GPU), else onnxruntime, else torch."""
+    if importlib.util.find_spec("tensorrt") is not None and _gpu_present() and device != "cpu":
+        return "tensorrt"
+    if importlib.util.find_spec("onnxruntime") is not None:
+        return "onnxruntime"
+    return "torch"
+
+
+def create_backend(
+    name: BackendName | str,
+    model_name: str,
+    checkpoint: Path | None = None,
+    device: str = "cpu",
+    cache_dir: Path | None = None,
+) -> Backend:
+    """A ``Backend`` for ``model_name`` on runtime ``name`` ("torch", "onnxruntime", "tensorrt", "auto").
+
+    ``checkpoint``: weights file (default: ``engine.weights.resolve``). ``device``: "cpu" or
+    "cuda[:N]" (tensorrt needs CUDA; ``auto`` on "cpu" never picks tensorrt). ``cache_dir``:
+    where exported ONNX files and engines are kept (default ``default_cache_dir()``).
+    """
+    from engine.models.registry import get_spec
+
+    spec = get_spec(model_name)
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "auto":
+        name = resolve_auto(device)
+    if name == "torch":
+        from engine.backends.torch_backend import TorchBackend
+        from engine.models.registry import load_model
+        from engine.weights import resolve
+
+        return TorchBackend(load_model(model_name, resolve(model_name, checkpoint)), spec.input_size, device=device)
+    encoder, decoder = onnx_files(model_name, checkpoint, cache_dir)
+    if name == "onnxruntime":
+        from engine.backends.ort_backend import OrtBackend
+
+        return OrtBackend(encoder, decoder, spec.input_size, device=device)
+    if not device.startswith("cuda"):
+        raise ValueError(f"the tensorrt backend runs on a CUDA device, got device={device!r}; pass device='cuda'")
+    from trt.build import build_engine
+    from trt.runtime import TrtBackend
+
+    out = (Path(cache_dir) if cache_dir else default_cache_dir()) / "engines"
+    enc_engine = build_engine(encoder, out)
+    dec_engine = build_engine(decoder, out)
+    return TrtBackend(enc_engine, dec_engine, spec.input_size, device=device)

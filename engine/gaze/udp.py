@@ -1,0 +1,158 @@
+"""Live gaze over UDP: JSON lines ``{"t_ns": int, "x": px, "y": px, "conf": 0..1}``.
+
+One datagram holds one or more newline-separated JSON objects (at most :data:`MAX_PACKET_BYTES`
+bytes in all). Extra keys are ignored. Bad input never raises: it is counted in
+:attr:`UdpGazeReceiver.stats` and dropped with a warning. Kinds:
+
+- ``oversized``: a datagram longer than ``MAX_PACKET_BYTES`` (the whole datagram is dropped);
+- ``malformed``: a line that is not UTF-8 JSON, not an object, lacks a key, has a non-integer
+  ``t_ns``, non-finite ``x``/``y`` or ``conf`` outside [0, 1];
+- ``out_of_order``: a sample whose ``t_ns`` is not after the last accepted one;
+- ``socket_errors``: errors reported by the socket itself (e.g. ICMP port unreachable).
+
+``received`` counts datagrams, ``accepted`` the samples returned.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import socket
+import warnings
+from typing import Any
+
+from engine.gaze.samples import GazeSample
+
+MAX_PACKET_BYTES = 1024
+KEYS = ("t_ns", "x", "y", "conf")
+STAT_KINDS = ("received", "accepted", "malformed", "oversized", "out_of_order", "socket_errors")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def parse_gaze_json(obj: Any) -> GazeSample | str:
+    """A :class:`GazeSample` from one decoded JSON object, or the reason it is malformed."""
+    if not isinstance(obj, dict):
+        return f"expected a JSON object, got {type(obj).__name__}"
+    missing = [k for k in KEYS if k not in obj]
+    if missing:
+        return f"missing key(s) {missing}; send {{\"t_ns\":..,\"x\":..,\"y\":..,\"conf\":..}}"
+    t_ns, x, y, conf = (obj[k] for k in KEYS)
+    if not isinstance(t_ns, int) or isinstance(t_ns, bool):
+        return f"t_ns must be an integer (ns), got {t_ns!r}"
+    if not (_is_number(x) and _is_number(y) and math.isfinite(x) and math.isfinite(y)):
+        return f"x, y must be finite numbers (px), got {x!r}, {y!r}"
+    if not _is_number(conf) or not 0.0 <= conf <= 1.0:
+        return f"conf must be a number in [0, 1], got {conf!r}"
+    return GazeSample(t_ns, float(x), float(y), float(conf))
+
+
+class UdpGazeReceiver:
+    """Non-blocking UDP receiver of gaze JSON lines.
+
+    ``host`` defaults to the loopback address (a non-loopback address works but warns: anyone on
+    the network can then steer the selection); ``port=0`` lets the OS choose (see :attr:`address`).
+    :meth:`poll` reads at most ``max_packets_per_poll`` waiting datagrams and returns their valid
+    samples in arrival order. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, max_packets_per_poll: int = 1024) -> None:
+        if not 0 <= port <= 65535 or max_packets_per_poll < 1:
+            raise ValueError(
+                f"need 0 <= port <= 65535 and max_packets_per_poll >= 1, got {port}, {max_packets_per_poll}"
+            )
+        if not _is_loopback(host):
+            warnings.warn(
+                f"UdpGazeReceiver bound to {host!r}, not loopback: other machines can send gaze; "
+                "use host='127.0.0.1' unless the tracker runs elsewhere",
+                stacklevel=2,
+            )
+        self.max_packets_per_poll = max_packets_per_poll
+        self.stats: dict[str, int] = {k: 0 for k in STAT_KINDS}
+        self.last_t_ns: int | None = None
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self._sock.setblocking(False)
+            self._sock.bind((host, port))
+        except OSError as exc:
+            self._sock.close()
+            raise OSError(
+                f"cannot bind UDP gaze receiver to {host}:{port}: {exc}; pick another port (0: any free one)"
+            ) from exc
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) the socket is bound to."""
+        host, port = self._sock.getsockname()[:2]
+        return str(host), int(port)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> UdpGazeReceiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _drop(self, kind: str, detail: str) -> None:
+        self.stats[kind] += 1
+        warnings.warn(f"UdpGazeReceiver dropped a {kind.replace('_', '-')} packet: {detail}", stacklevel=3)
+
+    def poll(self) -> list[GazeSample]:
+        """Valid samples from the datagrams waiting now (never blocks, never raises on bad input)."""
+        if self._sock.fileno() < 0:
+            raise RuntimeError("UdpGazeReceiver.poll() after close(); create a new receiver")
+        out: list[GazeSample] = []
+        for _ in range(self.max_packets_per_poll):
+            try:
+                data = self._sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._drop("socket_errors", str(exc))
+                continue
+            self.stats["received"] += 1
+            if len(data) > MAX_PACKET_BYTES:
+                self._drop("oversized", f"{len(data)} bytes > {MAX_PACKET_BYTES}")
+                continue
+            out.extend(self._parse(data))
+        return out
+
+    def _parse(self, data: bytes) -> list[GazeSample]:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            self._drop("malformed", "not UTF-8")
+            return []
+        out = []
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            try:
+                parsed = parse_gaze_json(json.loads(line))
+            except (ValueError, RecursionError) as exc:
+                self._drop("malformed", f"not JSON ({exc})")
+                continue
+            if isinstance(parsed, str):
+                self._drop("malformed", parsed)
+                continue
+            if self.last_t_ns is not None and parsed.timestamp_ns <= self.last_t_ns:
+                self._drop("out_of_order", f"t_ns {parsed.timestamp_ns} not after {self.last_t_ns}")
+                continue
+            self.last_t_ns = parsed.timestamp_ns
+            self.stats["accepted"] += 1
+            out.append(parsed)
+        return out
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
