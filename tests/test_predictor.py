@@ -74,7 +74,18 @@ def test_mobile_sam_predict_parity(mobile_pair, name: str, multimask: bool) -> N
     assert np.abs(pred.low_res_logits[0] - ref_low).max() <= 1e-4
     assert np.abs(pred.scores[0] - ref_scores).max() <= 1e-4
     assert np.abs(pred.logits[0] - ref_masks).max() <= 1e-3  # full-size logits (bilinear of the above)
-    assert np.array_equal(pred.masks[0], ref_masks > 0)
+    _assert_same_masks(pred.masks[0], ref_masks)
+
+
+def _assert_same_masks(masks: np.ndarray, ref_logits: np.ndarray) -> None:
+    """Identical thresholded masks wherever the reference logit is not a near-tie (|x| > 1e-3).
+
+    Our encoder uses fused attention (embeddings differ by ~1e-6), so pixels whose logit is
+    within float noise of 0 may land on either side.
+    """
+    decided = np.abs(ref_logits) > 1e-3
+    assert np.array_equal(masks[decided], (ref_logits > 0)[decided])
+    assert np.mean(masks != (ref_logits > 0)) < 1e-4
 
 
 def test_mobile_sam_mask_input_parity(mobile_pair) -> None:  # noqa: ANN001
@@ -87,7 +98,7 @@ def test_mobile_sam_mask_input_parity(mobile_pair) -> None:  # noqa: ANN001
         mask_input=best[None], multimask_output=False, return_logits=True,
     )
     assert np.abs(pred.low_res_logits[0] - ref_low).max() <= 1e-4
-    assert np.array_equal(pred.masks[0], ref_masks > 0)
+    _assert_same_masks(pred.masks[0], ref_masks)
 
 
 def test_batched_prompts_equal_single_calls(mobile_pair) -> None:  # noqa: ANN001
