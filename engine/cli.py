@@ -1,6 +1,7 @@
 """The ``arsel`` command line.
 
-Verbs: ``models``, ``segment``, ``everything``, ``weights fetch``. Each verb's flags are the
+Verbs: ``models``, ``segment``, ``everything``, ``weights fetch``, ``export``, ``build-engine``,
+``track``. Each verb's flags are the
 contract users' scripts depend on (see the README).
 """
 
@@ -50,7 +51,8 @@ def parse_box(text: str | None) -> np.ndarray | None:
 def _predictor(args: argparse.Namespace):  # noqa: ANN202 - lazy import keeps `arsel --help` fast
     from engine.predictor import Predictor
 
-    return Predictor.from_name(args.model, Path(args.checkpoint) if args.checkpoint else None, args.device)
+    return Predictor.from_name(args.model, Path(args.checkpoint) if args.checkpoint else None, args.device,
+                               args.backend)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -146,6 +148,8 @@ def _add_model_args(p: argparse.ArgumentParser, default: str = "lite_medsam") ->
     p.add_argument("--model", default=default, help=f"registered model name (default {default}; see `arsel models`)")
     p.add_argument("--checkpoint", help="checkpoint path (default: resolved, see `arsel models`)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt", "auto"),
+                   help="runtime (default torch; onnxruntime/tensorrt export ONNX into the cache on first use)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("name")
     f.add_argument("--dir", help="destination folder (default: $ARSEL_WEIGHTS_DIR or the user cache)")
     f.set_defaults(func=cmd_weights_fetch)
+
+    from engine.stream.track_cli import add_track_parser
+    from trt.cli import add_build_engine_parser, add_export_parser
+
+    add_export_parser(sub)
+    add_build_engine_parser(sub)
+    add_track_parser(sub)
     return parser
 
 
@@ -189,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ValueError, FileNotFoundError, OSError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, OSError, RuntimeError, ImportError) as exc:
         print(f"arsel {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

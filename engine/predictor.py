@@ -19,14 +19,13 @@ from engine.transforms import postprocess_logits, preprocess
 from engine.types import Embedding, Prediction
 
 
-def load_backend(spec: ModelSpec, checkpoint: Path | None = None, device: str = "cpu") -> Backend:
-    """torch backend of ``spec`` with weights resolved by ``engine.weights.resolve``."""
-    from engine.backends.torch_backend import TorchBackend
-    from engine.models.registry import load_model
-    from engine.weights import resolve
+def load_backend(spec: ModelSpec, checkpoint: Path | None = None, device: str = "cpu",
+                 backend: str = "torch") -> Backend:
+    """Backend of ``spec`` on runtime ``backend`` (torch, onnxruntime, tensorrt, auto); weights
+    resolved by ``engine.weights.resolve``. See ``engine.backends.factory.create_backend``."""
+    from engine.backends.factory import create_backend
 
-    path = resolve(spec.name, checkpoint)
-    return TorchBackend(load_model(spec.name, path), spec.input_size, device=device)
+    return create_backend(backend, spec.name, checkpoint, device)
 
 
 class Predictor:
@@ -43,9 +42,11 @@ class Predictor:
         self._embedding: Embedding | None = None
 
     @classmethod
-    def from_name(cls, name: str, checkpoint: Path | None = None, device: str = "cpu") -> "Predictor":
+    def from_name(cls, name: str, checkpoint: Path | None = None, device: str = "cpu",
+                  backend: str = "torch") -> "Predictor":
+        """Predictor for registered model ``name`` on runtime ``backend`` (torch|onnxruntime|tensorrt|auto)."""
         spec = get_spec(name)
-        return cls(load_backend(spec, checkpoint, device), spec)
+        return cls(load_backend(spec, checkpoint, device, backend), spec)
 
     # --- encoding -------------------------------------------------------------------------
     def set_image(self, rgb: np.ndarray, frame_index: int = 0) -> Embedding:

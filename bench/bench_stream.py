@@ -1,0 +1,165 @@
+"""Stream engine benchmark: DAVIS tracking quality per keyframe setting, and throughput on 2 cores.
+
+Usage: python bench/bench_stream.py [--davis DIR] [--frames 100] [--skip-davis] [--skip-throughput]
+                                    [--json OUT.json]
+
+1. DAVIS table (LiteMedSAM, real weights, blackswan 50 frames, box of the first annotation, box
+   propagation from the previous mask +5 %): mean J for the encoder on every frame and for a
+   keyframe every 2/5/10 frames with/without motion compensation, and "auto". Encodes are shared
+   between rows (``CachingBackend``), so the stage times there are decoder-side only.
+2. Throughput: a 640x480 stream (the DAVIS frames resized, played forwards then backwards), the
+   process pinned to 2 cores, one torch thread per engine thread, keyframe every 5 frames with the
+   async encoder (and the synchronous encoder for comparison): fps with a mask every frame, p50/p95
+   frame latency (the decoder never waits for an encode). Targets: J(k5 + motion) >= 0.97 x J(every
+   frame); >= 20 fps and p95 <= 60 ms with the async encoder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.backends.torch_backend import TorchBackend  # noqa: E402
+from engine.models.registry import get_spec, load_model  # noqa: E402
+from engine.stream.engine import EngineConfig, StreamEngine  # noqa: E402
+from engine.stream.evaluate import CachingBackend, box_of, davis_annotations, evaluate_davis  # noqa: E402
+from engine.stream.events import Prompt  # noqa: E402
+from engine.stream.latency import LatencyRecorder  # noqa: E402
+from engine.stream.scheduler import KeyframePolicy  # noqa: E402
+from engine.stream.sources import ArraySource, folder_images  # noqa: E402
+from engine.types import Frame  # noqa: E402
+from engine.weights import resolve  # noqa: E402
+
+DAVIS_ROWS = (
+    ("every frame", KeyframePolicy(interval=1), "none"),
+    ("k2 + homography", KeyframePolicy(interval=2), "homography"),
+    ("k5 + homography", KeyframePolicy(interval=5), "homography"),
+    ("k5 + affine", KeyframePolicy(interval=5), "affine"),
+    ("k5, no motion", KeyframePolicy(interval=5), "none"),
+    ("k10 + homography", KeyframePolicy(interval=10), "homography"),
+    ("k10, no motion", KeyframePolicy(interval=10), "none"),
+    ("auto + homography", KeyframePolicy.parse("auto"), "homography"),
+)
+
+
+def _backend(runtime: str = "torch") -> Any:
+    """LiteMedSAM on ``runtime``, one intra-op thread (onnxruntime: no spinning)."""
+    if runtime == "onnxruntime":
+        from engine.backends.factory import onnx_files
+        from engine.backends.ort_backend import OrtBackend
+
+        enc, dec = onnx_files("lite_medsam", None)
+        return OrtBackend(enc, dec, 256, threads=1, spin=False)
+    return TorchBackend(load_model("lite_medsam", resolve("lite_medsam")), 256)
+
+
+def davis_table(folder: Path) -> list[dict[str, Any]]:
+    backend = CachingBackend(_backend())
+    spec = get_spec("lite_medsam")
+    rows = []
+    for name, policy, motion in DAVIS_ROWS:
+        t0 = time.perf_counter()
+        with StreamEngine(backend, spec, policy, motion=motion) as eng:
+            res = evaluate_davis(eng, folder)
+        st = res.latency["stages"]
+        rows.append({"config": name, "mean_j": round(res.mean_j, 4), "keyframes": len(res.keyframes),
+                     "decode_p50_ms": st["decode"]["p50_ms"], "motion_p50_ms": st["motion"]["p50_ms"],
+                     "seconds": round(time.perf_counter() - t0, 1)})
+        print(f"  {name:<18} J {res.mean_j:.4f}  keyframes {len(res.keyframes):2d}", flush=True)
+    base = rows[0]["mean_j"]
+    for r in rows:
+        r["ratio_vs_every_frame"] = round(r["mean_j"] / base, 3)
+    return rows
+
+
+def stream_640x480(folder: Path, n: int) -> list[np.ndarray]:
+    files = folder_images(folder)
+    imgs = [cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), (640, 480), interpolation=cv2.INTER_AREA)
+            for p in files]
+    order = list(range(len(imgs))) + list(range(len(imgs) - 2, 0, -1))  # ping-pong keeps motion continuous
+    return [imgs[order[i % len(order)]] for i in range(n)]
+
+
+def throughput(folder: Path, n: int, async_encoder: bool, interval: int, runtime: str,
+               reuse_px: float = 0.0) -> dict[str, Any]:
+    frames = stream_640x480(folder, n)
+    gt0 = cv2.resize(davis_annotations(folder)[0].astype(np.uint8), (640, 480), interpolation=cv2.INTER_NEAREST) > 0
+    eng = StreamEngine(_backend(runtime), get_spec("lite_medsam"), KeyframePolicy(interval=interval),
+                       motion="homography", async_encoder=async_encoder, config=EngineConfig(reuse_decode_px=reuse_px))
+    eng.add_object(Prompt.box(box_of(gt0)))
+    # warm-up: the first keyframe and one decode (allocations, lazy init), not timed
+    eng.step(Frame(0, 0, frames[0]))
+    eng.encoder.wait_idle()
+    eng.step(Frame(0, 0, frames[0]))
+    eng.latency = LatencyRecorder()
+    eng.stats.keyframes_used.clear()
+    t0 = time.perf_counter()
+    with_mask = 0
+    for res in eng.run(ArraySource(frames)):
+        with_mask += bool(res.objects) and res.status == "ok"
+    wall = time.perf_counter() - t0
+    eng.close()
+    st = eng.latency.summary()
+    mode = f"{runtime}, {'async' if async_encoder else 'sync'} k{interval}"
+    mode += f", reuse {reuse_px:g} px" if reuse_px else ""
+    return {"mode": mode, "frames": n, "fps": round(n / wall, 2),
+            "frames_with_mask": with_mask, "frame_p50_ms": st["frame"]["p50_ms"], "frame_p95_ms": st["frame"]["p95_ms"],
+            "decode_p50_ms": st["decode"]["p50_ms"], "motion_p50_ms": st["motion"]["p50_ms"],
+            "postprocess_p50_ms": st["postprocess"]["p50_ms"],
+            "encode_p50_ms": st.get("encode", {}).get("p50_ms"), "keyframes": len(eng.stats.keyframes_used),
+            "encode_requests_dropped_busy": eng.encoder.stats.dropped_busy, "decodes_reused": eng.stats.decodes_reused,
+            "embedding_age_mean": eng.latency.to_json()["embedding_age_frames"]["mean"]}
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default = Path(os.environ.get("ARSEL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--davis", type=Path, default=default / "davis_blackswan")
+    ap.add_argument("--frames", type=int, default=100, help="frames of the throughput stream")
+    ap.add_argument("--skip-davis", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime"], help="backends of the throughput rows")
+    ap.add_argument("--reuse-px", type=float, default=4.0, help="decode-reuse tolerance of the extra async row")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    args = ap.parse_args()
+    if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 2:
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:2])
+    torch.set_num_threads(1)  # one intra-op thread per engine thread (decoder, encoder worker)
+    out: dict[str, Any] = {"cores": len(os.sched_getaffinity(0)), "torch_threads": 1}
+    if not args.skip_davis:
+        print(f"DAVIS {args.davis.name} (LiteMedSAM, box propagation):", flush=True)
+        out["davis"] = davis_table(args.davis)
+        print(_table(out["davis"], ["config", "mean_j", "ratio_vs_every_frame", "keyframes", "decode_p50_ms",
+                                    "motion_p50_ms"]))
+    if not args.skip_throughput:
+        rows = [throughput(args.davis, args.frames, a, 5, rt) for rt in args.runtimes for a in (True, False)]
+        rows += [throughput(args.davis, args.frames, True, 5, rt, args.reuse_px) for rt in args.runtimes[-1:]]
+        out["throughput"] = rows
+        print(f"\nThroughput, 640x480, {out['cores']} cores, LiteMedSAM:")
+        print(_table(rows, ["mode", "fps", "frames_with_mask", "frame_p50_ms", "frame_p95_ms", "decode_p50_ms",
+                            "motion_p50_ms", "postprocess_p50_ms", "encode_p50_ms", "keyframes",
+                            "encode_requests_dropped_busy", "decodes_reused"]))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""The stream engine: frame sources, prompt sources, keyframe scheduling, tracking, latency.
+
+Modules (import them directly; this package imports nothing so ``engine.gaze`` can use
+``engine.stream.events`` without a cycle):
+
+* ``sources``: ``CameraSource``, ``VideoSource``, ``ImageFolderSource``, ``SyntheticSource``, ``open_source``
+* ``events``: ``Prompt``, ``CursorEvent``, ``SelectEvent``, ``ReleaseEvent``, ``HoverEvent``
+* ``prompt_sources``: ``CursorPrompts``, ``GazePrompts``, ``GazeReplay``
+* ``scheduler``: ``KeyframePolicy``, ``AsyncEncoder``
+* ``tracker``: ``Tracker``, ``TrackerConfig``
+* ``object_motion``: keyframe->frame motion per object (global fit as fallback), ``map_prompt``
+* ``decoding``: one prompt on the keyframe embedding, OpenCV upsampling
+* ``proposals``: point -> multi-scale box proposals for box-only checkpoints
+* ``engine``: ``StreamEngine``; ``results``: ``StepResult``, ``MaskResult``
+* ``latency``: ``LatencyRecorder``, ``draw_hud``
+* ``evaluate``: mean J on DAVIS-layout sequences, ``CachingBackend``
+* ``track_cli``: the ``arsel track`` verb
+"""

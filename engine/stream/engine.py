@@ -1,0 +1,359 @@
+"""The stream engine: keyframe encodes, per-frame decodes with motion compensation, object tracking.
+
+One ``step(frame)``: downscaled grey image -> newest finished keyframe -> keyframe->frame motion
+``H`` per object (its own corners; the global fit as fallback, see ``object_motion``) -> keyframe
+decision (a poor fit forces one) -> for every object its prompt (current-frame pixels) mapped into
+the keyframe with ``H^-1`` -> decode on the keyframe embedding -> full-size logits warped back with
+``H`` -> mask in the current frame.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+from engine.backends.base import Backend
+from engine.models.registry import ModelSpec
+from engine.predictor import Predictor
+from engine.stream.decoding import Decoded, decode_prompt
+from engine.stream.events import HoverEvent, Prompt, PromptEvent, ReleaseEvent, SelectEvent
+from engine.stream.latency import LatencyRecorder
+from engine.stream.object_motion import MotionEstimator, MotionInfo, map_prompt
+from engine.stream.proposals import ProposalConfig, decode_point_proposals
+from engine.stream.results import EngineStats, MaskResult, MaskStatus, StepResult, prompt_key
+from engine.stream.scheduler import AsyncEncoder, Keyframe, KeyframePolicy
+from engine.stream.tracker import TrackedObject, Tracker, TrackerConfig, TrackPrompt
+from engine.transforms import preprocess
+from engine.types import Embedding, Frame
+
+MotionModel = Literal["homography", "affine", "none"]
+_IDENTITY = np.eye(3, dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Engine knobs. ``motion_downscale_to``: long side (px) of the grey frames motion runs on;
+    ``frame_budget_ms``: a step slower than this counts as late; ``outside_logit``: logit given to
+    pixels warped in from outside the keyframe. ``reuse_decode_px``: when an object's prompt,
+    mapped into the keyframe, moved at most this many keyframe pixels since its last decode on the
+    same keyframe, that decode is reused (only warped by the new motion); 0 decodes every frame."""
+
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    motion_downscale_to: int = 320
+    mask_threshold: float = 0.0
+    frame_budget_ms: float = 50.0
+    outside_logit: float = -32.0
+    reuse_decode_px: float = 0.0
+
+
+class StreamEngine:
+    """Selects and tracks objects in a stream; decodes every frame on the newest keyframe embedding.
+
+    >>> eng = StreamEngine.from_name("lite_medsam", policy=KeyframePolicy(interval=5))  # doctest: +SKIP
+    >>> oid = eng.add_object(Prompt.box([100, 80, 300, 260]))
+    >>> for res in eng.run(source): mask = res.objects[0].mask     # HxW bool per frame
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        spec: ModelSpec,
+        policy: KeyframePolicy | None = None,
+        motion: MotionModel = "homography",
+        async_encoder: bool = False,
+        config: EngineConfig | None = None,
+    ) -> None:
+        if motion not in ("homography", "affine", "none"):
+            raise ValueError(f"motion must be 'homography', 'affine' or 'none', got {motion!r}")
+        self.predictor = Predictor(backend, spec)
+        self.spec = spec
+        self.policy = policy or KeyframePolicy()
+        self.motion = motion
+        self.config = config or EngineConfig()
+        self.encoder = AsyncEncoder(self._encode, asynchronous=async_encoder)
+        self.tracker = Tracker(self.config.tracker, points_supported=not spec.box_only)
+        self.motion_estimator = MotionEstimator(motion, self.config.motion_downscale_to)
+        self.latency = LatencyRecorder()
+        self.stats = EngineStats()
+        self._hover: Prompt | None = None
+        self._seen_keyframe = -1
+        self._motion_ms = 0.0
+
+    @classmethod
+    def from_name(
+        cls,
+        name: str,
+        checkpoint: Path | None = None,
+        device: str = "cpu",
+        backend: str = "torch",
+        threads: int | None = None,
+        **kwargs: Any,
+    ) -> "StreamEngine":
+        """Engine over a registered model on runtime ``backend`` (``engine.backends.factory``).
+
+        ``threads``: intra-op threads of an onnxruntime backend's sessions (spinning off, as the
+        encoder worker and the decoder share the cores); torch's are process-wide
+        (``torch.set_num_threads``), set by the caller.
+        """
+        from engine.backends.factory import create_backend, onnx_files
+        from engine.models.registry import get_spec
+
+        spec = get_spec(name)
+        if backend == "onnxruntime" and threads:
+            from engine.backends.ort_backend import OrtBackend
+
+            enc, dec = onnx_files(name, checkpoint)
+            be: Backend = OrtBackend(enc, dec, spec.input_size, threads=threads, device=device, spin=False)
+        else:
+            be = create_backend(backend, name, checkpoint, device)
+        return cls(be, spec, **kwargs)
+
+    # --- objects and events ---------------------------------------------------------------------
+    def add_object(self, prompt: Prompt, object_id: int | None = None) -> int:
+        """Track a new object from a current-frame prompt (decoded on the next ``step``); its id."""
+        return self.tracker.add(prompt, object_id)
+
+    def remove_object(self, object_id: int | None = None) -> None:
+        """Stop tracking ``object_id`` (None: all)."""
+        self.tracker.remove(object_id)
+
+    def handle(self, event: PromptEvent) -> int | None:
+        """Apply a prompt-source event; returns the id of a selected object, else None."""
+        if isinstance(event, SelectEvent):
+            if event.object_id is None or event.object_id not in self.tracker:  # released meanwhile: new
+                return self.add_object(event.prompt)
+            self.tracker.refine(event.object_id, event.prompt)
+            return event.object_id
+        if isinstance(event, ReleaseEvent):
+            self.remove_object(event.object_id)
+        elif isinstance(event, HoverEvent):
+            self._hover = event.prompt
+        else:
+            raise TypeError(f"unknown prompt event {type(event).__name__}")
+        return None
+
+    # --- the frame loop ---------------------------------------------------------------------------
+    def run(
+        self, frames: Iterable[Any], events: Callable[[Frame], Iterable[PromptEvent]] | None = None
+    ) -> Iterator[StepResult]:
+        """Step over ``frames`` (a FrameSource or any iterable), timing the wait for each frame as
+        ``capture``; ``events(frame)`` may return prompt events applied before that frame's step."""
+        for _, result in self.run_frames(frames, events):
+            yield result
+
+    def run_frames(
+        self, frames: Iterable[Any], events: Callable[[Frame], Iterable[PromptEvent]] | None = None
+    ) -> Iterator[tuple[Any, StepResult]]:
+        """As ``run``, yielding ``(frame, result)`` pairs (for drawing overlays)."""
+        it = iter(frames)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                frame = next(it)
+            except StopIteration:
+                return
+            capture_ms = (time.perf_counter() - t0) * 1e3
+            if events is not None and isinstance(frame, Frame):
+                for ev in events(frame):
+                    self.handle(ev)
+            yield frame, self.step(frame, capture_ms)
+
+    def step(self, frame: Frame, capture_ms: float | None = None) -> StepResult:
+        """Process one frame; never waits for the encoder. A non-Frame input is counted and skipped."""
+        t0 = time.perf_counter()
+        if not isinstance(frame, Frame):
+            self.stats.bad_frames += 1
+            return StepResult(-1, -1, "bad_frame", (), (0, 0))
+        self.stats.frames += 1
+        frame_hw = (int(frame.rgb.shape[0]), int(frame.rgb.shape[1]))
+        small = self.motion_estimator.small_grey(frame.rgb)
+        self._motion_ms = (time.perf_counter() - t0) * 1e3
+        kf, reason, submitted, motions, glob = self._schedule(frame, small, frame_hw)
+        timings = {"motion": self._motion_ms, "decode": 0.0, "postprocess": 0.0}
+        if capture_ms is not None:
+            timings["capture"] = capture_ms
+        if kf is None:
+            objs = tuple(self._empty(o.object_id, frame, -1, "no_embedding") for o in self.tracker.objects)
+            return self._finish(StepResult(frame.index, -1, "no_embedding", objs, frame_hw, 0, reason, submitted,
+                                           glob, None, timings), t0)
+        if kf.frame_index != self._seen_keyframe:
+            self._seen_keyframe = kf.frame_index
+            self.stats.keyframes_used.append(kf.frame_index)
+            self.latency.add("encode", kf.encode_ms)
+        self.predictor.set_embedding(kf.embedding)
+        ident = MotionInfo.identity()
+        results = []
+        for obj in self.tracker.objects:
+            res = self._track_object(obj, kf, motions.get(obj.object_id, ident), frame, timings)
+            if res.status == "ok" and (submitted or frame.index == kf.frame_index):
+                obj.remember_region(frame.index, self.motion_estimator.small_mask(res.mask), kf.frame_index)
+            results.append(res)
+        hover = None
+        if self._hover is not None:
+            tp = TrackPrompt(self._hover, None, "user")
+            hover = self._decode_prompt(tp, None, kf, glob or ident, frame, timings)[0]
+        age = frame.index - kf.frame_index
+        self.latency.add_age(age)
+        return self._finish(StepResult(frame.index, kf.frame_index, "ok", tuple(results), frame_hw, age, reason,
+                                       submitted, glob, hover, timings), t0)
+
+    def _finish(self, result: StepResult, t0: float) -> StepResult:
+        frame_ms = (time.perf_counter() - t0) * 1e3
+        result.timings_ms["frame"] = frame_ms
+        self.latency.add_many(result.timings_ms)
+        self.latency.tick()
+        self.stats.late_frames += frame_ms > self.config.frame_budget_ms
+        return result
+
+    def _schedule(
+        self, frame: Frame, small: np.ndarray, frame_hw: tuple[int, int]
+    ) -> tuple[Keyframe | None, str | None, bool, dict[int, MotionInfo], MotionInfo | None]:
+        """Pick the keyframe to decode on, fit its motion to ``frame``, request a new keyframe if due.
+
+        Returns (keyframe, reason, submitted, per-object motion, global motion or None)."""
+        kf = self.encoder.latest()
+        reason = None
+        if kf is None:
+            reason = "first"
+        elif kf.frame_hw != frame_hw:
+            reason, kf = "resize", None
+        since = 0 if kf is None else frame.index - kf.frame_index
+        if reason is None and self.policy.mode == "interval":
+            reason = self.policy.reason(since)
+        motions: dict[int, MotionInfo] = {}
+        glob = None
+        if kf is not None and since != 0 and (reason is None or self.encoder.asynchronous):
+            t0 = time.perf_counter()
+            motions, glob = self._motions(kf, small, frame_hw)
+            self._motion_ms += (time.perf_counter() - t0) * 1e3
+            fits = list(motions.values()) or ([glob] if glob is not None else [])
+            if reason is None and fits:
+                reason = self.policy.reason(
+                    since, max(m.corner_px for m in fits), min(m.inlier_ratio for m in fits),
+                    all(m.ok for m in fits), self.tracker.score_drop(kf.frame_index))
+        submitted = False
+        if reason is not None:
+            self.stats.keyframe_requests += 1
+            submitted = self.encoder.submit(frame, small)
+            if not self.encoder.asynchronous:
+                kf, motions, glob = self.encoder.latest(), {}, None
+        return kf, reason, submitted, motions, glob
+
+    def _motions(
+        self, kf: Keyframe, small: np.ndarray, frame_hw: tuple[int, int]
+    ) -> tuple[dict[int, MotionInfo], MotionInfo | None]:
+        """Each object's keyframe->frame fit (from its keyframe mask), the global fit as fallback."""
+        est = self.motion_estimator
+        glob: MotionInfo | None = None
+        out: dict[int, MotionInfo] = {}
+        for obj in self.tracker.objects:
+            if obj.status == "lost" and obj.lost_on_keyframe == kf.frame_index:
+                continue  # waits for the next keyframe: not decoded on this one
+            region = obj.key_regions.get(kf.frame_index)
+            fit = None if region is None else est.region_motion(kf.grey, small, region, frame_hw)
+            if fit is None:
+                glob = glob or est.global_motion(kf.grey, small, frame_hw)
+                fit = glob
+            out[obj.object_id] = fit
+        if glob is None and (self._hover is not None or (not out and self.policy.mode == "auto")):
+            glob = est.global_motion(kf.grey, small, frame_hw)  # the hover preview / auto keyframes need it
+        return out, glob
+
+    def _encode(self, rgb: np.ndarray, frame_index: int) -> Embedding:
+        """Encoder worker body: touches the backend only (never the decoder's predictor state)."""
+        x, input_hw = preprocess(rgb, self.spec.input_size, self.spec.pixel_norm)  # type: ignore[arg-type]
+        return Embedding(self.predictor.backend.encode(x), (rgb.shape[0], rgb.shape[1]), input_hw, frame_index)
+
+    # --- per object -------------------------------------------------------------------------------
+    def _empty(self, object_id: int, frame: Frame, kf_index: int, status: MaskStatus) -> MaskResult:
+        return MaskResult(object_id, frame.index, kf_index, np.zeros(frame.rgb.shape[:2], bool), 0.0, status)
+
+    def _track_object(
+        self, obj: TrackedObject, kf: Keyframe, motion: MotionInfo, frame: Frame, timings: dict
+    ) -> MaskResult:
+        frame_hw = (int(frame.rgb.shape[0]), int(frame.rgb.shape[1]))
+        tp = self.tracker.prompt_for(obj, kf.frame_index, frame_hw)
+        if tp is None:
+            return self._empty(obj.object_id, frame, kf.frame_index, "lost")
+        result, low_res = self._decode_prompt(tp, obj, kf, motion, frame, timings)
+        t0 = time.perf_counter()
+        try:
+            if result.status != "ok":  # outside the keyframe, or no mask: try again on the next keyframe
+                self.tracker.mark_lost(obj, kf.frame_index)
+                return result
+            if self.tracker.update(obj, result.mask, result.score, low_res, kf.frame_index) != "ok":
+                return MaskResult(obj.object_id, frame.index, kf.frame_index, np.zeros(frame_hw, bool),
+                                  result.score, "lost", None, motion)
+            return MaskResult(obj.object_id, frame.index, kf.frame_index, result.mask, result.score, "ok",
+                              obj.box_xyxy, motion)
+        finally:
+            timings["postprocess"] += (time.perf_counter() - t0) * 1e3
+
+    def _decode_prompt(
+        self, tp: TrackPrompt, obj: TrackedObject | None, kf: Keyframe, motion: MotionInfo, frame: Frame,
+        timings: dict,
+    ) -> tuple[MaskResult, np.ndarray | None]:
+        """Map ``tp`` into the keyframe, decode, warp the logits back: (result, low-res logits)."""
+        t0 = time.perf_counter()
+        object_id = 0 if obj is None else obj.object_id
+        key_hw = kf.frame_hw
+        matrix = motion.matrix
+        identity = motion.source == "identity" or np.array_equal(matrix, _IDENTITY)
+        inv = _IDENTITY if identity else np.linalg.inv(matrix)
+        prompt = map_prompt(tp.prompt, inv, key_hw)
+        if prompt is None:
+            return self._empty(object_id, frame, kf.frame_index, "outside"), None
+        key = prompt_key(prompt)
+        cached = None if obj is None else obj.decode_cache
+        tol = self.config.reuse_decode_px
+        if (tol > 0 and tp.mode == "track" and cached is not None and cached[0] == kf.frame_index
+                and (tp.mask_input is None or tp.mask_input is cached[2].low_res) and cached[1].shape == key.shape
+                and float(np.max(np.abs(cached[1] - key))) <= tol):
+            dec = cached[2]  # same keyframe, (almost) the same prompt there: the same answer
+            self.stats.decodes_reused += 1
+        else:
+            dec = self._decode(prompt, tp.mask_input, tp.mode == "user")
+            if obj is not None:
+                obj.decode_cache = None if dec is None else (kf.frame_index, key, dec)
+        t1 = time.perf_counter()
+        upsample_ms = 0.0 if dec is None else dec.upsample_ms
+        timings["decode"] += (t1 - t0) * 1e3 - upsample_ms  # prompt mapping + decoder
+        timings["postprocess"] += upsample_ms
+        if dec is None:
+            return self._empty(object_id, frame, kf.frame_index, "lost"), None
+        logits = dec.logits
+        if not identity:
+            h, w = frame.rgb.shape[:2]
+            logits = cv2.warpPerspective(logits, matrix, (w, h), flags=cv2.INTER_LINEAR,
+                                         borderMode=cv2.BORDER_CONSTANT, borderValue=self.config.outside_logit)
+        mask = logits > self.config.mask_threshold
+        timings["postprocess"] += (time.perf_counter() - t1) * 1e3  # warp back + threshold
+        return MaskResult(object_id, frame.index, kf.frame_index, mask, dec.score, "ok"), dec.low_res
+
+    def _decode(self, prompt: Prompt, mask_input: np.ndarray | None, first: bool) -> Decoded | None:
+        """Decode one keyframe-frame prompt; None when a point on a box-only model finds nothing."""
+        cfg = self.config
+        if self.spec.box_only and prompt.box_xyxy is None:
+            points: np.ndarray = prompt.points_xy  # type: ignore[assignment]
+            prop = decode_point_proposals(self.predictor, points, prompt.labels, cfg.proposals, cfg.mask_threshold)
+            return prop.decoded
+        single_point = prompt.points_xy is not None and len(prompt.points_xy) == 1
+        multimask = first and prompt.box_xyxy is None and single_point and not self.spec.box_only
+        return decode_prompt(self.predictor, prompt, mask_input, multimask)
+
+    def close(self) -> None:
+        """Stop the encoder worker."""
+        self.encoder.close()
+
+    def __enter__(self) -> "StreamEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,120 @@
+"""Per-stage latency of the stream (p50/p95), fps, embedding age, JSON export and an on-frame HUD.
+
+Stages of one frame, as stamped by ``StreamEngine.step``: ``capture`` (waiting for the source),
+``motion`` (keyframe->frame homography), ``decode`` (prompt mapping + mask decoder), ``postprocess``
+(upsampling, warping back, bookkeeping) and ``frame`` (the whole step). ``encode`` is recorded
+separately, per finished keyframe, with the embedding age (frames between the keyframe and the
+frame decoded on it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import cv2
+import numpy as np
+
+FRAME_STAGES = ("capture", "motion", "decode", "postprocess", "frame")
+
+
+def percentile_ms(values: Iterable[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of ``values`` (ms), NaN when empty."""
+    arr = np.fromiter(values, dtype=np.float64)
+    return float(np.percentile(arr, q)) if arr.size else float("nan")
+
+
+class LatencyRecorder:
+    """Collects stage times (ms) over a sliding window of ``window`` samples per stage.
+
+    >>> rec = LatencyRecorder()
+    >>> rec.add("decode", 12.5); rec.tick()   # one sample, one frame finished
+    """
+
+    def __init__(self, window: int = 10_000) -> None:
+        self.window = window
+        self._stages: dict[str, deque[float]] = {}
+        self._ages: deque[int] = deque(maxlen=window)
+        self._ticks_ns: deque[int] = deque(maxlen=window)
+        self.frames = 0
+
+    def add(self, stage: str, ms: float) -> None:
+        """Record one sample of ``stage`` (milliseconds)."""
+        self._stages.setdefault(stage, deque(maxlen=self.window)).append(float(ms))
+
+    def add_many(self, timings_ms: Mapping[str, float]) -> None:
+        for stage, ms in timings_ms.items():
+            self.add(stage, ms)
+
+    def add_age(self, embedding_age_frames: int) -> None:
+        """Frames between the keyframe decoded on and the current frame."""
+        self._ages.append(int(embedding_age_frames))
+
+    def tick(self, now_ns: int | None = None) -> None:
+        """One frame finished (for fps)."""
+        self._ticks_ns.append(time.monotonic_ns() if now_ns is None else now_ns)
+        self.frames += 1
+
+    def fps(self, last: int | None = None) -> float:
+        """Frames per second over the last ``last`` frames (all in the window by default)."""
+        ticks = list(self._ticks_ns)[-(last + 1):] if last else list(self._ticks_ns)
+        if len(ticks) < 2 or ticks[-1] == ticks[0]:
+            return float("nan")
+        return (len(ticks) - 1) * 1e9 / (ticks[-1] - ticks[0])
+
+    def stage(self, name: str) -> list[float]:
+        return list(self._stages.get(name, ()))
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """``{stage: {"p50_ms", "p95_ms", "mean_ms", "n"}}`` for every recorded stage."""
+        out = {}
+        for name, vals in self._stages.items():
+            out[name] = {
+                "p50_ms": round(percentile_ms(vals, 50), 3),
+                "p95_ms": round(percentile_ms(vals, 95), 3),
+                "mean_ms": round(float(np.mean(vals)), 3) if vals else float("nan"),
+                "n": len(vals),
+            }
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict: fps, frames, per-stage p50/p95 and embedding age."""
+        ages = list(self._ages)
+        return {
+            "fps": round(self.fps(), 3),
+            "frames": self.frames,
+            "stages": self.summary(),
+            "embedding_age_frames": {
+                "mean": round(float(np.mean(ages)), 3) if ages else None,
+                "max": max(ages) if ages else None,
+            },
+        }
+
+    def hud_lines(self) -> list[str]:
+        """Short text lines for the HUD: fps and the p50/p95 of the frame stages."""
+        s = self.summary()
+        lines = [f"{self.fps(last=30):5.1f} fps"]
+        for name in ("motion", "decode", "postprocess", "frame", "encode"):
+            if name in s:
+                lines.append(f"{name:<11}{s[name]['p50_ms']:6.1f} / {s[name]['p95_ms']:6.1f} ms")
+        if self._ages:
+            lines.append(f"emb. age   {self._ages[-1]:3d} frames")
+        return lines
+
+
+def draw_hud(rgb: np.ndarray, lines: list[str], origin_xy: tuple[int, int] = (8, 8), scale: float = 0.5) -> np.ndarray:
+    """Draw ``lines`` of text on a dark box at the top-left of an ``HxWx3 uint8`` image (in place)."""
+    if not lines:
+        return rgb
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    (tw, th), _ = cv2.getTextSize(max(lines, key=len), font, scale, 1)
+    step = th + 6
+    x0, y0 = origin_xy
+    x1, y1 = min(rgb.shape[1] - 1, x0 + tw + 10), min(rgb.shape[0] - 1, y0 + step * len(lines) + 6)
+    region = rgb[y0:y1, x0:x1]
+    region[:] = (region.astype(np.uint16) * 2 // 5).astype(np.uint8)
+    for i, text in enumerate(lines):
+        cv2.putText(rgb, text, (x0 + 5, y0 + (i + 1) * step), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return rgb

@@ -1,0 +1,76 @@
+"""Result types of the stream engine: per-object ``MaskResult``, per-frame ``StepResult``, counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from engine.stream.events import Prompt
+from engine.stream.object_motion import MotionInfo
+
+MaskStatus = Literal["ok", "no_embedding", "lost", "outside"]
+
+
+@dataclass(frozen=True, slots=True)
+class MaskResult:
+    """One object in one frame. ``mask`` bool ``(H, W)`` in the current frame (all False unless
+    ``status == "ok"``); ``score`` predicted IoU; ``box_xyxy`` float32 ``(4,)`` of the mask or None."""
+
+    object_id: int
+    frame_index: int
+    keyframe_index: int
+    mask: np.ndarray
+    score: float
+    status: MaskStatus
+    box_xyxy: np.ndarray | None = None
+    motion: MotionInfo | None = None
+
+    def __post_init__(self) -> None:
+        if self.mask.ndim != 2 or self.mask.dtype != np.bool_:
+            raise ValueError(f"MaskResult.mask must be bool (H, W), got {self.mask.dtype} {self.mask.shape}")
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """Result of ``StreamEngine.step``. ``status``: "ok", "no_embedding" (no keyframe encoded yet)
+    or "bad_frame" (the input was not a valid Frame; counted and skipped). ``timings_ms``: stages
+    ``motion``, ``decode``, ``postprocess``, ``frame`` (whole step) and ``capture`` when given."""
+
+    frame_index: int
+    keyframe_index: int
+    status: Literal["ok", "no_embedding", "bad_frame"]
+    objects: tuple[MaskResult, ...]
+    frame_hw: tuple[int, int]
+    embedding_age_frames: int = 0
+    keyframe_reason: str | None = None
+    keyframe_submitted: bool = False
+    motion: MotionInfo | None = None  # global (camera) fit, when it was computed
+    hover: MaskResult | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def id_map(self) -> np.ndarray:
+        """``(H, W) uint8``: each object's id where its mask is (later ids win overlaps), else 0."""
+        out = np.zeros(self.frame_hw, np.uint8)
+        for r in self.objects:
+            out[r.mask] = r.object_id
+        return out
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters (mutable): frames stepped, bad inputs skipped, steps over budget, keyframes."""
+
+    frames: int = 0
+    bad_frames: int = 0
+    late_frames: int = 0
+    keyframe_requests: int = 0
+    keyframes_used: list[int] = field(default_factory=list)
+    decodes_reused: int = 0
+
+
+def prompt_key(prompt: Prompt) -> np.ndarray:
+    """A prompt's coordinates and labels as one float vector (for the decode cache)."""
+    parts = [a.reshape(-1) for a in (prompt.box_xyxy, prompt.points_xy, prompt.labels) if a is not None]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)

@@ -1,0 +1,315 @@
+"""Frame sources: camera, video file, image folder (DAVIS layout), synthetic homography sequence.
+
+Every source is an iterator of ``engine.types.Frame`` (``rgb`` HxWx3 uint8 RGB, ``timestamp_ns``
+monotonic) with ``.stats`` counting what happened to every input frame, so none is lost silently:
+
+* ``delivered``: frames handed to the consumer;
+* ``dropped``: frames the source knows it skipped (real-time pacing fell behind, camera gaps);
+* ``late``: frames delivered more than half a frame period behind their schedule;
+* ``bad``: frames read but unusable (decode failure, ``None``, wrong shape or dtype), skipped.
+
+Frame indices are input positions, so a skipped frame leaves a gap in ``Frame.index``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+
+from engine.types import Frame
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be opened or stopped delivering frames."""
+
+
+@dataclass(slots=True)
+class SourceStats:
+    """Counters of one source (mutable; read them at any time, ``to_dict`` for JSON)."""
+
+    delivered: int = 0
+    dropped: int = 0
+    late: int = 0
+    bad: int = 0
+    failed_reads: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    """An iterable of ``Frame`` with counters; ``close`` releases the device/file."""
+
+    stats: SourceStats
+
+    def __iter__(self) -> Iterator[Frame]: ...
+
+    def close(self) -> None: ...
+
+
+class _Source:
+    """Shared bookkeeping: frame validation, stats, context manager."""
+
+    fps: float = 30.0
+
+    def __init__(self) -> None:
+        self.stats = SourceStats()
+
+    def _frame(self, index: int, timestamp_ns: int, image: Any, bgr: bool) -> Frame | None:
+        """Validate one decoded image into a Frame; a bad one is counted and ``None`` returned."""
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            self.stats.bad += 1
+            return None
+        rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if bgr else np.ascontiguousarray(image)
+        self.stats.delivered += 1
+        return Frame(index, int(timestamp_ns), rgb)
+
+    def close(self) -> None:
+        """Release the underlying device or file (idempotent)."""
+
+    def __enter__(self) -> "_Source":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ArraySource(_Source):
+    """Frames from in-memory ``HxWx3 uint8 RGB`` arrays; ``None`` or malformed items count as ``bad``."""
+
+    def __init__(self, images: Iterable[Any], fps: float = 30.0) -> None:
+        super().__init__()
+        self._images = images
+        self.fps = fps
+
+    def __iter__(self) -> Iterator[Frame]:
+        period_ns = int(1e9 / self.fps)
+        for i, img in enumerate(self._images):
+            frame = self._frame(i, i * period_ns, img, bgr=False)
+            if frame is not None:
+                yield frame
+
+
+class _CaptureSource(_Source):
+    """Shared loop over ``cv2.VideoCapture`` with a limit on consecutive failed reads."""
+
+    _camera = False  # cameras stamp frames with the clock; files with index / fps
+
+    def __init__(self, cap: cv2.VideoCapture, what: str, max_failed_reads: int, realtime: bool) -> None:
+        super().__init__()
+        if max_failed_reads < 1:
+            raise ValueError(f"max_failed_reads must be >= 1, got {max_failed_reads}")
+        self._cap = cap
+        self._what = what
+        self.max_failed_reads = max_failed_reads
+        self.realtime = realtime
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.fps = fps if 1.0 <= fps <= 1000.0 else 30.0
+        self.frame_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+
+    def _end_of_stream(self, index: int) -> bool:
+        return False
+
+    def __iter__(self) -> Iterator[Frame]:
+        period_ns = int(1e9 / self.fps)
+        t0 = time.monotonic_ns()
+        index, failed = 0, 0
+        try:
+            while self._cap.isOpened():
+                if self.realtime:  # skip frames whose slot has passed (the consumer fell behind)
+                    behind = (time.monotonic_ns() - t0) // period_ns - index
+                    for _ in range(max(0, int(behind))):
+                        if not self._cap.grab():
+                            break
+                        index += 1
+                        self.stats.dropped += 1
+                ok, bgr = self._cap.read()
+                if not ok or bgr is None:
+                    if self._end_of_stream(index):
+                        return
+                    failed += 1
+                    self.stats.failed_reads += 1
+                    if failed >= self.max_failed_reads and not self._camera:
+                        warnings.warn(f"{self._what} ended at frame {index} after {failed} failed reads; its header "
+                                      f"announced {self.frame_count} frames", stacklevel=2)
+                        return
+                    if failed >= self.max_failed_reads:
+                        raise SourceError(
+                            f"{self._what} stopped delivering frames: {failed} consecutive failed reads at frame "
+                            f"{index}. Check that the device is connected and not used by another program "
+                            "(or raise max_failed_reads for a slow device)."
+                        )
+                    if not self._camera:  # a frame of the file is lost: leave its index as a gap
+                        index += 1
+                        self.stats.bad += 1
+                    continue
+                failed = 0
+                now = time.monotonic_ns()
+                if self.realtime and now - (t0 + index * period_ns) > period_ns // 2:
+                    self.stats.late += 1
+                frame = self._frame(index, now if self._camera else index * period_ns, bgr, bgr=True)
+                index += 1
+                if frame is not None:
+                    yield frame
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+
+
+class CameraSource(_CaptureSource):
+    """A live camera (``cv2.VideoCapture(index)``); raises ``SourceError`` after ``max_failed_reads``
+    consecutive failed reads (camera unplugged) instead of hanging. Timestamps are monotonic ns.
+    Frames the driver dropped while the consumer was busy are estimated from timestamp gaps."""
+
+    _camera = True
+
+    def __init__(self, index: int = 0, width: int | None = None, height: int | None = None,
+                 max_failed_reads: int = 30) -> None:
+        cap = cv2.VideoCapture(index)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(
+                f"cannot open camera {index}: no such device or it is busy. Check the cable and that no other "
+                "program holds it; try another index (0, 1, ...) or give a video file/folder instead."
+            )
+        if width:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+        if height:
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+        super().__init__(cap, f"camera {index}", max_failed_reads, realtime=False)
+        self._last_ns: int | None = None
+
+    def _frame(self, index: int, timestamp_ns: int, image: Any, bgr: bool) -> Frame | None:
+        if self._last_ns is not None:
+            gap = (timestamp_ns - self._last_ns) * self.fps / 1e9  # in frame periods
+            missed = max(0, int(gap + 0.5) - 1)
+            self.stats.dropped += missed
+            self.stats.late += int(missed == 0 and gap > 1.25)
+        self._last_ns = timestamp_ns
+        return super()._frame(index, timestamp_ns, image, bgr)
+
+
+class VideoSource(_CaptureSource):
+    """A video file, every frame in order (``realtime=False``), or paced to its fps dropping frames
+    the consumer is too slow for (``realtime=True``). Timestamps are ``index / fps`` in ns."""
+
+    def __init__(self, path: str | Path, realtime: bool = False, max_failed_reads: int = 10) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"video not found: {path}")
+        cap = cv2.VideoCapture(str(path))
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"cannot open {path} as a video (unsupported codec or corrupt file); "
+                              "convert it with ffmpeg to H.264/mp4, or extract frames to a folder")
+        super().__init__(cap, f"video {path}", max_failed_reads, realtime)
+
+    def _end_of_stream(self, index: int) -> bool:
+        return self.frame_count <= 0 or index >= self.frame_count - 1
+
+
+def _natural_key(path: Path) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def folder_images(folder: str | Path) -> list[Path]:
+    """Image files of a folder (or of its ``JPEGImages/`` subfolder, DAVIS layout), natural order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder not found: {folder}")
+    if (folder / "JPEGImages").is_dir():
+        folder = folder / "JPEGImages"
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS), key=_natural_key)
+    if not files:
+        raise SourceError(f"{folder} holds no images ({', '.join(IMAGE_EXTS)}); give a folder of frames "
+                          "or a DAVIS sequence folder containing JPEGImages/")
+    return files
+
+
+class ImageFolderSource(_Source):
+    """Frames from a folder of JPEG/PNG images in natural order; unreadable files count as ``bad``."""
+
+    def __init__(self, folder: str | Path, fps: float = 30.0) -> None:
+        super().__init__()
+        self.files = folder_images(folder)
+        self.fps = fps
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __iter__(self) -> Iterator[Frame]:
+        period_ns = int(1e9 / self.fps)
+        for i, path in enumerate(self.files):
+            frame = self._frame(i, i * period_ns, cv2.imread(str(path), cv2.IMREAD_COLOR), bgr=True)
+            if frame is not None:
+                yield frame
+
+
+class SyntheticSource(_Source):
+    """A still image moved by known random homographies (``engine.motion.synthetic_homography_sequence``).
+
+    ``homographies[k]`` (3x3 float64) maps frame-0 pixels to frame-k pixels.
+    """
+
+    def __init__(self, rgb: np.ndarray, n: int = 30, seed: int = 0, fps: float = 30.0, **motion: float) -> None:
+        from engine.motion import synthetic_homography_sequence
+
+        super().__init__()
+        if n < 1:
+            raise ValueError(f"a synthetic sequence needs n >= 1 frames, got {n}")
+        frames, homs = synthetic_homography_sequence(rgb, n, seed=seed, **motion)
+        self.frames_rgb = [np.ascontiguousarray(f) for f in frames]
+        self.homographies = [np.asarray(h, np.float64) for h in homs]
+        self.fps = fps
+
+    def __len__(self) -> int:
+        return len(self.frames_rgb)
+
+    def __iter__(self) -> Iterator[Frame]:
+        period_ns = int(1e9 / self.fps)
+        for i, rgb in enumerate(self.frames_rgb):
+            frame = self._frame(i, i * period_ns, rgb, bgr=False)
+            if frame is not None:
+                yield frame
+
+
+def synthetic_base_image(hw: tuple[int, int] = (480, 640)) -> np.ndarray:
+    """The default textured RGB image of ``synthetic`` sources (scikit-image's astronaut, resized)."""
+    from engine.imageio import load_rgb
+
+    return cv2.resize(load_rgb("sample:astronaut"), (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
+
+
+def open_source(spec: str, realtime: bool = False, **kwargs: Any) -> _Source:
+    """``"0"`` -> camera 0, ``"synthetic[:N]"`` -> SyntheticSource (N frames, default 60),
+    a folder -> ImageFolderSource, a file -> VideoSource."""
+    text = str(spec).strip()
+    if text.isdigit():
+        return CameraSource(int(text), **kwargs)
+    if text == "synthetic" or text.startswith("synthetic:"):
+        count = text.partition(":")[2] or "60"
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"bad source {spec!r}: write synthetic:N with N a positive frame count")
+        return SyntheticSource(synthetic_base_image(), int(count), **kwargs)
+    path = Path(text)
+    if path.is_dir():
+        return ImageFolderSource(path, **kwargs)
+    if path.is_file():
+        return VideoSource(path, realtime=realtime, **kwargs)
+    raise FileNotFoundError(
+        f"source {spec!r} is not a camera index, 'synthetic[:N]', an existing folder of frames or a video file"
+    )
