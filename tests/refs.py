@@ -44,22 +44,31 @@ def randomize_(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
-def official_mobile_sam(seed: int = 0) -> torch.nn.Module:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from mobile_sam import sam_model_registry
-    sam = sam_model_registry["vit_t"]()
+def perturb_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Keep the default init scale, add seeded noise to the prompt encoder / mask decoder and make
+    BatchNorm statistics non-trivial; returns ``model`` in eval mode."""
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # keep default init scale but make BN stats non-trivial
-        for name, b in sam.named_buffers():
+    with torch.no_grad():
+        for name, b in model.named_buffers():
             if name.endswith("running_var"):
                 b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
             elif name.endswith("running_mean"):
                 b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
-        for name, p in sam.named_parameters():
+        for name, p in model.named_parameters():
             if name.startswith(("prompt_encoder", "mask_decoder")):
                 p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    return sam.eval()
+    return model.eval()
+
+
+def official_mobile_sam(seed: int = 0) -> torch.nn.Module:
+    """MobileSAM's own model at weights fixed by ``seed`` (default init drawn from it, then ``perturb_``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from mobile_sam import sam_model_registry
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        sam = sam_model_registry["vit_t"]()
+    return perturb_(sam, seed)
 
 
 def _lite_medsam_tinyvit() -> type:

@@ -31,7 +31,7 @@ from engine.contract import DECODER_INPUTS, DECODER_OUTPUTS
 from engine.models.registry import REGISTRY, build_model, get_spec, load_model
 from engine.models.sam import SamModel
 from engine.predictor import Predictor
-from tests.refs import medsam_checkpoint
+from tests.refs import medsam_checkpoint, perturb_
 from trt.export import (
     FP32_TOLERANCE,
     ExportError,
@@ -47,29 +47,16 @@ PROMPT_SHAPES = [(1, 1), (1, 2), (1, 5), (1, 16), (4, 5), (4, 16)]  # (B, N)
 class _StubEncoder(nn.Module):
     """Stands in for the image encoder where only the decoder is exported."""
 
+    output_size = (64, 64)  # every registered encoder's embedding grid
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
-
-
-def _perturb_(model: SamModel, seed: int) -> SamModel:
-    """Default init plus seeded noise on the prompt encoder / decoder; random BatchNorm statistics."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            if name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
-            elif name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
-        for name, p in model.named_parameters():
-            if name.startswith(("prompt_encoder", "mask_decoder")):
-                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    return model.eval()
 
 
 def _decoder_only(name: str, seed: int = 0) -> SamModel:
     spec = dataclasses.replace(get_spec(name), encoder=_StubEncoder)
     torch.manual_seed(seed)
-    return _perturb_(build_model(spec), seed)
+    return perturb_(build_model(spec), seed)
 
 
 def _run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -151,7 +138,7 @@ VIT_B_SKIP = pytest.mark.skipif(
 )
 def test_encoder_parity_random_weights(name: str, tmp_path: Path) -> None:
     torch.manual_seed(1)
-    model = _perturb_(build_model(name), seed=1)
+    model = perturb_(build_model(name), seed=1)
     spec = get_spec(name)
     path = export_encoder(model, spec, tmp_path / f"{name}_encoder.onnx")
     graph = onnx.load(str(path)).graph

@@ -6,6 +6,7 @@ import json
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,16 @@ from engine.gaze import (
 from engine.stream.events import ReleaseEvent, SelectEvent
 
 RATE_HZ = 100
+
+
+def assert_csv_error(path: Path, text: str, read: Callable[[Path], object], match: str) -> None:
+    """Write ``text`` to ``path``: ``read(path)`` must raise a ``ValueError`` matching ``match``
+    that names the file (shared with the calibration CSV tests)."""
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match) as info:
+        read(path)
+    assert str(path) in str(info.value)
+
 PERIOD_NS = 10_000_000
 
 
@@ -282,11 +293,7 @@ def test_csv_units(tmp_path: Path, text: str, frame_hw, first_xy) -> None:
     ],
 )
 def test_csv_bad_rows(tmp_path: Path, text: str, match: str) -> None:
-    path = tmp_path / "bad.csv"
-    path.write_text(text)
-    with pytest.raises(ValueError, match=match) as info:
-        read_gaze_csv(path)
-    assert str(path) in str(info.value)
+    assert_csv_error(tmp_path / "bad.csv", text, read_gaze_csv, match)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from calibration.gaze import GazeMapping, calibrate_gaze_csv, fit_gaze_mapping, read_calibration_csv
+from tests.test_gaze import assert_csv_error
 
 H_TRUE = np.array([[1.8, 0.12, 35.0], [-0.05, 1.7, 20.0], [1.0e-4, -2.0e-4, 1.0]])
 # scene = poly(tracker) on tracker pixels of a 640x480 eye-tracker space: mild barrel-like terms.
@@ -131,11 +132,7 @@ def test_calibrate_gaze_csv(tmp_path: Path) -> None:
     ],
 )
 def test_calibration_csv_bad_rows(tmp_path: Path, text: str, match: str) -> None:
-    path = tmp_path / "bad.csv"
-    path.write_text(text)
-    with pytest.raises(ValueError, match=match) as info:
-        calibrate_gaze_csv(path, tmp_path / "out.json")
-    assert str(path) in str(info.value)
+    assert_csv_error(tmp_path / "bad.csv", text, lambda path: calibrate_gaze_csv(path, tmp_path / "out.json"), match)
     assert not (tmp_path / "out.json").exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from engine.models.registry import REGISTRY, CheckpointError, build_model, get_spec, identify, load_model, read_state_dict
+from engine.models.vit import ImageEncoderViT, ViTConfig
 from tests.refs import medsam_checkpoint
 
 
@@ -25,6 +27,30 @@ def test_identify_every_architecture(name: str) -> None:
     with torch.device("meta"):
         state = build_model(name).state_dict()
     assert identify(state) == name
+
+
+def _meta_forward_hw(spec_or_name) -> tuple[tuple[int, int], tuple[int, int]]:  # noqa: ANN001
+    """(prompt encoder grid, encoder output grid) of a model built and run on the meta device."""
+    with torch.device("meta"):
+        model = build_model(spec_or_name)
+        side = model.prompt_encoder.input_image_size[0]
+        out = model.image_encoder(torch.empty(1, 3, side, side))
+    return tuple(model.prompt_encoder.image_embedding_size), tuple(out.shape[-2:])
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_prompt_grid_matches_encoder_output(name: str) -> None:
+    grid, out = _meta_forward_hw(name)  # shapes only: no compute, ViT-H included
+    assert grid == out == (64, 64)
+
+
+def test_prompt_grid_follows_another_input_size() -> None:
+    spec = dataclasses.replace(
+        get_spec("sam_vit_b"), input_size=512,
+        encoder=lambda: ImageEncoderViT(ViTConfig(embed_dim=64, depth=2, num_heads=2, global_attn_indexes=(1,),
+                                                  img_size=512)),
+    )
+    assert _meta_forward_hw(spec) == ((32, 32), (32, 32))
 
 
 def test_real_lite_medsam_loads_strictly() -> None:

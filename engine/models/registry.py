@@ -75,14 +75,28 @@ def get_spec(name: str) -> ModelSpec:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(REGISTRY)}") from None
 
 
+def _embedding_hw(encoder: nn.Module) -> tuple[int, int]:
+    """Spatial size of ``encoder``'s output embedding, from its ``output_size`` (ViT: S/16;
+    TinyViT: set by its stem and merge strides, 64 for both MobileSAM at 1024 and LiteMedSAM at 256)."""
+    size = getattr(encoder, "output_size", None)
+    if size is None:
+        raise TypeError(
+            f"image encoder {type(encoder).__name__} has no output_size (H, W); the prompt encoder "
+            "needs it to size its positional grid"
+        )
+    return (int(size[0]), int(size[1]))
+
+
 def build_model(spec: ModelSpec | str) -> SamModel:
     """Build a model with random weights (eval mode)."""
     spec = get_spec(spec) if isinstance(spec, str) else spec
     side = spec.input_size
+    encoder = spec.encoder()
     model = SamModel(
-        image_encoder=spec.encoder(),
+        image_encoder=encoder,
         prompt_encoder=PromptEncoder(
-            embed_dim=256, image_embedding_size=(64, 64), input_image_size=(side, side), mask_in_chans=16
+            embed_dim=256, image_embedding_size=_embedding_hw(encoder), input_image_size=(side, side),
+            mask_in_chans=16,
         ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.models.common import LayerNorm2d
+from engine.models.common import sam_neck
 from engine.models.vit import check_encoder_input, window_partition, window_unpartition
 
 __all__ = ["TinyViT", "TinyViTConfig", "lite_medsam_encoder", "mobile_sam_encoder"]
@@ -290,12 +290,7 @@ class TinyViT(nn.Module):
         if cfg.with_head:
             self.norm_head = nn.LayerNorm(cfg.embed_dims[-1])
             self.head = nn.Linear(cfg.embed_dims[-1], cfg.head_classes)
-        self.neck = nn.Sequential(
-            nn.Conv2d(cfg.embed_dims[-1], cfg.out_chans, kernel_size=1, bias=False),
-            LayerNorm2d(cfg.out_chans),
-            nn.Conv2d(cfg.out_chans, cfg.out_chans, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(cfg.out_chans),
-        )
+        self.neck = sam_neck(cfg.embed_dims[-1], cfg.out_chans)
 
     @property
     def output_size(self) -> tuple[int, int]:

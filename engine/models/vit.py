@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.models.common import LayerNorm2d, MLPBlock
+from engine.models.common import MLPBlock, sam_neck
 
 __all__ = [
     "ImageEncoderViT",
@@ -213,12 +213,7 @@ class ImageEncoderViT(nn.Module):
         self.blocks = nn.ModuleList(
             Block(cfg, 0 if i in cfg.global_attn_indexes else cfg.window_size) for i in range(cfg.depth)
         )
-        self.neck = nn.Sequential(
-            nn.Conv2d(cfg.embed_dim, cfg.out_chans, kernel_size=1, bias=False),
-            LayerNorm2d(cfg.out_chans),
-            nn.Conv2d(cfg.out_chans, cfg.out_chans, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(cfg.out_chans),
-        )
+        self.neck = sam_neck(cfg.embed_dim, cfg.out_chans)
 
     @property
     def output_size(self) -> tuple[int, int]:
