@@ -11,9 +11,11 @@ embedding; ``decode 1pt`` one click + pad point; ``decode 16pt`` one prompt of 1
 ``decode 4x`` four prompts (click + pad) in one batched call (ms for the whole call; per prompt
 in the last column). ``--variants`` adds ONNX Runtime with other session settings.
 
-Measured (2 AVX2 cores, shared machine with load avg ~2; see the report for the table):
-ONNX Runtime encoder 0.14-0.5x torch eager, decoder ~0.5x (43 ms per prompt). The SAM decoder is
-3.7 GFLOP per prompt, so 15 ms per prompt would need ~250 GFLOP/s, above these cores' fp32 peak.
+Decoder FLOPs per prompt (click + pad, Nt = 7 tokens): 3.7 GFLOP in the official formulation;
+~2.0 GFLOP in our graph (absorbed cross-attention, matmul upscaling; see engine/models/transformer.py)
+and ~1.65 GFLOP in OrtBackend's no-mask pair (first block's image side once per embedding). 15 ms
+per prompt on 2 AVX2 cores therefore needs ~110 GFLOP/s sustained on skinny (56-row) GEMMs.
+``--variants`` includes "ort contract only" (the public decoder graph without the no-mask pair).
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ def ort_variants(enc: Path, dec: Path, side: int, threads: int) -> dict[str, Cal
         return make
 
     return {
+        "ort contract only": lambda: OrtBackend(enc, dec, side, threads=threads, no_mask_graphs=False),
         "ort basic-opt": with_level(ort.GraphOptimizationLevel.ORT_ENABLE_BASIC),
         "ort no-spin": lambda: OrtBackend(enc, dec, side, threads=threads, spin=False),
         "ort 1 thread": lambda: OrtBackend(enc, dec, side, threads=1),

@@ -10,7 +10,6 @@ resize-longest-side to the model size ``S`` (``input_hw``, before padding); the 
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Literal
 
 import cv2
@@ -109,53 +108,46 @@ def boxes_to_input(
     return (b.reshape(*b.shape[:-1], 2, 2) * scale_xy(original_hw, input_hw, uniform)).reshape(b.shape)
 
 
-def _bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """``(n_out, n_in)`` float64 weights of 1-D bilinear resampling with half-pixel centres.
-
-    The same weights as ``F.interpolate(mode="bilinear", align_corners=False)`` (no antialias).
-    """
-    # float32 source coordinates, as torch computes them, so the weights agree to the last bit.
-    scale = np.float32(n_in) / np.float32(n_out)
-    src = np.maximum(scale * (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5), 0)
-    i0 = np.minimum(src.astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    frac = (src - i0.astype(np.float32)).astype(np.float64)
-    mat = np.zeros((n_out, n_in), dtype=np.float64)
-    rows = np.arange(n_out)
-    np.add.at(mat, (rows, i0), 1.0 - frac)
-    np.add.at(mat, (rows, i1), frac)
-    return mat
-
-
-@lru_cache(maxsize=32)
-def _upsample_matrices(
-    low_hw: tuple[int, int], long_side: int, input_hw: tuple[int, int], original_hw: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column operators of "bilinear to SxS, crop to input_hw, bilinear to original_hw".
-
-    Both steps are linear, so they compose into ``rows (H, h) @ logits (h, w) @ cols (w, W)``.
-    """
-    mats = []
-    for axis in (0, 1):
-        first = _bilinear_matrix(long_side, low_hw[axis])[: input_hw[axis]]
-        second = _bilinear_matrix(original_hw[axis], input_hw[axis])
-        mats.append((second @ first).astype(np.float32))
-    return mats[0], np.ascontiguousarray(mats[1].T)
-
-
 def postprocess_logits(
     low_res: np.ndarray, input_hw: tuple[int, int], original_hw: tuple[int, int], long_side: int
 ) -> np.ndarray:
     """Low-res logits ``(B, M, 256, 256)`` -> logits at the original size ``(B, M, H, W)`` float32.
 
     As segment-anything's ``postprocess_masks``: bilinear up to ``SxS``, crop the padding away,
-    bilinear to the original ``HxW`` (composed into two small matrix products).
+    bilinear to the original ``HxW`` (half-pixel centres, as ``F.interpolate(align_corners=False)``).
+    The crop happens before upsampling: only the low-res rows/columns that feed the ``input_hw``
+    region are resized (at the same integer scale, so the sample positions are unchanged), and both
+    resizes run in OpenCV on all masks at once (channels). Max |diff| to the torch reference ~3e-5.
     """
-    b, m = low_res.shape[:2]
-    rows, cols = _upsample_matrices(tuple(low_res.shape[2:]), long_side, tuple(input_hw), tuple(original_hw))
-    flat = np.asarray(low_res, dtype=np.float32).reshape(b * m, *low_res.shape[2:])
-    out = np.matmul(np.matmul(rows, flat), cols)
-    return out.reshape(b, m, *original_hw)
+    b, m, lh, lw = low_res.shape
+    ih, iw = input_hw
+    h, w = original_hw
+    flat = np.asarray(low_res, dtype=np.float32).reshape(b * m, lh, lw)
+    out = np.empty((b * m, h, w), np.float32)
+    for start in range(0, b * m, 512):  # cv2 images hold at most 512 channels
+        x = _upsample_cropped(flat[start : start + 512], (ih, iw), long_side)
+        x = cv2.resize(x, (w, h), interpolation=cv2.INTER_LINEAR)
+        out[start : start + 512] = x.reshape(h, w, -1).transpose(2, 0, 1)
+    return out.reshape(b, m, h, w)
+
+
+def _upsample_cropped(stack: np.ndarray, input_hw: tuple[int, int], long_side: int) -> np.ndarray:
+    """``(K, h, w)`` logits -> ``(ih, iw, K)``: rows/columns ``[:input_hw]`` of the bilinear resize to ``SxS``."""
+    k, lh, lw = stack.shape
+    sizes = []
+    for n_low, n_in in ((lh, input_hw[0]), (lw, input_hw[1])):
+        f = long_side / n_low
+        if f != int(f) or f < 1:  # not an integer upscale: resize everything, then crop
+            sizes.append(n_low)
+            continue
+        last_src = (n_in - 0.5) / f - 0.5  # source coordinate of the last output row kept
+        sizes.append(min(n_low, int(np.floor(last_src)) + 3))  # its two neighbours and a margin
+    rh, rw = sizes
+    x = np.ascontiguousarray(stack[:, :rh, :rw].transpose(1, 2, 0))
+    scale_h, scale_w = long_side / lh, long_side / lw
+    if (scale_h, scale_w) != (1.0, 1.0):
+        x = cv2.resize(x, (round(rw * scale_w), round(rh * scale_h)), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(x.reshape(x.shape[0], x.shape[1], k)[: input_hw[0], : input_hw[1]])
 
 
 def mask_to_box_xyxy(mask: np.ndarray) -> np.ndarray | None:

@@ -41,9 +41,10 @@ def test_postprocess_matches_torch_bilinear(hw: tuple[int, int], side: int) -> N
     ref = F.interpolate(ref, hw, mode="bilinear", align_corners=False).numpy()
     ours = T.postprocess_logits(low, inp, hw, side)
     assert ours.shape == (2, 3, *hw)
-    # The two resizes are composed into one operator, so rounding differs from torch's two passes
-    # by ~1e-6 relative; this random-noise input is far rougher than real logits.
-    assert np.abs(ours - ref).max() <= 1e-5 * np.abs(ref).max()
+    # OpenCV computes its bilinear weights in its own float rounding (and the crop is applied before
+    # the first resize), so values differ from torch's two passes by ~3e-5 relative on this
+    # random-noise input, which is far rougher than real logits; thresholded masks agree.
+    assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()
     assert np.mean((ours > 0) != (ref > 0)) < 1e-5
 
 

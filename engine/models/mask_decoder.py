@@ -3,6 +3,12 @@
 Always returns all ``num_multimask_outputs + 1`` tokens (index 0 single-mask output, 1.. the
 multimask outputs, as ``engine.contract``); picking a subset is ``engine.models.sam.select_masks``.
 Parameter names equal the official segment-anything ``MaskDecoder`` (strict checkpoint loading).
+
+Speed: the two stride-2 ``ConvTranspose2d`` of ``output_upscaling`` run as matrix products on
+channels-last image tokens (a 2x2 stride-2 transposed conv is a per-pixel linear map to 4 output
+pixels), and the mask tokens' hypernetwork product is taken before un-shuffling the pixels, so only
+the ``(B, 4, 256, 256)`` logits are permuted. CPU ``ConvTranspose2d`` took ~3x longer for the same
+FLOPs. A batch-broadcast dense embedding (no prompt has a mask) keeps the image side at batch 1.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from engine.models.common import LayerNorm2d
+from engine.models.common import LayerNorm2d, is_tracing
 
 
 class MLP(nn.Module):
@@ -76,13 +82,16 @@ class MaskDecoder(nn.Module):
         image_embeddings: Tensor,
         image_pe: Tensor,
         sparse_prompt_embeddings: Tensor,
-        dense_prompt_embeddings: Tensor,
+        dense_prompt_embeddings: Tensor | None,
+        image_side: tuple | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Decode every mask token.
 
         ``image_embeddings`` float ``(1 or B, C, H, W)`` (broadcast over the prompt batch),
         ``image_pe`` ``(1, C, H, W)``, ``sparse_prompt_embeddings`` ``(B, N, C)``,
         ``dense_prompt_embeddings`` ``(B, C, H, W)``.
+        ``image_side``: ``transformer.image_side(image_embeddings + no-mask dense, image_pe)`` computed
+        earlier; ``image_embeddings`` and ``dense_prompt_embeddings`` are then unused (pass None).
         Returns ``(iou_predictions (B, T), low_res_masks (B, T, 4H, 4W))`` with T = ``num_mask_tokens``
         (note: the official ``predict_masks`` returns them in the other order).
         """
@@ -90,16 +99,59 @@ class MaskDecoder(nn.Module):
         output_tokens = output_tokens.unsqueeze(0).expand(sparse_prompt_embeddings.shape[0], -1, -1)
         tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
 
-        src = image_embeddings + dense_prompt_embeddings
-        b, c, h, w = src.shape
-        hs, src = self.transformer(src, image_pe, tokens)
+        c, h, w = image_pe.shape[1:]
+        if image_side is not None:  # the no-mask image side, computed by ``transformer.image_side``
+            src = None
+        else:
+            dense = dense_prompt_embeddings
+            if not is_tracing() and image_embeddings.shape[0] == 1 and dense.shape[0] > 1 and dense.stride(0) == 0:
+                dense = dense[:1]  # the same dense embedding for every prompt: one image side for all
+            src = image_embeddings + dense
+        hs, keys = self.transformer(src, image_pe, tokens, image_side=image_side)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        if self._upscaling_is_standard():
+            masks = self._upscaled_masks(keys, hyper_in, h, w)
+        else:
+            b = keys.shape[0]
+            upscaled = self.output_upscaling(keys.transpose(1, 2).reshape(b, c, h, w))
+            b, c, h, w = upscaled.shape
+            masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
         return self.iou_prediction_head(iou_token_out), masks
+
+    def _upscaling_is_standard(self) -> bool:
+        """``output_upscaling`` is SAM's ``ConvT(2, 2) -> LayerNorm2d -> act -> ConvT(2, 2) -> act``."""
+        mods = list(self.output_upscaling)
+        if len(mods) != 5 or not isinstance(mods[1], LayerNorm2d):
+            return False
+        convs = (mods[0], mods[3])
+        return all(
+            isinstance(m, nn.ConvTranspose2d) and m.kernel_size == (2, 2) and m.stride == (2, 2)
+            and m.padding == (0, 0) and m.output_padding == (0, 0) and m.dilation == (1, 1) and m.groups == 1
+            and m.bias is not None
+            for m in convs
+        )
+
+    def _upscaled_masks(self, keys: Tensor, hyper_in: Tensor, h: int, w: int) -> Tensor:
+        """``hyper_in (B, T, C/8) @ output_upscaling(keys)`` for image tokens ``keys (B, h*w, C)`` -> ``(B, T, 4h, 4w)``.
+
+        Each 2x2 stride-2 transposed conv maps one input pixel to a 2x2 block: a matrix product to
+        ``4 * C_out`` channels, ordered (row offset, column offset, channel). Pixels stay in this
+        blocked order until the last step.
+        """
+        conv1, norm, act1, conv2, act2 = self.output_upscaling
+        b, hw, c = keys.shape
+        c1, c2 = conv1.out_channels, conv2.out_channels
+        w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)  # (C_in, (a, c, C_out))
+        w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
+        x = torch.addmm(conv1.bias.repeat(4), keys.reshape(b * hw, c), w1).reshape(b * hw * 4, c1)
+        x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+        x = act2(torch.addmm(conv2.bias.repeat(4), x, w2)).reshape(b, hw * 16, c2)
+        masks = hyper_in @ x.transpose(1, 2)  # (B, T, pixels in (i, j, a, c, d, e) order)
+        t = masks.shape[1]
+        masks = masks.reshape(b, t, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
+        return masks.reshape(b, t, 4 * h, 4 * w)  # row 4i + 2a + d, column 4j + 2c + e

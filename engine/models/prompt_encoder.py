@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.contract import LABEL_BACKGROUND, LABEL_BOX_BR, LABEL_BOX_TL, LABEL_FOREGROUND, LABEL_PAD
-from engine.models.common import LayerNorm2d
+from engine.models.common import LayerNorm2d, can_cache, is_tracing, version_key
 
 # Label code of each entry of ``PromptEncoder.point_embeddings`` (index i embeds label LABELS[i]).
 POINT_EMBEDDING_LABELS = (LABEL_BACKGROUND, LABEL_FOREGROUND, LABEL_BOX_TL, LABEL_BOX_BR)
@@ -116,10 +116,24 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
+        self._dense_pe_cache: tuple[tuple, Tensor] | None = None
 
     def get_dense_pe(self) -> Tensor:
-        """Positional encoding of the image-embedding grid: float ``(1, embed_dim, H, W)``."""
-        return self.pe_layer.dense(self.image_embedding_size).unsqueeze(0)
+        """Positional encoding of the image-embedding grid: float ``(1, embed_dim, H, W)``.
+
+        It depends only on the PE buffer, so eager inference computes it once and returns the same
+        tensor until the buffer changes (treat it as read-only); traced/autograd calls recompute it.
+        """
+        gaussian = self.pe_layer.positional_encoding_gaussian_matrix
+        if not can_cache(gaussian):
+            return self.pe_layer.dense(self.image_embedding_size).unsqueeze(0)
+        key = (*version_key(gaussian), self.image_embedding_size)
+        cached = self._dense_pe_cache
+        if cached is None or cached[0] != key:
+            with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode
+                cached = (key, self.pe_layer.dense(self.image_embedding_size).unsqueeze(0))
+            self._dense_pe_cache = cached
+        return cached[1]
 
     def embed_points(self, point_coords: Tensor, point_labels: Tensor) -> Tensor:
         """Points ``(B, N, 2)`` (input-frame pixels) and float labels ``(B, N)`` -> ``(B, N, embed_dim)``.
@@ -148,6 +162,11 @@ class PromptEncoder(nn.Module):
         """
         has = has_mask_input.reshape(-1, 1, 1, 1)
         no_mask = self.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        if not is_tracing() and not bool(has_mask_input.any()):
+            # Eager, no prompt has a mask: the blend is exactly no_mask_embed; skip the convs. A
+            # batch-broadcast view (stride 0) lets the mask decoder do the image-side work once.
+            b, (h, w) = has.shape[0], self.image_embedding_size
+            return no_mask.to(mask_input.dtype).expand(b, -1, h, w)
         return has * self.mask_downscaling(mask_input) + (1 - has) * no_mask
 
     def forward(

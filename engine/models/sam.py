@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.contract import LABEL_BACKGROUND, LABEL_BOX_BR, LABEL_BOX_TL, LABEL_FOREGROUND, LABEL_PAD
+from engine.models.common import is_tracing
 from engine.models.mask_decoder import MaskDecoder
 from engine.models.prompt_encoder import PromptEncoder
 
@@ -23,10 +24,7 @@ _VALID_LABELS = (LABEL_PAD, LABEL_BACKGROUND, LABEL_FOREGROUND, LABEL_BOX_TL, LA
 
 def _is_tracing() -> bool:
     """True under ``torch.jit.trace``, ``torch.onnx.export`` and dynamo/``torch.export`` capture."""
-    is_compiling = getattr(torch.compiler, "is_compiling", None)
-    return bool(
-        torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or (is_compiling is not None and is_compiling())
-    )
+    return is_tracing()
 
 
 def _shape_error(name: str, expected: str, tensor: Tensor, fix: str) -> ValueError:
@@ -161,6 +159,31 @@ class SamModel(nn.Module):
             image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
+        )
+
+    def decoder_image_side(self, image_embeddings: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Prompt-independent decoder work for one embedding ``(1, 256, 64, 64)`` when no prompt has a mask.
+
+        Returns ``(keys (1, HW, C), k (1, h, HW, d), v (1, h, HW, d), q_t (h, d, HW))`` for
+        ``decode_no_mask``: the image tokens plus the first block's image-side projections. Runtimes
+        without eager caching (ONNX Runtime) run it once per keyframe as a separate graph.
+        """
+        pe = self.prompt_encoder.get_dense_pe()
+        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        keys, _, (kh, vh, q_t) = self.mask_decoder.transformer.image_side(image_embeddings + no_mask, pe)
+        return keys, kh, vh, q_t
+
+    def decode_no_mask(
+        self, image_side: tuple[Tensor, Tensor, Tensor, Tensor], point_coords: Tensor, point_labels: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``forward`` for prompts without a mask (``has_mask_input`` all 0) from ``decoder_image_side``."""
+        keys, kh, vh, q_t = image_side
+        pe = self.prompt_encoder.get_dense_pe()
+        key_pe = pe.flatten(2).transpose(1, 2)
+        sparse = self.prompt_encoder.embed_points(point_coords, point_labels)
+        return self.mask_decoder(
+            image_embeddings=None, image_pe=pe, sparse_prompt_embeddings=sparse, dense_prompt_embeddings=None,
+            image_side=(keys, key_pe, (kh, vh, q_t)),
         )
 
     def decode(
