@@ -296,8 +296,18 @@ def synthetic_base_image(hw: tuple[int, int] = (480, 640)) -> np.ndarray:
 
 def open_source(spec: str, realtime: bool = False, **kwargs: Any) -> _Source:
     """``"0"`` -> camera 0, ``"synthetic[:N]"`` -> SyntheticSource (N frames, default 60),
-    a folder -> ImageFolderSource, a file -> VideoSource."""
+    ``"realsense[:SERIAL]"`` -> a live RealSense, a ``.bag``/``.db3`` file -> RealSense playback,
+    a folder -> ImageFolderSource, another file -> VideoSource."""
     text = str(spec).strip()
+    if text == "realsense" or text.startswith("realsense:"):
+        from engine.realsense import RealSenseConfig, RealSenseSource
+
+        serial = text.partition(":")[2] or None
+        return RealSenseSource(RealSenseConfig(serial=serial))  # type: ignore[return-value]
+    if text.lower().endswith((".bag", ".db3")) and Path(text).is_file():
+        from engine.realsense import RealSenseSource
+
+        return RealSenseSource(bag=text)  # type: ignore[return-value]
     if text.isdigit():
         return CameraSource(int(text), **kwargs)
     if text == "synthetic" or text.startswith("synthetic:"):
@@ -311,5 +321,6 @@ def open_source(spec: str, realtime: bool = False, **kwargs: Any) -> _Source:
     if path.is_file():
         return VideoSource(path, realtime=realtime, **kwargs)
     raise FileNotFoundError(
-        f"source {spec!r} is not a camera index, 'synthetic[:N]', an existing folder of frames or a video file"
+        f"source {spec!r} is not a camera index, 'synthetic[:N]', 'realsense[:SERIAL]', an existing folder of "
+        "frames, a RealSense .bag/.db3 recording or a video file"
     )
