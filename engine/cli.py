@@ -1,8 +1,8 @@
 """The ``arsel`` command line.
 
 Verbs: ``models``, ``segment``, ``everything``, ``weights fetch``, ``export``, ``build-engine``,
-``track``. Each verb's flags are the
-contract users' scripts depend on (see the README).
+``track``, ``lift``, ``fuse``, ``calibrate intrinsics``, ``calibrate gaze``, ``demo``. Each verb's flags
+are the contract users' scripts depend on (see the README).
 """
 
 from __future__ import annotations
@@ -114,11 +114,11 @@ def cmd_everything(args: argparse.Namespace) -> int:
     from engine.amg import AutoMaskConfig, generate_masks
     from engine.imageio import draw_overlay, load_rgb, save_mask_png, save_rgb
 
+    cfg = AutoMaskConfig(points_per_side=args.points_per_side)  # bad flags fail before the model loads
     rgb = load_rgb(args.image)
     predictor = _predictor(args)
     t0 = time.perf_counter()
     predictor.set_image(rgb)
-    cfg = AutoMaskConfig(points_per_side=args.points_per_side)
     masks = generate_masks(predictor, cfg, progress=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,12 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--dir", help="destination folder (default: $ARSEL_WEIGHTS_DIR or the user cache)")
     f.set_defaults(func=cmd_weights_fetch)
 
+    # Verbs that live beside their code; their modules import heavy libraries only when run.
+    from calibration.cli import add_calibrate_parser
+    from engine.demo.cli import add_demo_parser
+    from engine.lift.cli import add_fuse_parser, add_lift_parser
     from engine.stream.track_cli import add_track_parser
     from trt.cli import add_build_engine_parser, add_export_parser
 
-    add_export_parser(sub)
-    add_build_engine_parser(sub)
-    add_track_parser(sub)
+    for add in (add_export_parser, add_build_engine_parser, add_track_parser, add_lift_parser,
+                add_fuse_parser, add_calibrate_parser, add_demo_parser):
+        add(sub)
     return parser
 
 

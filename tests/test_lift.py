@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from engine.demo.scene import look_at, raycast, realsense_noise
 from engine.lift import (
     deproject,
     fuse_tsdf,
@@ -33,18 +34,6 @@ PRIMESENSE = CameraIntrinsics(640, 480, 525.0, 525.0, 319.5, 239.5, 0.001)
 
 
 # ---------------------------------------------------------------- synthetic scene (raycast)
-def look_at(eye: tuple[float, ...], target: tuple[float, ...]) -> np.ndarray:
-    """4x4 camera-to-world pose (x right, y down, z forward) at ``eye`` looking at ``target``, z up."""
-    eye_, fwd = np.asarray(eye, float), np.asarray(target, float) - np.asarray(eye, float)
-    fwd /= np.linalg.norm(fwd)
-    right = np.cross(fwd, [0.0, 0.0, 1.0])
-    right /= np.linalg.norm(right)
-    pose = np.eye(4)
-    pose[:3, :3] = np.stack([right, np.cross(fwd, right), fwd], axis=1)
-    pose[:3, 3] = eye_
-    return pose
-
-
 @pytest.fixture(scope="module")
 def scene() -> tuple[object, dict[str, int]]:
     """Box 20x12x8 cm (yawed 30 deg) and a 6 cm-radius sphere standing on a floor at z=0."""
@@ -63,25 +52,8 @@ def scene() -> tuple[object, dict[str, int]]:
 
 def render(rc: object, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Noise-free z-depth (HxW metres, 0 = miss) and geometry ids for a pinhole camera at ``pose``."""
-    v, u = np.mgrid[0 : INTR.height, 0 : INTR.width].astype(np.float64)
-    ray_cam = np.stack([(u - INTR.cx) / INTR.fx, (v - INTR.cy) / INTR.fy, np.ones_like(u)], axis=-1)
-    ray_w = ray_cam @ pose[:3, :3].T  # z component 1 in the camera: t_hit is the z-depth
-    rays = np.concatenate([np.broadcast_to(pose[:3, 3], ray_w.shape), ray_w], axis=-1).astype(np.float32)
-    ans = rc.cast_rays(o3d.core.Tensor(rays))
-    z = ans["t_hit"].numpy().astype(np.float64)
-    z[~np.isfinite(z)] = 0.0
-    return z, ans["geometry_ids"].numpy()
-
-
-def realsense_noise(z: np.ndarray, rng: np.random.Generator, hole_frac: float = 0.03) -> np.ndarray:
-    """uint16 mm depth: gaussian noise 1 mm at 1 m (grows with z^2), flying pixels, random holes."""
-    noisy = z + rng.normal(size=z.shape) * 0.001 * z**2
-    zf = np.where(z > 0, z, 10.0).astype(np.float32)
-    lo, hi = cv2.erode(zf, np.ones((3, 3))), cv2.dilate(zf, np.ones((3, 3)))
-    flying = (hi - lo > 0.05) & (hi < 9) & (rng.random(z.shape) < 0.5)  # mixed pixels on depth edges
-    noisy[flying] = lo[flying] + rng.random(int(flying.sum())) * (hi - lo)[flying]
-    noisy[(rng.random(z.shape) < hole_frac) | (z == 0)] = 0
-    return np.round(noisy * 1000).clip(0, 65535).astype(np.uint16)
+    hit = raycast(rc, pose, INTR)
+    return hit["z_m"], hit["geometry_ids"]
 
 
 def true_points(z: np.ndarray, mask: np.ndarray) -> np.ndarray:

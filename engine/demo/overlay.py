@@ -1,0 +1,73 @@
+"""The demo's overlay video: object masks and boxes, the gaze dot, a HUD with latency and 3D sizes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from engine.imageio import draw_overlay
+from engine.stream.latency import draw_hud
+from engine.types import Frame
+
+
+class OverlayVideo:
+    """Writes one ``HxWx3`` BGR frame per call into an mp4 (OpenCV ``mp4v``) at ``fps``."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.path, self.fps = Path(path), float(fps)
+        self.frames = 0
+        self._writer: cv2.VideoWriter | None = None
+
+    def _open(self, hw: tuple[int, int]) -> cv2.VideoWriter:
+        writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (hw[1], hw[0]))
+        if not writer.isOpened():
+            raise OSError(f"cannot write {self.path} with OpenCV's mp4v codec; pass --no-video")
+        return writer
+
+    def write(self, frame: Frame, res: Any, gaze_xy: tuple[float, float] | None, hud: list[str],
+              objects: Mapping[int, Any]) -> None:
+        """Draw ``res`` (a ``StepResult``) on ``frame.rgb`` with the smoothed gaze point and HUD lines."""
+        img = render_overlay(frame, res, gaze_xy, hud, objects)
+        if self._writer is None:
+            self._writer = self._open(img.shape[:2])
+        self._writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+
+def render_overlay(frame: Frame, res: Any, gaze_xy: tuple[float, float] | None, hud: list[str],
+                   objects: Mapping[int, Any]) -> np.ndarray:
+    """``HxWx3 uint8 RGB``: masks tinted by object id, boxes, gaze dot (grey ring when the eye is
+    closed or lost), HUD top-left, each object's live single-view 3D extents bottom-left."""
+    n = max((r.object_id for r in res.objects), default=0)
+    masks = [np.zeros(frame.rgb.shape[:2], bool) for _ in range(n)]
+    for r in res.objects:
+        masks[r.object_id - 1] = r.mask
+    boxes = [r.box_xyxy for r in res.objects if r.box_xyxy is not None and r.status == "ok"]
+    img = draw_overlay(frame.rgb, masks, boxes_xyxy=np.array(boxes) if boxes else None)
+    h, w = img.shape[:2]
+    if gaze_xy is not None:
+        centre = (int(round(gaze_xy[0])), int(round(gaze_xy[1])))
+        cv2.circle(img, centre, 9, (255, 255, 255), 2, cv2.LINE_AA)
+        cv2.circle(img, centre, 5, (255, 0, 255), -1, cv2.LINE_AA)
+    else:
+        cv2.circle(img, (w - 24, 24), 9, (160, 160, 160), 2, cv2.LINE_AA)  # gaze invalid (blink)
+    status = {r.object_id: r.status for r in res.objects}
+    lines = [f"frame {res.frame_index}  key {res.keyframe_index}  age {res.embedding_age_frames}", *hud]
+    draw_hud(img, lines)
+    sizes = []
+    for oid, log in sorted(objects.items()):
+        if oid in status and log.live_extent_m is not None:
+            dims = "x".join(f"{100 * v:.0f}" for v in log.live_extent_m)
+            sizes.append(f"obj {oid} [{status[oid]}] {dims} cm (1 view)")
+    if sizes:
+        draw_hud(img, sizes, origin_xy=(8, max(8, h - 8 - 20 * len(sizes) - 8)))
+    return img

@@ -1,0 +1,384 @@
+"""``arsel demo``'s pipeline: source -> gaze -> stream engine -> per-object masks -> 3D -> outputs.
+
+One frame: the source yields ``Frame(rgb, depth_raw, intrinsics)``; prompt events come from the
+gaze (simulated for the synthetic scene, a centre reticle for real input: point the camera at an
+object and hold still); ``StreamEngine.step`` gives one mask per selected object; each ``ok`` mask
+is lifted (``engine.lift.lift``: erosion, outlier removal, clustering), and the lifted pixels,
+with the frame's camera pose, join that object's fusion frames. At the end each object's frames
+are TSDF-fused (``engine.lift.fuse_tsdf``) into a mesh whose oriented box gives the extents.
+Poses: the renderer's for the synthetic scene, Open3D RGB-D odometry for RealSense input; without
+any pose the best single view is kept. A camera without depth runs the 2D part only.
+
+Extents: for the synthetic scene (world z up) the gravity-aligned box of the fused surface
+(``upright_box``: what a tape measures), with the PCA box as ``lifted_extent_pca_m``; for real
+input (world = the first camera) the PCA box. Only what was seen is measured: a can seen from one
+side comes out half as deep, a ball's rim (grazing depth, eroded) a little small.
+
+Outputs in ``out``: ``overlay.mp4`` (masks, gaze dot, HUD), ``object_<id>.ply`` (fused mesh, or
+the single-view cloud), ``gaze.csv`` (the simulated trace) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from engine.lift import fuse_tsdf, lift, oriented_box, save_ply
+from engine.lift.fusion import FusionFrame
+from engine.lift.single import LiftResult
+from engine.stream.latency import LatencyRecorder
+from engine.types import Frame
+
+InputKind = Literal["synthetic", "realsense", "bag", "camera"]
+
+
+@dataclass(frozen=True, slots=True)
+class DemoConfig:
+    """Knobs of one demo run. ``frames``: frames to process (synthetic: rendered; real: read);
+    ``backend``: "auto" = onnxruntime when installed, else torch; ``voxel_m``/``trunc_m``: TSDF
+    voxel and truncation (m); ``max_fusion_frames``: each object's fusion keeps about this many
+    frames, evenly spread (memory stays bounded)."""
+
+    frames: int = 150
+    model: str = "lite_medsam"
+    backend: str = "auto"
+    checkpoint: str | None = None
+    seed: int = 0
+    keyframe_interval: int = 5
+    async_encoder: bool = True
+    video: bool = True
+    input: InputKind = "synthetic"
+    bag: str | None = None
+    camera: int = 0
+    voxel_m: float = 0.004
+    trunc_m: float = 0.012
+    max_fusion_frames: int = 40
+    max_embedding_age: int | None = 10
+    erode_px: int = 2
+
+    def __post_init__(self) -> None:
+        if self.frames < 2:
+            raise ValueError(f"frames must be >= 2, got {self.frames}; pass --frames N with N >= 2")
+        if self.keyframe_interval < 1:
+            raise ValueError(f"keyframe_interval must be >= 1, got {self.keyframe_interval}")
+        if self.input not in ("synthetic", "realsense", "bag", "camera"):
+            raise ValueError(f"input must be synthetic, realsense, bag or camera, got {self.input!r}")
+        if self.input == "bag" and not self.bag:
+            raise ValueError("input 'bag' needs a file: pass --bag FILE.bag")
+
+
+@dataclass
+class ObjectLog:
+    """What the demo gathered about one selected object (engine object id ``object_id``).
+
+    ``overlap``: per frame selected, (K+1,) intersection and (K+1,) union pixel counts of the mask
+    with each true object id (synthetic only); ``fusion``: frames for TSDF (lifted pixels as mask).
+    """
+
+    object_id: int
+    frames_selected: int = 0
+    fusion: list[FusionFrame] = field(default_factory=list)
+    inter: list[np.ndarray] = field(default_factory=list)
+    union: list[np.ndarray] = field(default_factory=list)
+    best: LiftResult | None = None
+    live_extent_m: np.ndarray | None = None
+
+    def add_truth(self, mask: np.ndarray, truth_ids: np.ndarray, n_true: int) -> None:
+        area_true = np.bincount(truth_ids.ravel(), minlength=n_true + 1)[: n_true + 1]
+        inter = np.bincount(truth_ids[mask], minlength=n_true + 1)[: n_true + 1]
+        self.inter.append(inter)
+        self.union.append(area_true + int(mask.sum()) - inter)
+
+    def add_fusion(self, frame: FusionFrame, keep: int) -> None:
+        self.fusion.append(frame)
+        if len(self.fusion) >= 2 * keep:
+            self.fusion = self.fusion[::2]  # thin evenly; later frames keep coming at full rate
+
+    def true_id(self) -> int | None:
+        """The true object its masks overlap most (None without truth or overlap)."""
+        if not self.inter:
+            return None
+        votes = np.sum(self.inter, axis=0)
+        votes[0] = 0
+        return int(np.argmax(votes)) if votes.max() > 0 else None
+
+    def mean_iou(self, true_id: int) -> float:
+        return float(np.mean([i[true_id] / max(1, u[true_id]) for i, u in zip(self.inter, self.union)]))
+
+
+def _backend(name: str) -> str:
+    if name != "auto":
+        return name
+    from engine.backends.factory import resolve_auto
+
+    return resolve_auto("cpu")
+
+
+def build_engine(config: DemoConfig) -> Any:
+    """The stream engine: async encoder, a keyframe every ``keyframe_interval`` frames, one
+    intra-op thread pool of half the cores for each of the encoder worker and the decoder."""
+    from engine.stream.engine import StreamEngine
+    from engine.stream.scheduler import KeyframePolicy
+
+    backend = _backend(config.backend)
+    threads = max(1, (os.cpu_count() or 2) // 2)
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    return StreamEngine.from_name(
+        config.model, Path(config.checkpoint) if config.checkpoint else None, backend=backend, threads=threads,
+        policy=KeyframePolicy(mode="interval", interval=config.keyframe_interval), async_encoder=config.async_encoder)
+
+
+class Demo:
+    """One run: ``run()`` steps the stream, then ``finish()`` fuses and writes the outputs."""
+
+    def __init__(self, config: DemoConfig, out: Path, progress: bool = True) -> None:
+        self.config, self.out, self.progress = config, Path(out), progress
+        self.latency = LatencyRecorder()
+        self.objects: dict[int, ObjectLog] = {}
+        self.events = {"select": 0, "release": 0}
+        self.video: Any = None
+        self.frames_done = 0
+        self.wall_s = 0.0
+        self.lifting = "tsdf"
+        self.source: Any = None
+        self.gaze: Any = None
+        self.odometry: Any = None
+        self.engine: Any = None
+        self.intrinsics: Any = None  # of the first frame lifted (fusion uses it)
+
+    # --- the frame loop ------------------------------------------------------------------------
+    def run(self) -> None:
+        from tqdm import tqdm
+
+        from engine.demo.overlay import OverlayVideo
+        from engine.demo.source import open_input
+
+        self.source, self.gaze = open_input(self.config)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)  # only once the input opened
+            self.engine = build_engine(self.config)
+            fps = float(getattr(self.source, "fps", 30.0))
+            self.video = OverlayVideo(self.out / "overlay.mp4", fps) if self.config.video else None
+            t0 = time.perf_counter()
+            with tqdm(total=self.config.frames, unit="frame", desc="demo", file=sys.stderr,
+                      disable=None if self.progress else True) as bar:
+                for frame, res in self.engine.run_frames(self._paced(), self._events):
+                    self._frame(frame, res)
+                    bar.update(1)
+                    self.frames_done += 1
+                    if self.frames_done >= self.config.frames:
+                        break
+            self.wall_s = time.perf_counter() - t0
+        finally:
+            if self.video is not None:
+                self.video.close()
+            if self.engine is not None:
+                self.engine.close()
+            self.source.close()
+
+    def _paced(self) -> Any:
+        """The source's frames; for synthetic input, waits for the encoder when the newest
+        keyframe is ``max_embedding_age`` frames old (time recorded as ``encoder_wait``)."""
+        from engine.demo.source import SyntheticRGBDSource
+
+        limit = self.config.max_embedding_age
+        paced = limit is not None and isinstance(self.source, SyntheticRGBDSource)
+        for frame in self.source:
+            encoder = self.engine.encoder
+            kf = encoder.latest()
+            if paced and encoder.busy and (kf is None or frame.index - kf.frame_index >= limit):
+                t0 = time.perf_counter()
+                encoder.wait_idle()
+                self.latency.add("encoder_wait", (time.perf_counter() - t0) * 1e3)
+            yield frame
+
+    def _events(self, frame: Frame) -> list[Any]:
+        from engine.demo.source import CentreGaze
+        from engine.stream.events import ReleaseEvent, SelectEvent
+
+        if isinstance(self.gaze, CentreGaze):
+            events = self.gaze.events_until(frame.timestamp_ns, frame.rgb.shape[:2])
+        else:
+            events = self.gaze.events_until(frame.timestamp_ns)
+        self.events["select"] += sum(isinstance(e, SelectEvent) for e in events)
+        self.events["release"] += sum(isinstance(e, ReleaseEvent) for e in events)
+        return events
+
+    def _pose(self, frame: Frame) -> tuple[np.ndarray | None, Any]:
+        """(camera-to-world pose or None, ground truth or None) of ``frame``."""
+        from engine.demo.source import OdometryPoses, SyntheticRGBDSource
+
+        if isinstance(self.source, SyntheticRGBDSource):
+            truth = self.source.truth(frame.index)
+            return truth.pose, truth
+        if frame.depth_raw is None:
+            self.lifting = "skipped: the input has no depth (a plain camera); 2D selection only"
+            return None, None
+        if self.odometry is None:
+            self.odometry = OdometryPoses()
+        t0 = time.perf_counter()
+        pose = self.odometry.update(frame)
+        self.latency.add("odometry", (time.perf_counter() - t0) * 1e3)
+        return pose, None
+
+    def _frame(self, frame: Frame, res: Any) -> None:
+        pose, truth = self._pose(frame)
+        n_true = 0 if truth is None else int(len(self.source.scene.objects))
+        for r in res.objects:
+            if r.status != "ok":
+                continue
+            log = self.objects.setdefault(r.object_id, ObjectLog(r.object_id))
+            log.frames_selected += 1
+            if truth is not None:
+                log.add_truth(r.mask, truth.object_ids, n_true)
+            if frame.depth_raw is not None and frame.intrinsics is not None:
+                self._lift(log, frame, r.mask, pose)
+        if self.video is not None:
+            t0 = time.perf_counter()
+            self.video.write(frame, res, self.gaze.gaze_xy, self.engine.latency.hud_lines(), self.objects)
+            self.latency.add("overlay", (time.perf_counter() - t0) * 1e3)
+
+    def _lift(self, log: ObjectLog, frame: Frame, mask: np.ndarray, pose: np.ndarray | None) -> None:
+        self.intrinsics = self.intrinsics or frame.intrinsics
+        t0 = time.perf_counter()
+        lifted = lift(mask, frame.depth_raw, frame.intrinsics, rgb=frame.rgb, max_depth_m=4.0,  # type: ignore[arg-type]
+                      erode_px=self.config.erode_px, compute_volume=False)
+        self.latency.add("lift", (time.perf_counter() - t0) * 1e3)
+        if lifted.status != "ok":
+            return
+        log.live_extent_m = lifted.extent_m
+        if log.best is None or lifted.num_points > log.best.num_points:
+            log.best = lifted
+        if pose is not None:
+            kept = np.zeros(mask.shape, bool)
+            kept[lifted.pixels_xy[:, 1], lifted.pixels_xy[:, 0]] = True  # type: ignore[index]
+            fusion_frame = (frame.rgb, frame.depth_raw, kept, pose)
+            log.add_fusion(fusion_frame, self.config.max_fusion_frames)  # type: ignore[arg-type]
+
+    # --- after the stream ----------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        """Fuse every object, write the PLYs and ``summary.json``; returns the summary."""
+        objects = [self._object_summary(log) for log in sorted(self.objects.values(), key=lambda o: o.object_id)]
+        summary = self._summary([o for o in objects if o is not None])
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def _object_summary(self, log: ObjectLog) -> dict[str, Any] | None:
+        from engine.lift import save_mesh
+
+        path = self.out / f"object_{log.object_id}.ply"
+        record: dict[str, Any] = {"id": log.object_id, "frames_selected": log.frames_selected,
+                                  "frames_fused": len(log.fusion)}
+        mesh = None
+        if log.fusion:
+            t0 = time.perf_counter()
+            mesh = largest_component(fuse_tsdf(log.fusion, self.intrinsics, self.config.voxel_m,
+                                               self.config.trunc_m, max_depth_m=4.0))
+            self.latency.add("fusion", (time.perf_counter() - t0) * 1e3)
+        if mesh is not None and len(mesh.triangles) > 0:
+            pts = np.asarray(mesh.vertices)
+            save_mesh(path, mesh)
+            record.update(method="tsdf")
+        elif log.best is not None:
+            pts = log.best.points_m
+            save_ply(path, log.best)
+            record.update(method="single_view")
+        else:
+            pts = None
+            record.update(method="none")
+        if pts is not None:
+            upright = self.config.input == "synthetic"  # world z is up; real input: world = first camera
+            if upright:
+                center, extent = upright_box(pts)
+            else:
+                center, _, extent = oriented_box(pts)
+            record.update(lifted_extent_m=_r(np.sort(extent)[::-1]), centroid_m=_r(pts.mean(axis=0)),
+                          lifted_extent_pca_m=_r(np.sort(oriented_box(pts)[2])[::-1]),
+                          obb_center_m=_r(center), obb="upright" if upright else "pca", num_points=int(len(pts)),
+                          ply=path.name)
+        true_id = log.true_id()
+        if true_id is not None:
+            obj = self.source.scene.object(true_id)
+            record.update(true_object=obj.name, true_id=true_id, true_extent_m=_r(obj.true_extent_m),
+                          true_center_m=_r(obj.center_m),
+                          mask_iou_vs_truth=round(log.mean_iou(true_id), 4))
+            if pts is not None:
+                record["extent_error_m"] = _r(np.asarray(record["lifted_extent_m"]) - obj.true_extent_m)
+        return record
+
+    def _summary(self, objects: list[dict[str, Any]]) -> dict[str, Any]:
+        eng = self.engine
+        lat = eng.latency.summary()
+        lat.update(self.latency.summary())
+        render = getattr(self.source, "render_ms", None)
+        if render:
+            rec = LatencyRecorder()
+            for ms in render:
+                rec.add("render", ms)
+            lat.update(rec.summary())
+        return {
+            "input": self.config.input if self.config.input != "bag" else f"bag:{self.config.bag}",
+            "model": self.config.model,
+            "backend": eng.predictor.backend.describe().runtime,
+            "frames": self.frames_done,
+            "stream_fps": round(float(getattr(self.source, "fps", float("nan"))), 3),
+            "wall_s": round(self.wall_s, 2),
+            "fps": round(self.frames_done / self.wall_s, 3) if self.wall_s > 0 else None,
+            "latency_ms": lat,
+            "embedding_age_frames": eng.latency.to_json()["embedding_age_frames"],
+            "keyframes_used": len(eng.stats.keyframes_used),
+            "gaze_events": dict(self.events),
+            "lifting": self.lifting,
+            "overlay_frames": 0 if self.video is None else self.video.frames,
+            "objects": objects,
+        }
+
+
+def upright_box(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gravity-aligned oriented box of (N, 3) world points (z up): the minimum-area rectangle of
+    the x-y footprint (OpenCV ``minAreaRect``) times the z range. Returns (center (3,), extent (3,))
+    in metres: footprint side, footprint side, height. For objects on a table this measures what a
+    tape would; a PCA box of a partial surface tilts and mixes the sides."""
+    import cv2
+
+    (cx, cy), (w, h), _ = cv2.minAreaRect(np.ascontiguousarray(points[:, :2], np.float32).reshape(-1, 1, 2))
+    z_lo, z_hi = float(points[:, 2].min()), float(points[:, 2].max())
+    return np.array([cx, cy, (z_lo + z_hi) / 2]), np.array([w, h, z_hi - z_lo])
+
+
+def largest_component(mesh: Any) -> Any:
+    """Keep the largest connected triangle cluster of a legacy Open3D mesh (drops stray fragments)."""
+    if len(mesh.triangles) == 0:
+        return mesh
+    labels, counts, _ = mesh.cluster_connected_triangles()
+    labels = np.asarray(labels)
+    mesh.remove_triangles_by_mask(labels != int(np.argmax(np.asarray(counts))))
+    mesh.remove_unreferenced_vertices()
+    return mesh
+
+
+def _r(arr: np.ndarray) -> list[float]:
+    return [round(float(v), 4) for v in np.asarray(arr).reshape(-1)]
+
+
+def run_demo(config: DemoConfig, out: Path, progress: bool = True) -> dict[str, Any]:
+    """Run the demo into ``out``; returns the summary (also in ``out/summary.json``)."""
+    demo = Demo(config, out, progress)
+    demo.run()
+    if demo.frames_done == 0:
+        raise RuntimeError("the source delivered no frames; check the camera/bag file")
+    summary = demo.finish()
+    from engine.gaze import write_gaze_csv
+
+    write_gaze_csv(Path(out) / "gaze.csv", list(demo.gaze.samples))  # replay: arsel track ... --gaze gaze.csv
+    return summary

@@ -1,0 +1,420 @@
+"""``arsel lift`` and ``arsel fuse``: lift a selected object from one RGB-D frame; fuse many frames.
+
+    arsel lift --color C.png --depth D.png --intrinsics I.json [--depth-scale 1000]
+        (--mask M.png | --box X0,Y0,X1,Y1 | --point X,Y ...) [--model NAME] [--backend B]
+        [--checkpoint P] --out OBJECT.ply [--json OUT.json] [--mesh MESH.ply|.obj|.glb]
+    arsel fuse FRAMES_DIR --poses TRAJ.log --intrinsics I.json [--depth-scale 1000] [--masks DIR]
+        [--voxel-m 0.01] [--every N] --out MESH.ply [--cloud CLOUD.ply] [--json OUT.json]
+
+Depth is raw units (16-bit PNG/PGM, or a float image) registered to the colour image; the
+intrinsics (ours or Open3D's JSON) are the depth image's. ``--depth-scale`` is raw units per metre
+(1000 = millimetres, 5000 = TUM) and overrides the intrinsics file's ``depth_scale_m``.
+
+Exit status: 0 written; 2 bad input (one line naming the problem); 3 nothing to lift or fuse (an
+empty selection, no valid depth under it, everything filtered as outliers, or an empty fused
+mesh): the JSON is still written with ``status`` saying which, ``--out`` is not written, and a
+warning goes to stderr. ``status`` values: ``ok``, ``empty_mask``, ``no_depth``, ``no_cluster``
+(lift), ``empty_mesh`` (fuse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from engine.types import CameraIntrinsics
+
+# Wire into ``engine/cli.py``'s ``build_parser``:  add_lift_parser(sub); add_fuse_parser(sub)
+
+EXIT_NOTHING = 3
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".exr")
+COLOR_DIRS = ("color", "rgb", "image")
+MESH_SUFFIXES = (".ply", ".obj", ".glb", ".gltf")
+
+
+# ---------------------------------------------------------------------------- parsers
+def _add_camera_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--intrinsics", required=True, metavar="I.json",
+                   help="depth camera intrinsics: arsel JSON or Open3D PinholeCameraIntrinsic JSON")
+    p.add_argument("--depth-scale", type=float, metavar="UNITS_PER_M",
+                   help="raw depth units per metre (1000 = mm, 5000 = TUM); default: the intrinsics "
+                        "file's depth_scale_m (Open3D JSON: 1000)")
+
+
+def add_lift_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``lift`` verb to an ``argparse`` subparsers object; returns its parser."""
+    p = subparsers.add_parser("lift", help="lift one selected object of an RGB-D frame to a 3D point cloud")
+    p.add_argument("--color", required=True, metavar="C.png", help="colour image registered to the depth")
+    p.add_argument("--depth", required=True, metavar="D.png", help="depth image (16-bit raw units, or float)")
+    _add_camera_args(p)
+    sel = p.add_argument_group("selection (--mask or --box; --point alone, with --box, or to pick the cluster)")
+    sel.add_argument("--mask", metavar="M.png", help="single-channel mask image, nonzero = object")
+    sel.add_argument("--box", metavar="X0,Y0,X1,Y1", help="segment the colour image with this box first")
+    sel.add_argument("--point", action="append", metavar="X,Y[,LABEL]",
+                     help="segment from this point (box-only models get box proposals around it); the first "
+                          "foreground point also picks the 3D cluster to keep")
+    from engine.cli import _add_model_args
+
+    _add_model_args(p)
+    p.add_argument("--max-depth-m", type=float, default=10.0, help="ignore depth beyond this (default 10)")
+    p.add_argument("--erode-px", type=int, default=2, help="mask erosion against flying pixels (default 2)")
+    p.add_argument("--out", required=True, metavar="OBJECT.ply", help="object point cloud (binary PLY, colours)")
+    p.add_argument("--json", metavar="OUT.json", help="centroid, extent, oriented box, volume, status, timings")
+    p.add_argument("--mesh", metavar="MESH.ply|.obj|.glb", help="also mesh the object and write it")
+    p.add_argument("--mesh-method", default="alpha", choices=("alpha", "poisson"), help="(default alpha)")
+    p.set_defaults(func=cmd_lift)
+    return p
+
+
+def add_fuse_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``fuse`` verb to an ``argparse`` subparsers object; returns its parser."""
+    p = subparsers.add_parser("fuse", help="fuse posed RGB-D frames (optionally masked) into one mesh (TSDF)")
+    p.add_argument("frames", metavar="FRAMES_DIR",
+                   help="folder with color/ (or rgb/) and depth/ images paired by file name or by an "
+                        "rgbd.match file (Redwood / Open3D layout)")
+    p.add_argument("--poses", required=True, metavar="TRAJ.log",
+                   help="Redwood .log trajectory: one camera-to-world pose per frame, in frame order")
+    _add_camera_args(p)
+    p.add_argument("--masks", metavar="DIR", help="per-frame masks (NAME.png like the colour image, or NNNNN.png "
+                   "by frame index as `arsel track` writes them); only masked depth is fused")
+    p.add_argument("--voxel-m", type=float, default=0.01, help="TSDF voxel size in metres (default 0.01)")
+    p.add_argument("--trunc-m", type=float, help="SDF truncation in metres (default 3 voxels)")
+    p.add_argument("--max-depth-m", type=float, default=4.0, help="ignore depth beyond this (default 4)")
+    p.add_argument("--every", type=int, default=1, metavar="N", help="use every N-th frame (default 1)")
+    p.add_argument("--device", default="CPU:0", help="Open3D device, e.g. CPU:0 or CUDA:0")
+    p.add_argument("--out", required=True, metavar="MESH.ply", help="fused mesh (.ply, .obj, .glb)")
+    p.add_argument("--cloud", metavar="CLOUD.ply", help="also write the mesh vertices as a coloured point cloud")
+    p.add_argument("--json", metavar="OUT.json", help="vertex/triangle counts, bounds, timings")
+    p.set_defaults(func=cmd_fuse)
+    return p
+
+
+# ---------------------------------------------------------------------------- shared input
+def _usage(msg: str) -> Exception:
+    from engine.cli import UsageError
+
+    return UsageError(msg)
+
+
+def _check_suffix(path: str | None, allowed: tuple[str, ...], flag: str) -> None:
+    if path is not None and Path(path).suffix.lower() not in allowed:
+        raise _usage(f"{flag} {path!r}: use a {' / '.join(allowed)} file name")
+
+
+def _intrinsics(args: argparse.Namespace) -> CameraIntrinsics:
+    from calibration.intrinsics import load_intrinsics
+
+    if args.depth_scale is not None and not args.depth_scale > 0:
+        raise _usage(f"--depth-scale must be > 0 raw units per metre (1000 for mm), got {args.depth_scale}")
+    return load_intrinsics(args.intrinsics, None if args.depth_scale is None else 1.0 / args.depth_scale)
+
+
+def _wh(hw: tuple[int, ...]) -> str:
+    return f"{hw[1]}x{hw[0]}"
+
+
+def read_depth(path: str | Path, intrinsics: CameraIntrinsics) -> np.ndarray:
+    """HxW raw depth (uint16 or float) from an image file, checked against the intrinsics' size."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"depth image not found: {path}")
+    depth = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if depth is None:
+        raise ValueError(f"cannot decode depth image {path} (corrupt file or unsupported format)")
+    if depth.ndim != 2:
+        raise ValueError(f"depth image {path} has {depth.shape[2]} channels; depth must be one channel "
+                         "(16-bit PNG/PGM in raw units, or a float image)")
+    if depth.dtype == np.uint8:
+        raise ValueError(f"depth image {path} is 8-bit (a visualisation?); use the 16-bit raw depth")
+    if depth.shape != (intrinsics.height, intrinsics.width):
+        raise ValueError(f"depth image {path} is {_wh(depth.shape)} but the intrinsics are "
+                         f"{intrinsics.width}x{intrinsics.height}; pass the depth stream's intrinsics")
+    return depth
+
+
+def read_color(path: str | Path, depth_hw: tuple[int, int]) -> np.ndarray:
+    """HxWx3 uint8 RGB, checked to be the depth image's size (registered to it)."""
+    from engine.imageio import load_rgb
+
+    rgb = load_rgb(Path(path))
+    if rgb.shape[:2] != depth_hw:
+        raise ValueError(f"colour image {path} is {_wh(rgb.shape)} but the depth is {_wh(depth_hw)}; "
+                         "register (align) depth to colour at one resolution first")
+    return rgb
+
+
+def read_mask(path: str | Path, depth_hw: tuple[int, int]) -> np.ndarray:
+    """HxW bool (nonzero = object) from a single-channel image of the depth image's size."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mask not found: {path}")
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise ValueError(f"cannot decode mask {path} (corrupt file or unsupported format)")
+    if mask.ndim != 2:
+        raise ValueError(f"mask {path} has {mask.shape[2]} channels; save it as a single-channel PNG "
+                         "(0 = background, nonzero = object), as `arsel segment` writes")
+    if mask.shape != depth_hw:
+        raise ValueError(f"mask {path} is {_wh(mask.shape)} but the depth is {_wh(depth_hw)}; "
+                         "resize it (nearest neighbour) to the depth image")
+    return mask != 0
+
+
+def _write_json(path: str | None, report: dict[str, Any]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _vec(a: Any) -> list[float] | None:
+    return None if a is None else [round(float(v), 6) for v in np.asarray(a).reshape(-1)]
+
+
+# ---------------------------------------------------------------------------- lift
+def _segment(args: argparse.Namespace, rgb: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """Mask (HxW bool) from --box / --point with the model, and its report fields."""
+    from engine.cli import _predictor, parse_box, parse_points
+
+    points, labels = parse_points(args.point)
+    box = parse_box(args.box)
+    predictor = _predictor(args)
+    predictor.set_image(rgb)
+    info: dict[str, Any] = {"model": args.model, "timings_ms": {"encode": predictor.encode_ms}}
+    if box is None and predictor.spec.box_only:
+        from engine.stream.proposals import decode_point_proposals
+
+        prop = decode_point_proposals(predictor, points, labels)
+        mask = np.zeros(rgb.shape[:2], bool) if prop.logits is None else prop.logits > 0
+        info.update(score=round(prop.score, 4), segmentation="point_box_proposals")
+        info["timings_ms"]["decode"] = 0.0 if prop.decoded is None else prop.decoded.decoder_ms
+        return mask, info
+    if predictor.spec.box_only and points is not None:
+        print(f"arsel lift: warning: {args.model} answers boxes only; --point only picks the 3D cluster",
+              file=sys.stderr)
+        points = labels = None
+    pred = predictor.predict(points, labels, box)
+    info.update(score=round(float(pred.scores[0, 0]), 4), segmentation="prompt")
+    info["timings_ms"]["decode"] = pred.timings_ms["decode_ms"]
+    return pred.masks[0, 0], info
+
+
+def _selection(args: argparse.Namespace, rgb: np.ndarray) -> tuple[np.ndarray, tuple[float, float] | None, dict]:
+    """(mask, cluster prompt pixel or None, report fields) from --mask / --box / --point."""
+    from engine.cli import parse_points
+
+    if args.mask and args.box:
+        raise _usage("give --mask or --box, not both (--point may go with either)")
+    if not (args.mask or args.box or args.point):
+        raise _usage("give a selection: --mask M.png, --box X0,Y0,X1,Y1 or --point X,Y")
+    points, labels = parse_points(args.point)
+    prompt = None
+    if points is not None:
+        h, w = rgb.shape[:2]
+        outside = [p for p in points.tolist() if not (0 <= p[0] < w and 0 <= p[1] < h)]
+        if outside:
+            raise _usage(f"--point {outside[0]} lies outside the {w}x{h} image (pixels, x right, y down)")
+        fg = points[labels == 1]
+        prompt = (float(fg[0, 0]), float(fg[0, 1])) if len(fg) else None
+    if args.mask:
+        return read_mask(args.mask, rgb.shape[:2]), prompt, {"selection": "mask", "mask": str(args.mask)}
+    mask, info = _segment(args, rgb)
+    return mask, prompt, {"selection": "box" if args.box else "point", **info}
+
+
+def _lift_report(args: argparse.Namespace, res: Any, intr: CameraIntrinsics, extra: dict) -> dict[str, Any]:
+    ok = res.status == "ok"
+    obb = {"center": _vec(res.obb_center_m), "rotation": np.round(res.obb_rotation, 6).tolist(),
+           "extent": _vec(res.obb_extent_m)} if ok else None
+    return {
+        "color": str(args.color), "depth": str(args.depth), "intrinsics": str(args.intrinsics),
+        "depth_scale_m": intr.depth_scale_m, **extra, "status": res.status, "frame": res.frame,
+        "num_points": res.num_points, "centroid_m": _vec(res.centroid_m), "extent_m": _vec(res.extent_m),
+        "obb": obb, "volume_m3": None if res.volume_m3 is None else round(res.volume_m3, 9),
+        "out": str(args.out) if ok else None, "mesh": str(args.mesh) if ok and args.mesh else None,
+    }  # fmt: skip
+
+
+def cmd_lift(args: argparse.Namespace) -> int:
+    from engine.lift import lift, reconstruct_mesh, save_mesh, save_ply
+
+    t0 = time.perf_counter()
+    _check_suffix(args.out, (".ply",), "--out")
+    _check_suffix(args.mesh, MESH_SUFFIXES, "--mesh")
+    if args.erode_px < 0 or not args.max_depth_m > 0:
+        raise _usage(f"need --erode-px >= 0 and --max-depth-m > 0, got {args.erode_px}, {args.max_depth_m}")
+    intr = _intrinsics(args)
+    depth = read_depth(args.depth, intr)
+    rgb = read_color(args.color, depth.shape)
+    t1 = time.perf_counter()
+    mask, prompt, extra = _selection(args, rgb)
+    t2 = time.perf_counter()
+    res = lift(mask, depth, intr, rgb=rgb, prompt_xy=prompt, erode_px=args.erode_px, max_depth_m=args.max_depth_m)
+    t3 = time.perf_counter()
+    extra["mask_area_px"] = int(mask.sum())
+    if res.status == "ok":
+        save_ply(args.out, res)
+        if args.mesh:
+            save_mesh(args.mesh, reconstruct_mesh(res, method=args.mesh_method))
+    timings = {"load": (t1 - t0) * 1e3, "select": (t2 - t1) * 1e3, **extra.pop("timings_ms", {}),
+               "lift": (t3 - t2) * 1e3,
+               **{f"lift_{k}": v for k, v in res.timings_ms.items()},
+               "write": (time.perf_counter() - t3) * 1e3, "total": (time.perf_counter() - t0) * 1e3}
+    report = _lift_report(args, res, intr, extra)
+    report["timings_ms"] = {k: round(v, 2) for k, v in timings.items()}
+    _write_json(args.json, report)
+    if res.status != "ok":
+        why = {"empty_mask": "the selection is empty", "no_depth": "no valid depth under the selection",
+               "no_cluster": "every point was filtered as an outlier"}[res.status]
+        print(f"arsel lift: warning: nothing lifted ({res.status}: {why}); {args.out} not written", file=sys.stderr)
+        return EXIT_NOTHING
+    c, e = res.centroid_m, res.extent_m
+    vol = "n/a" if res.volume_m3 is None else f"{res.volume_m3 * 1e3:.2f} L"
+    print(f"{args.out}: {res.num_points} points, centroid ({c[0]:.3f}, {c[1]:.3f}, {c[2]:.3f}) m, "
+          f"extent {e[0]:.3f} x {e[1]:.3f} x {e[2]:.3f} m, volume {vol}, lift {timings['lift']:.0f} ms")
+    return 0
+
+
+# ---------------------------------------------------------------------------- fuse
+def _natural(name: str) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
+
+
+def _images(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def frame_pairs(root: str | Path) -> list[tuple[Path, Path]]:
+    """(colour, depth) paths of a frames folder, in frame order.
+
+    An ``rgbd.match`` file (lines ``depth/NAME.png color/NAME.jpg``) fixes the pairs and order;
+    otherwise ``color/`` (or ``rgb/``, ``image/``) and ``depth/`` images pair by file stem, sorted
+    naturally (``2`` before ``10``).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"frames folder not found: {root}")
+    match = root / "rgbd.match"
+    if match.is_file():
+        pairs = []
+        for lineno, line in enumerate(match.read_text().splitlines(), start=1):
+            if line.strip():
+                parts = line.split()
+                if len(parts) != 2:
+                    raise ValueError(f"{match}:{lineno}: expected 'depth/NAME color/NAME', got {line!r}")
+                pairs.append((root / parts[1], root / parts[0]))
+        missing = [str(p) for pair in pairs for p in pair if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{match} lists {missing[0]}, which does not exist")
+        return pairs
+    color_dir = next((root / d for d in COLOR_DIRS if (root / d).is_dir()), None)
+    if color_dir is None or not (root / "depth").is_dir():
+        found = sorted(p.name + "/" for p in root.iterdir() if p.is_dir())
+        raise ValueError(f"{root} must hold color/ (or rgb/) and depth/ image folders; found {found or 'none'}")
+    colors, depths = _images(color_dir), _images(root / "depth")
+    stems = sorted(set(colors) & set(depths), key=_natural)
+    if not stems:
+        raise ValueError(f"no colour image in {color_dir} shares a file name with a depth image in {root / 'depth'}; "
+                         f"pair them in {match} (lines 'depth/NAME.png color/NAME.jpg')")
+    alone = len(colors) + len(depths) - 2 * len(stems)
+    if alone:
+        warnings.warn(f"{alone} images in {root} without a colour/depth partner are skipped", stacklevel=2)
+    return [(colors[s], depths[s]) for s in stems]
+
+
+def _mask_for(masks: Path, index: int, color: Path) -> Path:
+    for cand in (masks / f"{color.stem}.png", masks / f"{index:05d}.png"):
+        if cand.is_file():
+            return cand
+    raise FileNotFoundError(f"no mask for frame {index} ({color.name}): looked for {color.stem}.png and "
+                            f"{index:05d}.png in {masks}")
+
+
+def _load_frames(args: argparse.Namespace, intr: CameraIntrinsics) -> tuple[list[tuple], int]:
+    """Fusion frames (rgb, depth_raw, mask | None, pose) of every ``--every``-th frame; and the total."""
+    from tqdm import tqdm
+
+    from engine.lift import read_redwood_log
+
+    pairs = frame_pairs(args.frames)
+    poses = read_redwood_log(args.poses)
+    if len(poses) != len(pairs):
+        raise ValueError(f"{args.poses} has {len(poses)} poses but {args.frames} has {len(pairs)} colour/depth "
+                         "pairs; give the trajectory of exactly these frames (camera-to-world, frame order)")
+    masks = Path(args.masks) if args.masks else None
+    if masks is not None:
+        if not masks.is_dir():
+            raise FileNotFoundError(f"masks folder not found: {masks}")
+        if (masks / "masks").is_dir() and not any(masks.glob("*.png")):
+            masks = masks / "masks"  # an `arsel track --out DIR` folder
+    frames = []
+    picked = range(0, len(pairs), args.every)
+    for i in tqdm(picked, unit="frame", desc="load", file=sys.stderr, disable=None):
+        color, depth_path = pairs[i]
+        depth = read_depth(depth_path, intr)
+        rgb = read_color(color, depth.shape)
+        mask = None if masks is None else read_mask(_mask_for(masks, i, color), depth.shape)
+        frames.append((rgb, depth, mask, poses[i]))
+    return frames, len(pairs)
+
+
+def _fuse_report(args: argparse.Namespace, mesh: Any, used: int, total: int) -> dict[str, Any]:
+    verts = np.asarray(mesh.vertices)
+    lo, hi = (verts.min(axis=0), verts.max(axis=0)) if len(verts) else (None, None)
+    return {
+        "frames": str(args.frames), "poses": str(args.poses), "masks": args.masks, "frames_total": total,
+        "frames_used": used, "voxel_m": args.voxel_m, "trunc_m": args.trunc_m or 3 * args.voxel_m,
+        "status": "ok" if len(mesh.triangles) else "empty_mesh", "vertices": len(verts),
+        "triangles": len(mesh.triangles), "bounds_min_m": _vec(lo), "bounds_max_m": _vec(hi),
+        "extent_m": None if lo is None else _vec(hi - lo),
+        "out": str(args.out) if len(mesh.triangles) else None,
+        "cloud": str(args.cloud) if args.cloud and len(mesh.triangles) else None,
+    }  # fmt: skip
+
+
+def cmd_fuse(args: argparse.Namespace) -> int:
+    import open3d as o3d
+
+    from engine.lift import fuse_tsdf, save_mesh, save_ply
+
+    t0 = time.perf_counter()
+    _check_suffix(args.out, MESH_SUFFIXES, "--out")
+    _check_suffix(args.cloud, (".ply",), "--cloud")
+    if args.every < 1 or not args.voxel_m > 0 or not args.max_depth_m > 0:
+        raise _usage(f"need --every >= 1, --voxel-m > 0 and --max-depth-m > 0, got "
+                     f"{args.every}, {args.voxel_m}, {args.max_depth_m}")
+    intr = _intrinsics(args)
+    frames, total = _load_frames(args, intr)
+    t1 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "TSDF fusion produced an empty mesh")  # reported as a status
+        mesh = fuse_tsdf(frames, intr, args.voxel_m, args.trunc_m, args.max_depth_m, device=args.device)
+    t2 = time.perf_counter()
+    mesh.vertex_colors = o3d.utility.Vector3dVector(np.clip(np.asarray(mesh.vertex_colors), 0.0, 1.0))
+    report = _fuse_report(args, mesh, len(frames), total)
+    if report["status"] == "ok":
+        save_mesh(args.out, mesh)
+        if args.cloud:
+            cloud = o3d.geometry.PointCloud(mesh.vertices)
+            cloud.colors, cloud.normals = mesh.vertex_colors, mesh.vertex_normals
+            save_ply(args.cloud, cloud)
+    t3 = time.perf_counter()
+    report["timings_ms"] = {k: round(v * 1e3, 2) for k, v in
+                            (("load", t1 - t0), ("fuse", t2 - t1), ("write", t3 - t2), ("total", t3 - t0))}
+    _write_json(args.json, report)
+    if report["status"] != "ok":
+        print(f"arsel fuse: warning: the fused mesh is empty (no valid masked depth within --max-depth-m "
+              f"{args.max_depth_m}?); {args.out} not written", file=sys.stderr)
+        return EXIT_NOTHING
+    e = report["extent_m"]
+    print(f"{args.out}: {report['vertices']} vertices, {report['triangles']} triangles from {len(frames)} frames, "
+          f"extent {e[0]:.2f} x {e[1]:.2f} x {e[2]:.2f} m, fuse {report['timings_ms']['fuse']:.0f} ms")
+    return 0
