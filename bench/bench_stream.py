@@ -41,7 +41,7 @@ from engine.stream.sources import ArraySource, folder_images  # noqa: E402
 from engine.types import Frame  # noqa: E402
 from engine.weights import resolve  # noqa: E402
 
-DAVIS_ROWS = (
+DAVIS_ROWS = (  # (name, keyframe policy, motion model, decode-reuse tolerance px)
     ("every frame", KeyframePolicy(interval=1), "none"),
     ("k2 + homography", KeyframePolicy(interval=2), "homography"),
     ("k5 + homography", KeyframePolicy(interval=5), "homography"),
@@ -50,6 +50,7 @@ DAVIS_ROWS = (
     ("k10 + homography", KeyframePolicy(interval=10), "homography"),
     ("k10, no motion", KeyframePolicy(interval=10), "none"),
     ("auto + homography", KeyframePolicy.parse("auto"), "homography"),
+    ("k5 + homography, reuse 4 px", KeyframePolicy(interval=5), "homography", 4.0),
 )
 
 
@@ -68,12 +69,14 @@ def davis_table(folder: Path) -> list[dict[str, Any]]:
     backend = CachingBackend(_backend())
     spec = get_spec("lite_medsam")
     rows = []
-    for name, policy, motion in DAVIS_ROWS:
+    for name, policy, motion, *reuse in DAVIS_ROWS:
         t0 = time.perf_counter()
-        with StreamEngine(backend, spec, policy, motion=motion) as eng:
+        config = EngineConfig(reuse_decode_px=reuse[0] if reuse else 0.0)
+        with StreamEngine(backend, spec, policy, motion=motion, config=config) as eng:
             res = evaluate_davis(eng, folder)
         st = res.latency["stages"]
         rows.append({"config": name, "mean_j": round(res.mean_j, 4), "keyframes": len(res.keyframes),
+                     "decodes_reused": eng.stats.decodes_reused,
                      "decode_p50_ms": st["decode"]["p50_ms"], "motion_p50_ms": st["motion"]["p50_ms"],
                      "seconds": round(time.perf_counter() - t0, 1)})
         print(f"  {name:<18} J {res.mean_j:.4f}  keyframes {len(res.keyframes):2d}", flush=True)
@@ -146,7 +149,8 @@ def main() -> int:
     if not args.skip_davis:
         print(f"DAVIS {args.davis.name} (LiteMedSAM, box propagation):", flush=True)
         out["davis"] = davis_table(args.davis)
-        print(_table(out["davis"], ["config", "mean_j", "ratio_vs_every_frame", "keyframes", "decode_p50_ms",
+        print(_table(out["davis"], ["config", "mean_j", "ratio_vs_every_frame", "keyframes", "decodes_reused",
+                                    "decode_p50_ms",
                                     "motion_p50_ms"]))
     if not args.skip_throughput:
         rows = [throughput(args.davis, args.frames, a, 5, rt) for rt in args.runtimes for a in (True, False)]
