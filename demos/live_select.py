@@ -3,6 +3,8 @@
 Usage:
     python demos/live_select.py [--source 0] [--model lite_medsam] [--keyframe 5|auto]
                                 [--motion homography|affine|none] [--sync-encoder]
+    python demos/live_select.py --gaze-live udp:5005      # an eye tracker streams JSON lines to 127.0.0.1:5005
+    python demos/live_select.py --gaze-live pupil          # a Pupil Labs Neon/Invisible on the network
     python demos/live_select.py --headless --frames 60 [--script click|drag|gaze] [--out run.mp4]
 
 Mouse: left click = select (foreground point), drag = select with a box, right click or
@@ -36,7 +38,7 @@ from engine.imageio import draw_overlay  # noqa: E402
 from engine.stream.engine import StepResult, StreamEngine  # noqa: E402
 from engine.stream.events import CursorEvent, PromptEvent, SelectEvent  # noqa: E402
 from engine.stream.latency import draw_hud  # noqa: E402
-from engine.stream.prompt_sources import CursorPrompts, GazePrompts  # noqa: E402
+from engine.stream.prompt_sources import CursorPrompts, GazePrompts, open_live_gaze  # noqa: E402
 from engine.stream.scheduler import KeyframePolicy  # noqa: E402
 from engine.stream.sources import open_source  # noqa: E402
 from engine.types import Frame  # noqa: E402
@@ -55,6 +57,9 @@ class App:
         self.cursor = CursorPrompts(hover=False)
         self.gaze = GazePrompts()
         self.mouse_as_gaze = False
+        # A live tracker (udp/pupil) drives the same dwell logic as mouse-as-gaze; its samples are
+        # scene-camera pixels (map tracker coordinates first with calibration.gaze if needed).
+        self.live_gaze = open_live_gaze(args.gaze_live) if args.gaze_live else None
         self.pending: list[PromptEvent] = []
         self.pointer_xy: tuple[float, float] | None = None
         self.writer: cv2.VideoWriter | None = None
@@ -75,6 +80,15 @@ class App:
         if event in kinds:
             kind, button = kinds[event]
             self.pending += self.cursor.feed(CursorEvent(kind, x, y, button, shift, now))  # type: ignore[arg-type]
+
+    def poll_live_gaze(self) -> int:
+        """Feed the live tracker's new samples to the gaze prompts; returns how many arrived."""
+        if self.live_gaze is None:
+            return 0
+        samples = self.live_gaze.poll()
+        for sample in samples:
+            self.pending += self.gaze.push(sample)
+        return len(samples)
 
     def on_key(self, key: int) -> bool:
         """Handle a key; False to quit."""
@@ -108,10 +122,11 @@ class App:
         if res.hover is not None and res.hover.mask.any():
             contours, _ = cv2.findContours(res.hover.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(img, contours, -1, (255, 255, 255), 1)
-        marker = self.gaze.gaze_xy if self.mouse_as_gaze else None
+        marker = self.gaze.gaze_xy if (self.mouse_as_gaze or self.live_gaze is not None) else None
         if marker is not None:
             cv2.circle(img, (int(marker[0]), int(marker[1])), 12, (255, 0, 255), 2)
-        mode = "gaze" if self.mouse_as_gaze else ("hover" if self.cursor.hover else "click")
+        mode = ("live gaze" if self.live_gaze is not None else "gaze" if self.mouse_as_gaze
+                else "hover" if self.cursor.hover else "click")
         lines = [f"frame {res.frame_index} key {res.keyframe_index} [{mode}] objects {len(res.objects)}",
                  *self.engine.latency.hud_lines()]
         return cv2.cvtColor(draw_hud(img, lines), cv2.COLOR_RGB2BGR)
@@ -133,6 +148,7 @@ class App:
             cv2.namedWindow(WINDOW)
             cv2.setMouseCallback(WINDOW, self.on_mouse)
             for frame in source:
+                self.poll_live_gaze()
                 self.apply()
                 bgr = self.draw(frame, self.engine.step(frame))
                 self.record(bgr, source.fps)
@@ -151,6 +167,7 @@ class App:
         try:
             for frame in source:
                 self.script(frame)
+                self.poll_live_gaze()
                 self.apply()
                 res = self.engine.step(frame)
                 self.record(self.draw(frame, res), source.fps)
@@ -184,6 +201,8 @@ class App:
 
     def close(self) -> None:
         self.engine.close()
+        if self.live_gaze is not None:
+            self.live_gaze.close()
         if self.writer is not None:
             self.writer.release()
             self.writer = None
@@ -203,6 +222,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--frames", type=int, default=60, help="frames of the headless run")
     ap.add_argument("--script", default="click", choices=("click", "drag", "gaze"), help="headless input")
     ap.add_argument("--out", type=Path, help="also write the view to this mp4")
+    ap.add_argument("--gaze-live", metavar="udp[:PORT]|pupil[:HOST]",
+                    help="live eye tracker: JSON lines on UDP (127.0.0.1) or Pupil Labs' real-time API")
     return ap.parse_args(argv)
 
 

@@ -105,3 +105,46 @@ def test_prompt_validation() -> None:
         Prompt(np.array([[1.0, 2.0]]), np.array([2.0]))
     with pytest.raises(ValueError, match="x0 <= x1"):
         Prompt.box([10, 0, 5, 5])
+
+
+@pytest.mark.parametrize("spec", ["udp:x", "udp:1:2:3", "tcp:5005", "pupil:a:b", ""])
+def test_open_live_gaze_bad_spec(spec: str) -> None:
+    from engine.stream.prompt_sources import open_live_gaze
+
+    with pytest.raises(ValueError, match="bad live gaze source"):
+        open_live_gaze(spec)
+
+
+def test_live_udp_gaze_dwell_selects_in_the_demo_app() -> None:
+    """A tracker streaming a steady fixation over UDP selects through live_select's App wiring."""
+    import json
+    import socket
+    import sys
+    import time
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "demos"))
+    import live_select
+
+    app = live_select.App.__new__(live_select.App)  # the gaze wiring only: no model needed
+    app.gaze, app.pending = live_select.GazePrompts(), []
+    app.live_gaze = live_select.open_live_gaze("udp:0")
+    try:
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        t0 = 1_000_000_000
+        for k in range(120):  # 1 s at 120 Hz on (200, 150), with a bad packet in the middle
+            line = {"t_ns": t0 + k * 8_333_333, "x": 200.0 + (k % 3), "y": 150.0, "conf": 1.0}
+            sender.sendto(json.dumps(line).encode(), app.live_gaze.address)
+            if k == 60:
+                sender.sendto(b"not json", app.live_gaze.address)
+        sender.close()
+        got, deadline = 0, time.monotonic() + 5
+        with pytest.warns(UserWarning, match="malformed"):
+            while got < 120 and time.monotonic() < deadline:
+                got += app.poll_live_gaze()
+    finally:
+        app.live_gaze.close()
+    assert got == 120 and app.live_gaze.stats["malformed"] == 1
+    selects = [e for e in app.pending if isinstance(e, SelectEvent)]
+    assert len(selects) == 1
+    (x, y), = selects[0].prompt.points_xy
+    assert abs(x - 201) < 3 and abs(y - 150) < 3

@@ -1,5 +1,6 @@
 """Gaze input: samples and the gaze CSV, One-Euro smoothing with confidence gating, fixation
-detection (I-VT, I-DT), dwell-time selection, and a UDP receiver for live trackers.
+detection (I-VT, I-DT), dwell-time selection, and live receivers: UDP JSON lines from any
+tracker, and Pupil Labs' real-time API (``PupilLabsGazeReceiver``, needs ``arsel[gaze]``).
 
 Coordinates are scene-camera pixels (x right, y down); times are integer nanoseconds.
 Mapping tracker coordinates into the scene camera is :mod:`calibration.gaze`.
@@ -16,6 +17,7 @@ from engine.gaze.filters import (
     split_segments,
 )
 from engine.gaze.fixations import DEFAULT_PX_PER_DEG, Fixation, detect_fixations_idt, detect_fixations_ivt
+from engine.gaze.pupil_labs import PupilLabsGazeReceiver
 from engine.gaze.samples import GazeSample, read_gaze_csv, write_gaze_csv
 from engine.gaze.udp import MAX_PACKET_BYTES, UdpGazeReceiver, parse_gaze_json
 
@@ -29,6 +31,7 @@ __all__ = [
     "GazeSample",
     "GazeSmoother",
     "OneEuroFilter",
+    "PupilLabsGazeReceiver",
     "UdpGazeReceiver",
     "detect_fixations_idt",
     "detect_fixations_ivt",

@@ -15,6 +15,7 @@ import bisect
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -154,3 +155,30 @@ class GazeReplay:
             events += self.prompts.push(self.samples[self._next])
             self._next += 1
         return events
+
+
+def open_live_gaze(spec: str) -> Any:
+    """A live gaze receiver from ``spec``; its ``poll()`` returns new ``GazeSample``s (never blocks).
+
+    ``udp[:PORT]`` or ``udp:HOST:PORT``: JSON lines on UDP (``engine.gaze.udp``; loopback unless a
+    host is given, port 0 = any free port, see ``.address``). ``pupil`` (discover on the network) or
+    ``pupil:HOST[:PORT]``: Pupil Labs' real-time API (needs ``pip install 'arsel[gaze]'``).
+    Samples are in scene-camera pixels; feed them to ``GazePrompts.push``.
+    """
+    kind, _, rest = str(spec).strip().partition(":")
+    parts = rest.split(":") if rest else []
+    try:
+        if kind == "udp" and len(parts) <= 2:
+            from engine.gaze.udp import UdpGazeReceiver
+
+            host = parts[0] if len(parts) == 2 else "127.0.0.1"
+            return UdpGazeReceiver(host, int(parts[-1]) if parts else 5005)
+        if kind == "pupil" and len(parts) <= 2:
+            from engine.gaze.pupil_labs import PupilLabsGazeReceiver
+
+            port = int(parts[1]) if len(parts) == 2 else 8080
+            return PupilLabsGazeReceiver(address=parts[0] if parts else None, port=port)
+    except ValueError as exc:
+        if "invalid literal" not in str(exc):
+            raise
+    raise ValueError(f"bad live gaze source {spec!r}: write udp[:PORT], udp:HOST:PORT, pupil or pupil:HOST[:PORT]")
