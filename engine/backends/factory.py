@@ -10,9 +10,12 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from engine.backends.base import Backend
+
+if TYPE_CHECKING:
+    from engine.backends.torch_backend import TorchOptions
 
 BackendName = Literal["torch", "onnxruntime", "tensorrt", "auto"]
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "auto")
@@ -89,12 +92,15 @@ def create_backend(
     checkpoint: Path | None = None,
     device: str = "cpu",
     cache_dir: Path | None = None,
+    torch_options: TorchOptions | None = None,
 ) -> Backend:
     """A ``Backend`` for ``model_name`` on runtime ``name`` ("torch", "onnxruntime", "tensorrt", "auto").
 
     ``checkpoint``: weights file (default: ``engine.weights.resolve``). ``device``: "cpu" or
     "cuda[:N]" (tensorrt needs CUDA; ``auto`` on "cpu" never picks tensorrt). ``cache_dir``:
     where exported ONNX files and engines are kept (default ``default_cache_dir()``).
+    ``torch_options``: precision, channels_last, cuda_graphs, compile of the torch backend
+    (``engine.backends.torch_backend.TorchOptions``); other runtimes refuse them.
     """
     from engine.models.registry import get_spec
 
@@ -103,12 +109,21 @@ def create_backend(
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name == "auto":
         name = resolve_auto(device)
+    if torch_options is not None and name != "torch":
+        raise ValueError(
+            f"torch_options apply to the torch backend only, and the runtime is {name!r}; "
+            "pass name='torch' or drop torch_options"
+        )
     if name == "torch":
-        from engine.backends.torch_backend import TorchBackend
+        from engine.backends.torch_backend import TorchBackend, TorchOptions
         from engine.models.registry import load_model
         from engine.weights import resolve
 
-        return TorchBackend(load_model(model_name, resolve(model_name, checkpoint)), spec.input_size, device=device)
+        o = torch_options or TorchOptions()
+        return TorchBackend(
+            load_model(model_name, resolve(model_name, checkpoint)), spec.input_size, device, o.precision,
+            channels_last=o.channels_last, cuda_graphs=o.cuda_graphs, compile=o.compile, max_graphs=o.max_graphs,
+        )
     encoder, decoder = onnx_files(model_name, checkpoint, cache_dir)
     if name == "onnxruntime":
         from engine.backends.ort_backend import OrtBackend
