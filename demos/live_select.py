@@ -114,10 +114,7 @@ class App:
     # --- output ----------------------------------------------------------------------------------
     def draw(self, frame: Frame, res: StepResult) -> np.ndarray:
         """Overlay (one colour per object id), hover preview, pointer/gaze marker and the HUD (BGR)."""
-        n = max((r.object_id for r in res.objects), default=0)
-        masks = [np.zeros(res.frame_hw, bool) for _ in range(n)]
-        for r in res.objects:
-            masks[r.object_id - 1] = r.mask
+        masks = res.masks_by_id()
         img = draw_overlay(frame.rgb, masks, boxes_xyxy=self.cursor.drag_box_xyxy)
         if res.hover is not None and res.hover.mask.any():
             contours, _ = cv2.findContours(res.hover.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)

@@ -160,10 +160,7 @@ class App:
 
     def draw(self, frame: Frame, res: StepResult) -> np.ndarray:
         """Overlay (one colour per object id), extents text and the HUD, as BGR."""
-        n = max((r.object_id for r in res.objects), default=0)
-        masks = [np.zeros(res.frame_hw, bool) for _ in range(n)]
-        for r in res.objects:
-            masks[r.object_id - 1] = r.mask
+        masks = res.masks_by_id()
         img = draw_overlay(frame.rgb, masks, boxes_xyxy=self.cursor.drag_box_xyxy)
         lines = [f"frame {frame.index} objects {len(res.objects)} depth {'yes' if frame.depth_raw is not None else 'NO'}"]
         for oid, st in sorted(self.objects.items()):

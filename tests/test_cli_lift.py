@@ -14,26 +14,11 @@ from engine.cli import main
 from engine.lift import deproject
 from engine.types import CameraIntrinsics
 from tests.refs import medsam_checkpoint
+from tests.test_lift import near_smooth_window
 
 o3d = pytest.importorskip("open3d")
 
 SLAMBOOK = CameraIntrinsics(640, 480, 518.0, 519.0, 325.5, 253.5, 0.001)  # ch5/rgbd/joinMap.cpp
-
-
-def smooth_window(z_m: np.ndarray, hw: tuple[int, int] = (60, 80)) -> tuple[int, int]:
-    """Top-left (y, x) of the nearest window with >= 98 % valid depth and no jump > 5 cm."""
-    best = (np.inf, 0, 0)
-    for y in range(0, z_m.shape[0] - hw[0], 20):
-        for x in range(0, z_m.shape[1] - hw[1], 20):
-            win = z_m[y : y + hw[0], x : x + hw[1]]
-            ok = win > 0
-            if ok.mean() < 0.98:
-                continue
-            jumps = [np.abs(np.diff(win, axis=a))[np.diff(ok, axis=a) == 0] for a in (0, 1)]
-            if max(j.max() for j in jumps) < 0.05 and np.median(win[ok]) < best[0]:
-                best = (float(np.median(win[ok])), y, x)
-    assert np.isfinite(best[0]), "no smooth window found"
-    return best[1], best[2]
 
 
 @pytest.fixture()
@@ -41,7 +26,7 @@ def slambook(data_dir: Path, tmp_path: Path) -> dict[str, Path]:
     """slambook2 frame 1: colour, depth, arsel-format intrinsics, and a mask on a smooth surface."""
     root = data_dir / "slambook2_rgbd"
     depth = cv2.imread(str(root / "depth" / "1.pgm"), cv2.IMREAD_UNCHANGED)
-    y, x = smooth_window(depth * 0.001)
+    y, x = near_smooth_window(depth * 0.001)
     mask = np.zeros(depth.shape, np.uint8)
     mask[y : y + 60, x : x + 80] = 255
     cv2.imwrite(str(tmp_path / "mask.png"), mask)

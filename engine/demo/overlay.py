@@ -47,10 +47,7 @@ def render_overlay(frame: Frame, res: Any, gaze_xy: tuple[float, float] | None, 
                    objects: Mapping[int, Any]) -> np.ndarray:
     """``HxWx3 uint8 RGB``: masks tinted by object id, boxes, gaze dot (grey ring when the eye is
     closed or lost), HUD top-left, each object's live single-view 3D extents bottom-left."""
-    n = max((r.object_id for r in res.objects), default=0)
-    masks = [np.zeros(frame.rgb.shape[:2], bool) for _ in range(n)]
-    for r in res.objects:
-        masks[r.object_id - 1] = r.mask
+    masks = res.masks_by_id()
     boxes = [r.box_xyxy for r in res.objects if r.box_xyxy is not None and r.status == "ok"]
     img = draw_overlay(frame.rgb, masks, boxes_xyxy=np.array(boxes) if boxes else None)
     h, w = img.shape[:2]

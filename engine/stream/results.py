@@ -50,6 +50,15 @@ class StepResult:
     hover: MaskResult | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
+    def masks_by_id(self) -> list[np.ndarray]:
+        """One ``(H, W) bool`` mask per id ``1..max id`` (index ``id - 1``; empty where an id has no
+        result), so an overlay gives each object the same palette colour in every frame."""
+        n = max((r.object_id for r in self.objects), default=0)
+        masks = [np.zeros(self.frame_hw, bool) for _ in range(n)]
+        for r in self.objects:
+            masks[r.object_id - 1] = r.mask
+        return masks
+
     def id_map(self) -> np.ndarray:
         """``(H, W) uint8``: each object's id where its mask is (later ids win overlaps), else 0."""
         out = np.zeros(self.frame_hw, np.uint8)

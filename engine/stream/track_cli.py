@@ -223,10 +223,7 @@ class _Writer:
         from engine.imageio import draw_overlay
         from engine.stream.latency import draw_hud
 
-        n = max((r.object_id for r in res.objects), default=0)
-        masks = [np.zeros(res.frame_hw, bool) for _ in range(n)]
-        for r in res.objects:
-            masks[r.object_id - 1] = r.mask
+        masks = res.masks_by_id()
         boxes = [r.box_xyxy for r in res.objects if r.box_xyxy is not None]
         img = draw_overlay(frame.rgb, masks, boxes_xyxy=np.array(boxes) if boxes else None)
         lines = [f"frame {res.frame_index}  key {res.keyframe_index}  age {res.embedding_age_frames}",
