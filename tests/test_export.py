@@ -2,8 +2,8 @@
 
 * Decoder parity for every registered architecture at seeded random weights (the decoder does not
   depend on the encoder, so a stub encoder keeps ViT-L/H cheap), 1/2/5/16 points and B = 4.
-* Encoder parity for mobile_sam and lite_medsam at random weights (BatchNorm statistics randomised);
-  ViT-B's encoder (~70 s) runs with ARSEL_SLOW_TESTS=1.
+* Encoder parity for mobile_sam, lite_medsam (BatchNorm statistics randomised) and ViT-B (~70 s,
+  marked slow) at random weights.
 * LiteMedSAM at the real weights through ``export_model`` (checker + parity inside), and the
   predictor over ``OrtBackend`` vs ``TorchBackend`` on the real truck image.
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import cv2
@@ -127,14 +126,8 @@ def test_compare_decoder_rejects_a_wrong_graph(decoders) -> None:  # noqa: ANN00
         compare_decoder(other, path, emb, realistic_prompts(1, 3, 1024))
 
 
-VIT_B_SKIP = pytest.mark.skipif(
-    os.environ.get("ARSEL_SLOW_TESTS") != "1",
-    reason="ViT-B encoder export + parity takes ~70 s on 2 cores; set ARSEL_SLOW_TESTS=1 to run it",
-)
-
-
 @pytest.mark.parametrize(
-    "name", ["lite_medsam", "mobile_sam", pytest.param("sam_vit_b", marks=[pytest.mark.slow, VIT_B_SKIP])]
+    "name", ["lite_medsam", "mobile_sam", pytest.param("sam_vit_b", marks=pytest.mark.slow)]
 )
 def test_encoder_parity_random_weights(name: str, tmp_path: Path) -> None:
     torch.manual_seed(1)
