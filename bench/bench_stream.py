@@ -51,6 +51,7 @@ DAVIS_ROWS = (  # (name, keyframe policy, motion model, decode-reuse tolerance p
     ("k10, no motion", KeyframePolicy(interval=10), "none"),
     ("auto + homography", KeyframePolicy.parse("auto"), "homography"),
     ("k5 + homography, reuse 4 px", KeyframePolicy(interval=5), "homography", 4.0),
+    ("k5 + homography, reuse 6 px", KeyframePolicy(interval=5), "homography", 6.0),
 )
 
 
@@ -139,7 +140,7 @@ def main() -> int:
     ap.add_argument("--skip-davis", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime"], help="backends of the throughput rows")
-    ap.add_argument("--reuse-px", type=float, default=4.0, help="decode-reuse tolerance of the extra async row")
+    ap.add_argument("--reuse-px", type=float, default=6.0, help="decode-reuse tolerance of the extra async row")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
     if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 2:

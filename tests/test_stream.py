@@ -332,3 +332,41 @@ def test_decode_reuse_and_hover_preview() -> None:
     assert results[-1].hover is not None and results[-1].hover.mask[240, 320]
     eng.handle(HoverEvent(None))
     assert eng.step(Frame(6, 6, rgb)).hover is None
+
+
+def test_async_encoder_worker_runs_nicer() -> None:
+    import os
+    import threading
+
+    seen: dict[str, int] = {}
+    backend = FakeSegmenter()
+
+    def encode(rgb: np.ndarray, i: int):  # noqa: ANN202
+        tid = threading.get_native_id()
+        seen["worker"] = os.getpriority(os.PRIO_PROCESS, tid)
+        return _fake_embedding(backend, rgb, i)
+
+    if not hasattr(os, "setpriority"):
+        pytest.skip("no per-thread priorities here")
+    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    rgb, _ = green_scene((64, 80))
+    with AsyncEncoder(encode, asynchronous=True, nice=5) as enc:
+        assert enc.submit(Frame(0, 0, rgb), np.zeros((8, 10), np.uint8))
+        assert enc.wait_idle(10) and enc.latest() is not None
+    assert seen["worker"] == min(19, main + 5), (seen, main)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main  # the caller's thread keeps its own
+
+
+def test_region_motion_reuses_keyframe_corners(synthetic: SyntheticSource) -> None:
+    from engine.stream.object_motion import MotionEstimator
+
+    est = MotionEstimator("homography", 320)
+    key = est.small_grey(synthetic.frames_rgb[0])
+    region = est.small_mask(green_mask(synthetic.frames_rgb[0]))
+    hw = synthetic.frames_rgb[0].shape[:2]
+    fits = [est.region_motion(key, est.small_grey(synthetic.frames_rgb[i]), region, hw) for i in (1, 2, 1)]
+    assert len(est._corners) == 1  # one keyframe region: its corners found once
+    fresh = MotionEstimator("homography", 320).region_motion(key, est.small_grey(synthetic.frames_rgb[1]), region, hw)
+    assert fits[0] is not None and fresh is not None
+    np.testing.assert_array_equal(fits[0].matrix, fresh.matrix)
+    np.testing.assert_array_equal(fits[0].matrix, fits[2].matrix)

@@ -53,12 +53,27 @@ class MotionEstimator:
     object fit needs to be used (else the caller falls back to the global fit).
     """
 
-    def __init__(self, model: str, downscale_to: int = 320, min_points: int = 10, ransac_px: float = 3.0) -> None:
+    def __init__(self, model: str, downscale_to: int = 320, min_points: int = 10, ransac_px: float = 3.0,
+                 max_corners: int = 200) -> None:
         if model not in ("homography", "affine", "none"):
             raise ValueError(f"motion model must be 'homography', 'affine' or 'none', got {model!r}")
         if downscale_to < 32:
             raise ValueError(f"downscale_to must be >= 32 px, got {downscale_to}")
         self.model, self.downscale_to, self.min_points, self.ransac_px = model, downscale_to, min_points, ransac_px
+        self.max_corners = max_corners
+        # per-keyframe work reused by every frame fitted to it: each region's corners in the keyframe
+        # (keyed by the arrays themselves: a keyframe's grey image and an object's keyframe region
+        # never change once made; OpenCV 5's Python binding takes no prebuilt LK pyramids)
+        self._corners: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+
+    def _region_corners(self, key_small: np.ndarray, region_small: np.ndarray) -> np.ndarray | None:
+        for key, region, p0 in self._corners:
+            if key is key_small and region is region_small:
+                return p0
+        region = cv2.dilate(region_small.astype(np.uint8), np.ones((5, 5), np.uint8))
+        p0 = cv2.goodFeaturesToTrack(key_small, self.max_corners, qualityLevel=0.01, minDistance=3, mask=region, blockSize=5)
+        self._corners = [c for c in self._corners if c[0] is key_small][-7:] + [(key_small, region_small, p0)]
+        return p0
 
     def small_hw(self, full_hw: tuple[int, int]) -> tuple[int, int]:
         h, w = full_hw
@@ -97,8 +112,7 @@ class MotionEstimator:
         the region has fewer than ``min_points`` trackable corners agreeing on one fit."""
         if self.model == "none":
             return MotionInfo.identity()
-        region = cv2.dilate(region_small.astype(np.uint8), np.ones((5, 5), np.uint8))
-        p0 = cv2.goodFeaturesToTrack(key_small, 200, qualityLevel=0.01, minDistance=3, mask=region, blockSize=5)
+        p0 = self._region_corners(key_small, region_small)
         if p0 is None or len(p0) < self.min_points:
             return None
         p1, st1, _ = cv2.calcOpticalFlowPyrLK(key_small, cur_small, p0, None, **_LK)

@@ -8,6 +8,7 @@ newest finished keyframe without waiting, so every frame is decoded on the newes
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -133,11 +134,13 @@ class AsyncEncoder:
     ``encode_fn(rgb HxWx3 uint8, frame_index) -> Embedding`` must not touch state the decoder uses.
     Asynchronous: ``submit`` never blocks; while an encode is running further requests are dropped
     (``stats.dropped_busy``). Synchronous (tests, offline): ``submit`` encodes before returning.
+    ``nice``: how much lower the worker thread's scheduling priority is (Linux, per thread).
     """
 
-    def __init__(self, encode_fn: EncodeFn, asynchronous: bool = True) -> None:
+    def __init__(self, encode_fn: EncodeFn, asynchronous: bool = True, nice: int = 0) -> None:
         self._encode_fn = encode_fn
         self.asynchronous = asynchronous
+        self.nice = nice
         self.stats = EncoderStats()
         self._latest: Keyframe | None = None
         self._pending: tuple[Frame, np.ndarray] | None = None
@@ -209,7 +212,20 @@ class AsyncEncoder:
         self.stats.finished += 1
         self.stats.encode_ms.append(ms)
 
+    def _lower_priority(self) -> None:
+        """Raise the worker thread's nice value by ``nice`` (Linux: per thread, its native id), so
+        the decoder thread and its OpenCV helpers win the cores while an encode runs. A platform
+        without per-thread priorities keeps the default."""
+        if self.nice <= 0 or not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+            return
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.nice))
+        except OSError:
+            pass
+
     def _run(self) -> None:
+        self._lower_priority()
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._pending is not None or self._closed)
