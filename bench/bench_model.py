@@ -76,7 +76,7 @@ def bench(name: str, rgb: np.ndarray, repeats: int, dec_repeats: int, tmp: Path)
         ref_encode: Callable[[], object] = partial(ref.embed, rgb)
 
         def ref_decode() -> None:  # the recipe's segment() minus its embed(): prompt encoder, decoder, upsampling
-            _segment_from_embedding(ref, rgb, box, ref_emb)
+            ref.segment_embedding(rgb.shape[:2], box, ref_emb)
 
         prompt = {"box_xyxy": box}
     else:
@@ -109,24 +109,6 @@ def bench(name: str, rgb: np.ndarray, repeats: int, dec_repeats: int, tmp: Path)
     med = statistics.median
     return {"enc": med(enc["ours"]), "ref_enc": med(enc["ref"]), "dec": med(dec["ours"]), "ref_dec": med(dec["ref"]),
             "dec_model": med(parts["decode_ms"][1:]), "dec_post": med(parts["postprocess_ms"][1:])}
-
-
-@torch.no_grad()
-def _segment_from_embedding(ref: object, rgb: np.ndarray, box: np.ndarray, emb: tuple) -> None:
-    """``LiteMedSamRecipe.segment`` with the embedding given (the same code after its ``embed``)."""
-    import torch.nn.functional as F
-
-    h, w = rgb.shape[:2]
-    features, new_hw = emb
-    box256 = torch.as_tensor(np.asarray(box, np.float32) * (256 / max(h, w)))[None, None]
-    sparse, dense = ref.prompt_encoder(points=None, boxes=box256, masks=None)  # type: ignore[attr-defined]
-    low, _ = ref.mask_decoder(  # type: ignore[attr-defined]
-        image_embeddings=features, image_pe=ref.prompt_encoder.get_dense_pe(),  # type: ignore[attr-defined]
-        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
-    )
-    up = F.interpolate(low, size=(256, 256), mode="bilinear", align_corners=False)[..., : new_hw[0], : new_hw[1]]
-    up = F.interpolate(up, size=(h, w), mode="bilinear", align_corners=False)
-    (torch.sigmoid(up) > 0.5)[0, 0].numpy()
 
 
 def main() -> None:

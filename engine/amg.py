@@ -102,23 +102,28 @@ def stability_score(logits: np.ndarray, offset: float, threshold: float = 0.0) -
 
 
 def box_nms(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float) -> np.ndarray:
-    """Greedy NMS on ``(K, 4)`` boxes (inclusive pixel indices, xyxy); kept indices, best first.
+    """Greedy NMS on ``(K, 4)`` xyxy boxes; kept indices, best first.
 
-    A box is dropped when its IoU with a kept, higher-scoring box exceeds ``iou_thresh``; equal
-    scores keep the input order.
+    SAM's convention (``torchvision.ops.batched_nms`` on its mask boxes): area ``(x2 - x1) *
+    (y2 - y1)`` and intersection ``max(0, min x2 - max x1) * ...`` with no ``+1``, although the
+    mask boxes hold inclusive pixel indices. A box is dropped when its IoU with a kept,
+    higher-scoring box exceeds ``iou_thresh``; an IoU of 0/0 (two zero-area boxes) drops nothing,
+    as in torchvision. Equal scores keep the input order.
     """
+    boxes = np.asarray(boxes, dtype=np.float64)
     order = np.argsort(-np.asarray(scores), kind="stable")
     keep: list[int] = []
-    area = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     while order.size:
         i = order[0]
         keep.append(int(i))
         rest = order[1:]
         lo = np.maximum(boxes[i, :2], boxes[rest, :2])
         hi = np.minimum(boxes[i, 2:], boxes[rest, 2:])
-        inter = np.prod(np.clip(hi - lo + 1, 0, None), axis=1)
-        iou = inter / (area[i] + area[rest] - inter)
-        order = rest[iou <= iou_thresh]
+        inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = inter / (area[i] + area[rest] - inter)
+        order = rest[~(iou > iou_thresh)]  # NaN (0/0) keeps the box, as torchvision's ``>`` test does
     return np.array(keep, dtype=np.int64)
 
 

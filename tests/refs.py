@@ -127,8 +127,15 @@ class LiteMedSamRecipe:
     @torch.no_grad()
     def segment(self, rgb: np.ndarray, box_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Returns (mask HxW bool, low-res logits 256x256) for one box in original pixels."""
-        h, w = rgb.shape[:2]
-        emb, new_hw = self.embed(rgb)
+        return self.segment_embedding(rgb.shape[:2], box_xyxy, self.embed(rgb))
+
+    @torch.no_grad()
+    def segment_embedding(
+        self, original_hw: tuple[int, int], box_xyxy: np.ndarray, embedding: tuple[torch.Tensor, tuple[int, int]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``segment`` after its ``embed``: ``embedding`` is ``embed``'s ``(features, resized (h, w))``."""
+        h, w = original_hw
+        emb, new_hw = embedding
         box256 = torch.as_tensor(np.asarray(box_xyxy, np.float32) * (256 / max(h, w)))[None, None]
         sparse, dense = self.prompt_encoder(points=None, boxes=box256, masks=None)
         low, _ = self.mask_decoder(

@@ -41,11 +41,53 @@ def test_stability_score_by_hand() -> None:
 
 def test_box_nms_keeps_higher_scoring_of_overlapping_pair() -> None:
     boxes = np.array([[0, 0, 9, 9], [1, 1, 10, 10], [50, 50, 59, 59]], np.float32)
-    # boxes 0 and 1 (inclusive pixels): intersection 9x9 = 81, union 100 + 100 - 81 -> IoU 0.68
+    # SAM's (torchvision's) convention, no +1: areas 9x9 = 81, intersection 8x8 = 64,
+    # IoU 64 / (81 + 81 - 64) = 0.653 (inclusive-pixel areas would give 81 / 119 = 0.68)
     assert box_nms(boxes, np.array([0.5, 0.9, 0.1]), 0.5).tolist() == [1, 2]
     assert box_nms(boxes, np.array([0.9, 0.5, 0.1]), 0.5).tolist() == [0, 2]
-    assert box_nms(boxes, np.array([0.5, 0.9, 0.1]), 0.7).tolist() == [1, 0, 2]  # 0.68 <= 0.7: both stay
+    assert box_nms(boxes, np.array([0.5, 0.9, 0.1]), 0.66).tolist() == [1, 0, 2]  # 0.653 <= 0.66: both stay
+    assert box_nms(boxes, np.array([0.5, 0.9, 0.1]), 0.65).tolist() == [1, 2]
     assert box_nms(boxes[:2], np.array([1.0, 1.0]), 0.5).tolist() == [0]  # ties keep input order
+    line = np.array([[5, 5, 5, 20], [5, 5, 5, 20]], np.float32)  # zero area: IoU 0/0 suppresses nothing
+    assert box_nms(line, np.array([0.9, 0.5]), 0.5).tolist() == [0, 1]
+
+
+def _sam_iou_by_hand(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU as torchvision's nms kernel computes it for SAM: areas (x2 - x1) * (y2 - y1)."""
+    a, b = [float(v) for v in a], [float(v) for v in b]
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union else float("nan")  # 0/0: NaN, never "> thresh"
+
+
+def _sam_nms_by_hand(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> list[int]:
+    order, keep = list(np.argsort(-scores, kind="stable")), []
+    while order:
+        i = order.pop(0)
+        keep.append(int(i))
+        order = [j for j in order if not _sam_iou_by_hand(boxes[i], boxes[j]) > thresh]
+    return keep
+
+
+def test_box_nms_parity_with_sams_batched_nms() -> None:
+    """Partly overlapping mask boxes (integer xyxy, inclusive pixel indices as SAM's
+    ``batched_mask_to_box``) give the same kept indices as SAM's ``batched_nms(boxes.float(),
+    iou_preds, zeros, box_nms_thresh)`` call, checked by hand and with torchvision when present."""
+    rng = np.random.default_rng(7)
+    xy = rng.integers(0, 30, (40, 2))
+    boxes = np.concatenate([xy, xy + rng.integers(0, 30, (40, 2))], axis=1).astype(np.float32)  # some 0-wide
+    scores = rng.permutation(40).astype(np.float32) / 40  # distinct: no tie order to argue about
+    for thresh in (0.2, 0.4, 0.6):
+        ours = box_nms(boxes, scores, thresh).tolist()
+        assert ours == _sam_nms_by_hand(boxes, scores, thresh)
+        assert 1 < len(ours) < len(boxes)  # the case suppresses some boxes and keeps others
+        try:
+            from torchvision.ops import batched_nms
+        except ImportError:
+            continue
+        ref = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.zeros(40), thresh)
+        assert ours == ref.tolist()
 
 
 def test_remove_small_regions_fills_holes_and_drops_islands() -> None:

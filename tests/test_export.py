@@ -274,6 +274,14 @@ def test_create_backend_names(medsam_export, name: str, exception: type[Exceptio
             create_backend(name, "lite_medsam", ckpt, device="cpu", cache_dir=cache)
 
 
+def test_tensorrt_on_cpu_fails_before_the_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.backends import factory
+
+    monkeypatch.setattr(factory, "onnx_files", lambda *a, **k: pytest.fail("exported before checking the device"))
+    with pytest.raises(ValueError, match=r"CUDA device, got device='cpu'; pass --device cuda \(CLI\) or device='cuda'"):
+        factory.create_backend("tensorrt", "lite_medsam", device="cpu")
+
+
 def test_export_cli_parsers() -> None:
     import argparse
 

@@ -221,7 +221,92 @@ def test_compile_failure_warns_and_runs_eager(monkeypatch: pytest.MonkeyPatch, e
         out = backend.decode(emb, **prompts(1, 2))
     assert_close(emb, eager.encode(image()), 0)
     assert_close(out[1], eager.decode(emb, **prompts(1, 2))[1], 0)
-    backend.decode(emb, **prompts(1, 2))  # no second warning, no second compile attempt
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backend.decode(emb, **prompts(1, 2))  # no second warning, no second compile attempt
+    detail = backend.describe().detail
+    assert "encoder eager after a failure (RuntimeError: InvalidCxxCompiler" in detail
+    assert "decoder eager after a failure" in detail
+
+
+def test_a_later_compiled_call_failure_falls_back(monkeypatch: pytest.MonkeyPatch, eager: TorchBackend) -> None:
+    """A recompile failing on a new prompt shape (after a first compiled call worked) runs eager too."""
+    calls = {"decoder": 0}
+
+    def flaky(fn: Any, mode: str | None = None) -> Any:
+        def run(*args: Any) -> Any:
+            if fn != backend._encode_eager:  # the decoder (model.forward)
+                calls["decoder"] += 1
+                if calls["decoder"] > 1:
+                    raise RuntimeError("recompile: guard failed on a new shape")
+            return fn(*args)
+        return run
+
+    monkeypatch.setattr(tb, "cpp_compiler", lambda: "/usr/bin/g++")
+    monkeypatch.setattr(torch, "compile", flaky)
+    backend = TorchBackend(tiny_model(), SIDE, compile=True)
+    emb = backend.encode(image())
+    backend.decode(emb, **prompts(1, 2))
+    assert "eager" not in backend.describe().detail and "compile=default" in backend.describe().detail
+    with pytest.warns(UserWarning, match="torch.compile of the decoder failed.*guard failed"):
+        out = backend.decode(emb, **prompts(3, 4))
+    for a, b in zip(out, eager.decode(eager.encode(image()), **prompts(3, 4))):
+        assert_close(a, b)
+    assert "decoder eager after a failure" in backend.describe().detail
+    assert "encoder eager" not in backend.describe().detail
+    backend.decode(emb, **prompts(3, 4))
+    assert calls["decoder"] == 2  # the compiled decoder is not tried again
+
+
+def test_reduce_overhead_encode_returns_a_copy(monkeypatch: pytest.MonkeyPatch, eager: TorchBackend) -> None:
+    """compile='reduce-overhead' returns CUDA-graph-tree memory that the next call overwrites (faked
+    here with one static buffer); each embedding handed out must survive the next encode."""
+    static: dict[str, torch.Tensor] = {}
+
+    def graph_tree(fn: Any, mode: str | None = None) -> Any:
+        def run(x: torch.Tensor) -> torch.Tensor:
+            out = fn(x)
+            buf = static.setdefault("out", torch.empty_like(out))
+            return buf.copy_(out)
+        return run
+
+    monkeypatch.setattr(torch, "compile", graph_tree)
+    backend = TorchBackend(tiny_model(), SIDE)
+    backend.options = TorchOptions(compile="reduce-overhead")  # CUDA-only option, set past validate
+    first = backend.encode(image(0))
+    second = backend.encode(image(1))
+    assert first.data_ptr() != static["out"].data_ptr() != second.data_ptr()
+    assert_close(first, eager.encode(image(0)), 0)
+    assert_close(second, eager.encode(image(1)), 0)
+
+
+def test_encoder_graph_is_captured_once_by_racing_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Double-checked locking: two threads encoding the first image capture one graph."""
+    import threading
+    import time
+
+    backend = TorchBackend(tiny_model(), SIDE)
+    captured: list[object] = []
+    start = threading.Barrier(2)
+
+    def slow_capture(shape: tuple[int, ...]) -> object:
+        time.sleep(0.2)  # both threads are past the unlocked check by now
+        captured.append(object())
+        return captured[-1]
+
+    monkeypatch.setattr(backend, "_capture_encoder", slow_capture)
+    results: list[object] = []
+
+    def first_encode() -> None:
+        start.wait()
+        results.append(backend._ensure_encoder_graph((1, 3, SIDE, SIDE)))
+
+    threads = [threading.Thread(target=first_encode) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(captured) == 1 and results == [captured[0], captured[0]]
 
 
 # --- GPU ----------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ embedding is fixed ``(1, 256, 64, 64)``; upsampling to the original size stays o
 
 ``export_model`` writes both, runs ``onnx.checker`` on each, runs each once in ONNX Runtime and
 compares with torch before it reports success. ``export_model`` also writes an internal no-mask
-decoder pair (``no_mask_paths``) that ``OrtBackend`` uses for prompts without masks. Uses the TorchScript exporter (``dynamo=False``):
+decoder pair (``trt.export_no_mask``) that ``OrtBackend`` uses for prompts without masks; a
+failure there only warns. Uses the TorchScript exporter (``dynamo=False``):
 the graphs have no control flow and it needs no ``onnxscript``. Measured on 2 CPU cores:
 lite_medsam encoder ~11 s, decoder ~3 s.
 """
@@ -173,76 +174,6 @@ def export_decoder(model: SamModel, path: Path, opset: int = 17) -> Path:
     return path
 
 
-# Internal no-mask decoder pair (``OrtBackend`` uses it when no prompt has a mask; the contract
-# decoder above stays the public graph): an image-side graph run once per embedding, and a prompt
-# graph that takes its outputs instead of the embedding and skips the mask path.
-IMAGE_SIDE_OUTPUTS = ("side_keys", "side_k", "side_v", "side_q_t")
-NO_MASK_INPUTS = (*IMAGE_SIDE_OUTPUTS, "point_coords", "point_labels")
-
-
-def no_mask_paths(decoder_path: Path) -> tuple[Path, Path]:
-    """Where ``export_no_mask_decoder`` writes the pair for a contract decoder file."""
-    decoder_path = Path(decoder_path)
-    stem = decoder_path.with_suffix("")
-    return Path(f"{stem}_image_side.onnx"), Path(f"{stem}_no_mask.onnx")
-
-
-class _ImageSideGraph(nn.Module):
-    def __init__(self, model: SamModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image_embeddings: Tensor) -> tuple[Tensor, ...]:
-        return self.model.decoder_image_side(image_embeddings)
-
-
-class _NoMaskGraph(nn.Module):
-    def __init__(self, model: SamModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, keys: Tensor, k: Tensor, v: Tensor, q_t: Tensor, point_coords: Tensor,
-                point_labels: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model.decode_no_mask((keys, k, v, q_t), point_coords, point_labels)
-
-
-def export_no_mask_decoder(model: SamModel, decoder_path: Path, opset: int = 17) -> tuple[Path, Path]:
-    """Write the no-mask decoder pair next to ``decoder_path`` (see ``no_mask_paths``)."""
-    side_path, prompt_path = no_mask_paths(decoder_path)
-    gen = torch.Generator().manual_seed(0)
-    emb = torch.randn(1, EMBED_DIM, *EMBED_HW, generator=gen)
-    model = model.eval()
-    _export(_ImageSideGraph(model).eval(), (emb,), side_path, opset,
-            input_names=[DECODER_INPUTS[0]], output_names=list(IMAGE_SIDE_OUTPUTS))
-    with torch.no_grad():
-        side = model.decoder_image_side(emb)
-    b, n = 2, 3
-    dummy = (*side, torch.rand(b, n, 2, generator=gen) * model.input_size,
-             torch.tensor([[1.0, 0.0, -1.0], [2.0, 3.0, -1.0]]))
-    _export(_NoMaskGraph(model).eval(), dummy, prompt_path, opset,
-            input_names=list(NO_MASK_INPUTS), output_names=list(DECODER_OUTPUTS),
-            dynamic_axes={k: v for k, v in DECODER_DYNAMIC_AXES.items() if k in NO_MASK_INPUTS + DECODER_OUTPUTS})
-    return side_path, prompt_path
-
-
-def compare_no_mask_decoder(model: SamModel, decoder_path: Path, embedding: np.ndarray,
-                            prompts: dict[str, np.ndarray]) -> float:
-    """Run the no-mask pair once on prompts without masks; max abs diff vs torch, ``ExportError`` > 1e-3."""
-    side_path, prompt_path = no_mask_paths(decoder_path)
-    side = _session(side_path).run(list(IMAGE_SIDE_OUTPUTS), {DECODER_INPUTS[0]: embedding})
-    feeds = dict(zip(IMAGE_SIDE_OUTPUTS, side))
-    feeds.update(point_coords=prompts["point_coords"], point_labels=prompts["point_labels"])
-    outs = _session(prompt_path).run(list(DECODER_OUTPUTS), feeds)
-    b = prompts["point_coords"].shape[0]
-    with torch.inference_mode():
-        refs = model(torch.from_numpy(embedding), torch.from_numpy(prompts["point_coords"]),
-                     torch.from_numpy(prompts["point_labels"]), torch.zeros(b, 1, *LOW_RES_HW), torch.zeros(b))
-    diff = max(float(np.abs(o - r.numpy()).max()) for o, r in zip(outs, refs))
-    if not diff <= FP32_TOLERANCE:
-        raise ExportError(f"no-mask decoder {prompt_path}: ONNX Runtime differs from torch by {diff:.3g}")
-    return diff
-
-
 def _declare_output_dims(path: Path, dims: dict[str, tuple[int | None, ...]]) -> None:
     """Write the outputs' fixed axes into the graph (the tracer leaves ``Reshape`` outputs symbolic).
 
@@ -392,13 +323,10 @@ def export_model(
             compare_decoder(model, dec_path, embedding, realistic_prompts(b, n, spec.input_size, seed=b * 31 + n))
             for b, n in ((1, 1), (1, 5), (4, 16))
         )
-        export_no_mask_decoder(model, dec_path, opset)  # internal fast path of OrtBackend (no masks)
-        for path in no_mask_paths(dec_path):
-            check_onnx(path)
-        dec_diff = max(dec_diff, *(
-            compare_no_mask_decoder(model, dec_path, embedding, realistic_prompts(b, n, spec.input_size, seed=b + n))
-            for b, n in ((1, 2), (3, 4))
-        ))
+        from trt.export_no_mask import export_no_mask_pair
+
+        pair_diff = export_no_mask_pair(model, dec_path, embedding, opset)  # OrtBackend's no-mask fast path
+        dec_diff = dec_diff if pair_diff is None else max(dec_diff, pair_diff)
         bar.update(1)
     finally:
         bar.close()

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends.base import BackendInfo
+from engine.backends.base import BackendInfo, decode_in_chunks
 from engine.contract import (
     DECODER_INPUTS,
     DECODER_OUTPUTS,
@@ -127,8 +127,9 @@ class TrtBackend:
 
     ``encode``: ``image`` float32 ``(1, 3, S, S)`` numpy or torch -> float32 CUDA tensor
     ``(1, 256, 64, 64)`` (a copy, safe to keep). ``decode``: contract decoder inputs (numpy or torch)
-    -> ``(iou (B, 4), low_res (B, 4, 256, 256))`` float32 numpy; ``decode_tensors`` returns CUDA
-    tensor views instead (valid until the next decode).
+    -> ``(iou (B, 4), low_res (B, 4, 256, 256))`` float32 numpy for any prompt batch B (chunked at
+    the profile's maximum); ``decode_tensors`` returns CUDA tensor views instead (valid until the
+    next decode) and takes at most ``dec.max_batch`` prompts.
     """
 
     def __init__(
@@ -182,7 +183,8 @@ class TrtBackend:
         b, n = int(point_coords.shape[0]), int(point_coords.shape[1])
         if not (1 <= b <= self.dec.max_batch and 1 <= n <= self.dec.max_points):
             raise ValueError(f"decoder engine takes 1..{self.dec.max_batch} prompts of 1..{self.dec.max_points} "
-                             f"points, got B={b}, N={n}; rebuild with a larger DecoderProfile or split the batch")
+                             f"points, got B={b}, N={n}; use decode (it splits the batch), or rebuild with a larger "
+                             "DecoderProfile for more points")
         shapes = {"point_coords": (b, n, 2), "point_labels": (b, n), "mask_input": (b, 1, *LOW_RES_HW),
                   "has_mask_input": (b,)}
         ctx = self.dec.context
@@ -211,7 +213,17 @@ class TrtBackend:
 
     def decode(self, embedding: Any, point_coords: Any, point_labels: Any, mask_input: Any,
                has_mask_input: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Contract decoder inputs -> ``(iou (B, 4), low_res (B, 4, 256, 256))`` float32 numpy."""
+        """Contract decoder inputs -> ``(iou (B, 4), low_res (B, 4, 256, 256))`` float32 numpy.
+
+        Any ``B``: batches over the engine profile's maximum (16 from ``trt.build``; segment-
+        everything sends 64) run as consecutive chunks (``decode_in_chunks``), the outputs joined.
+        """
+        return decode_in_chunks(self._decode_host, self.dec.max_batch, embedding, point_coords, point_labels,
+                                mask_input, has_mask_input)
+
+    def _decode_host(self, embedding: Any, point_coords: Any, point_labels: Any, mask_input: Any,
+                     has_mask_input: Any) -> tuple[np.ndarray, np.ndarray]:
+        """One ``decode_tensors`` call, copied to host memory (the views are reused by the next call)."""
         iou, low = self.decode_tensors(embedding, point_coords, point_labels, mask_input, has_mask_input)
         return iou.cpu().numpy(), low.cpu().numpy()
 

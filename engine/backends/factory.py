@@ -124,13 +124,16 @@ def create_backend(
             load_model(model_name, resolve(model_name, checkpoint)), spec.input_size, device, o.precision,
             channels_last=o.channels_last, cuda_graphs=o.cuda_graphs, compile=o.compile, max_graphs=o.max_graphs,
         )
+    if name == "tensorrt" and not device.startswith("cuda"):  # before the minutes-long ONNX export
+        raise ValueError(
+            f"the tensorrt backend runs on a CUDA device, got device={device!r}; pass --device cuda "
+            "(CLI) or device='cuda' (Python), or pick backend onnxruntime/torch for the CPU"
+        )
     encoder, decoder = onnx_files(model_name, checkpoint, cache_dir)
     if name == "onnxruntime":
         from engine.backends.ort_backend import OrtBackend
 
         return OrtBackend(encoder, decoder, spec.input_size, device=device)
-    if not device.startswith("cuda"):
-        raise ValueError(f"the tensorrt backend runs on a CUDA device, got device={device!r}; pass device='cuda'")
     from trt.build import build_engine
     from trt.runtime import TrtBackend
 

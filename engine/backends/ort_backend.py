@@ -12,23 +12,25 @@ decoder 78 -> 43 ms per prompt; MobileSAM encoder 6.5 s -> 0.94 s, decoder 84 ->
 the convolutions by the exporter; a pre-optimised model file is not cached because sessions open in
 0.3-0.5 s. When other work shares the cores, ``threads=1`` or ``spin=False`` can beat the default.
 
-Decoder: prompts without masks (clicks, boxes) run through ``trt.export``'s internal no-mask pair
-when its files lie next to the decoder: an image-side graph once per embedding (cached by value)
-and a prompt graph without the mask path and the first block's image-side projections
-(~0.8x the contract graph's time at 1 thread). Masks, GPUs and older export folders use the
-contract decoder.
+Decoder: prompts without masks (clicks, boxes) run through ``trt.export_no_mask``'s internal pair
+when its files lie next to the decoder and record this decoder file's sha256: an image-side graph
+once per embedding (cached by value) and a prompt graph without the mask path and the first
+block's image-side projections (~0.8x the contract graph's time at 1 thread). Masks, GPUs, older
+export folders and pairs from another export (a warning) use the contract decoder. With the
+TensorRT execution provider (profile max 16 prompts) larger prompt batches run in chunks.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.backends.base import BackendInfo
+from engine.backends.base import BackendInfo, decode_in_chunks
 from engine.contract import (
     DECODER_INPUTS,
     DECODER_OUTPUTS,
@@ -40,6 +42,10 @@ from engine.contract import (
 )
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+# The TensorRT execution provider's decoder profile (as trt.build's DecoderProfile): prompts and
+# points per prompt 1..16. ``OrtBackend.decode`` splits larger prompt batches into chunks.
+TRT_EP_MAX_BATCH = 16
+TRT_EP_MAX_POINTS = 16
 
 
 def _import_ort() -> Any:
@@ -104,7 +110,7 @@ class OrtBackend:
     ``providers``: ONNX Runtime execution providers (default: ``default_providers(device)``).
     ``threads``: intra-op threads (default: physical cores). ``spin``: let idle pool threads
     spin-wait (lowest latency on an idle machine; turn off when other work shares the cores).
-    ``no_mask_graphs``: on CPU, when ``trt.export``'s internal no-mask pair lies next to the
+    ``no_mask_graphs``: on CPU, when ``trt.export_no_mask``'s pair lies next to the
     decoder (``{decoder}_image_side.onnx``, ``{decoder}_no_mask.onnx``), prompts without masks run
     through it: the image side once per embedding (cached by value), then a smaller prompt graph.
     Results equal the contract decoder's up to float rounding.
@@ -134,23 +140,37 @@ class OrtBackend:
         self.decoder = self._session(self.decoder_path, spin)
         self._check_io()
         self.on_gpu = self.encoder.get_providers()[0] in _GPU_PROVIDERS
+        # Prompts per decoder run: the TensorRT EP's profile caps it; other providers take any batch.
+        trt_ep = "TensorrtExecutionProvider" in self.decoder.get_providers()
+        self.max_batch: int | None = TRT_EP_MAX_BATCH if trt_ep else None
         self._no_mask = self._no_mask_sessions(spin) if no_mask_graphs and not self.on_gpu else None
         self._side_cache: tuple[np.ndarray, list[np.ndarray]] | None = None
         self.device = f"cuda:{self._device_id()}" if self.on_gpu else "cpu"
         self._precision = _onnx_precision(self.encoder_path)
 
     def _no_mask_sessions(self, spin: bool) -> tuple[Any, Any] | None:
-        from trt.export import IMAGE_SIDE_OUTPUTS, NO_MASK_INPUTS, no_mask_paths
+        """The pair's ``(image side, prompt)`` sessions, or None: no pair files (quietly), or a pair
+        that is not from this decoder's export (a warning; the contract decoder runs instead)."""
+        from trt.export_no_mask import IMAGE_SIDE_OUTPUTS, NO_MASK_INPUTS, no_mask_paths, pair_is_current
 
         paths = no_mask_paths(self.decoder_path)
         if not all(p.is_file() for p in paths):
             return None
         side, prompt = (self._session(p, spin) for p in paths)
-        if [o.name for o in side.get_outputs()] != list(IMAGE_SIDE_OUTPUTS) or (
-            [i.name for i in prompt.get_inputs()] != list(NO_MASK_INPUTS)
-            or [o.name for o in prompt.get_outputs()] != list(DECODER_OUTPUTS)
-        ):
-            return None  # another version's files: use the contract decoder
+        names_ok = [o.name for o in side.get_outputs()] == list(IMAGE_SIDE_OUTPUTS) and (
+            [i.name for i in prompt.get_inputs()] == list(NO_MASK_INPUTS)
+            and [o.name for o in prompt.get_outputs()] == list(DECODER_OUTPUTS)
+        )
+        metadata = [s.get_modelmeta().custom_metadata_map for s in (side, prompt)]
+        if not (names_ok and pair_is_current(self.decoder_path, metadata)):
+            warnings.warn(
+                f"ignoring the no-mask decoder pair next to {self.decoder_path}: it was not exported with this "
+                "decoder file (another export or version), so every prompt runs the contract decoder (same "
+                f"results, slower for clicks and boxes). Delete {paths[0].name} and {paths[1].name}, or "
+                "re-export the model with `arsel export MODEL --out DIR`, to restore the fast path.",
+                stacklevel=3,
+            )
+            return None
         return side, prompt
 
     def _image_side(self, embedding: np.ndarray) -> list[np.ndarray]:
@@ -158,7 +178,7 @@ class OrtBackend:
         cached = self._side_cache
         if cached is not None and np.array_equal(cached[0], embedding):
             return cached[1]
-        from trt.export import IMAGE_SIDE_OUTPUTS
+        from trt.export_no_mask import IMAGE_SIDE_OUTPUTS
 
         side = self._no_mask[0].run(list(IMAGE_SIDE_OUTPUTS), {DECODER_INPUTS[0]: embedding})
         self._side_cache = (embedding.copy(), side)
@@ -187,7 +207,7 @@ class OrtBackend:
             return {}
         options = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(path.parent / "ort_trt_cache")}
         if "decoder" in path.name:  # prompt batch 1..16, points 1..16 (as trt.build's profile)
-            lo, opt, hi = ((1, 1), (1, 2), (16, 16))
+            lo, opt, hi = ((1, 1), (1, 2), (TRT_EP_MAX_BATCH, TRT_EP_MAX_POINTS))
             options.update({
                 "trt_profile_min_shapes": _shapes(*lo), "trt_profile_opt_shapes": _shapes(*opt),
                 "trt_profile_max_shapes": _shapes(*hi),
@@ -239,13 +259,23 @@ class OrtBackend:
         mask_input: np.ndarray,
         has_mask_input: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Contract decoder inputs -> ``(iou (B, 4), low_res (B, 4, 256, 256))`` float32 numpy."""
+        """Contract decoder inputs -> ``(iou (B, 4), low_res (B, 4, 256, 256))`` float32 numpy.
+
+        With the TensorRT execution provider (profile max ``TRT_EP_MAX_BATCH`` prompts) larger
+        batches run as consecutive chunks (``decode_in_chunks``); other providers take any B.
+        """
         prompts = check_decoder_arrays(point_coords, point_labels, mask_input, has_mask_input)
+        if self.max_batch is not None and prompts[0].shape[0] > self.max_batch:
+            return decode_in_chunks(self._decode_checked, self.max_batch, embedding, *prompts)
+        return self._decode_checked(embedding, *prompts)
+
+    def _decode_checked(self, embedding: Any, *prompts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``decode`` of checked float32 prompt arrays (one runtime call)."""
         if self.on_gpu:
             return self._decode_bound(embedding, prompts)
         emb = _embedding_array(embedding)
         if self._no_mask is not None and not prompts[3].any():
-            from trt.export import IMAGE_SIDE_OUTPUTS
+            from trt.export_no_mask import IMAGE_SIDE_OUTPUTS
 
             feeds = dict(zip(IMAGE_SIDE_OUTPUTS, self._image_side(emb)))
             feeds.update(point_coords=prompts[0], point_labels=prompts[1])

@@ -15,10 +15,15 @@ Options (``TorchOptions``; ``create_backend(..., torch_options=...)`` passes the
 * ``cuda_graphs``: replay the decoder as one CUDA graph per prompt shape (B prompts, N points),
   with an LRU of ``max_graphs`` captured shapes, and the encoder (fixed ``1x3xSxS``) as one graph.
 * ``compile``: ``torch.compile`` the encoder and the decoder, compiled on first use; True means
-  mode "default". On CPU inductor needs a C++ compiler; without one (or when compiling fails) the
-  backend warns and runs eager. lite_medsam on 2 loaded CPU cores: the first encode (compiling)
-  took 219 s, and dynamo hits its recompile limit in TinyViT's ``Conv2dBN.fused`` (one guard per
-  conv shape) and breaks the graph in ``forward_cl``, so parts of the encoder stay eager. Then,
+  mode "default". On CPU inductor needs a C++ compiler; without one the backend warns and runs
+  eager. Every compiled call is guarded: when one fails (compiling, or a later recompile), that
+  part warns once and runs eager from then on; ``describe()`` names the parts that fell back.
+  With "reduce-overhead" the compiled encoder's output lives in CUDA-graph-tree memory that the
+  next compiled call overwrites, so ``encode`` returns a clone (as with ``cuda_graphs``).
+  lite_medsam on 2 loaded CPU cores: the first encode (compiling) took 219 s, and dynamo hit its
+  recompile limit in TinyViT's ``Conv2dBN.fused`` (one guard per conv shape) and broke the graph
+  in ``forward_cl``, so parts of the encoder stayed eager (measured while TinyViT's weight caches
+  were still on under dynamo; they are off while compiling now, not re-measured). Then,
   5 interleaved runs (median / min): encode eager 3.9 / 3.4 s vs compiled 4.5 / 4.3 s; decode
   1 click eager 660 / 168 ms vs compiled 1020 / 1004 ms (compiled code is the traced graph: no
   eager image-side cache, mask convs always run). So on CPU it is slower; it is for CUDA.
@@ -199,9 +204,8 @@ class TorchBackend:
         self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
         if self.channels_last:
             self.model.image_encoder.to(memory_format=torch.channels_last)
-        self._encoder: Callable[[Tensor], Tensor] = self._encode_eager
-        self._decoder: Callable[..., tuple[Tensor, Tensor]] = self.model.forward
-        self._compiled = {"encoder": False, "decoder": False}  # compiled on first use
+        self._compiled: dict[str, Callable[..., Any]] = {}  # part -> torch.compile'd callable, made on first use
+        self._compile_failed: dict[str, str] = {}  # part -> why it runs eager (the first failure)
         self._encoder_graph: _Graph | None = None
         self._decoder_graphs: OrderedDict[tuple[int, int], _Graph] = OrderedDict()
         self._embedding_buffer: Tensor | None = None  # shared static embedding input of all decoder graphs
@@ -218,24 +222,26 @@ class TorchBackend:
         return self.model.image_encoder(x).float()
 
     def _compiled_call(self, part: str, eager: Callable[..., Any], *args: Tensor) -> Any:
-        """Call the compiled ``part`` (compiling it on first use); on a compile failure warn and go eager."""
-        if not self._compiled[part]:
-            self._compiled[part] = True
-            compiled = torch.compile(eager, mode=self.options.compile_mode)
-            try:
-                with self._autocast():
-                    out = compiled(*args)
-            except Exception as exc:  # noqa: BLE001 - inductor/triton fail in many ways; eager still works
-                warnings.warn(
-                    f"torch.compile of the {part} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                    "running it eager. Check the C++ compiler (CPU) or triton (CUDA), or pass compile=False.",
-                    stacklevel=3,
-                )
-                return None
-            setattr(self, f"_{part}", compiled)
-            return out
-        with self._autocast():
-            return getattr(self, f"_{part}")(*args)
+        """The compiled ``part`` ("encoder"/"decoder") on ``args`` (compiled on first use), or None
+        when the part runs eager: every call is guarded, and after the first failure (compile or a
+        later recompile) the part warns once and stays eager (``describe`` reports it)."""
+        if part in self._compile_failed:
+            return None
+        compiled = self._compiled.get(part)
+        if compiled is None:
+            compiled = self._compiled[part] = torch.compile(eager, mode=self.options.compile_mode)
+        try:
+            with self._autocast():
+                return compiled(*args)
+        except Exception as exc:  # noqa: BLE001 - inductor/triton fail in many ways; eager still works
+            reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+            self._compile_failed[part] = reason
+            warnings.warn(
+                f"torch.compile of the {part} failed ({reason}); running it eager from now on. "
+                "Check the C++ compiler (CPU) or triton (CUDA), or pass compile=False.",
+                stacklevel=3,
+            )
+            return None
 
     def _check_image(self, image: np.ndarray) -> None:
         s = self.input_size
@@ -260,25 +266,41 @@ class TorchBackend:
         if out is None:
             with self._autocast():
                 out = self._encode_eager(x)
+        elif self.options.compile_mode == "reduce-overhead":
+            # CUDA-graph-tree output memory: the next compiled call overwrites it, and the stream
+            # engine keeps several keyframes' embeddings, so hand out a copy (as _encode_graph does)
+            return out.clone(memory_format=torch.contiguous_format)
         return out.contiguous()
 
     def _encode_graph(self, x: Tensor) -> Tensor:
         """Encoder as one CUDA graph: host ``x`` -> pinned -> static input; the output is cloned
         (the stream engine keeps embeddings of several keyframes, so none may alias the static buffer)."""
-        if self._encoder_graph is None:
-            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-            static = torch.zeros(x.shape, device=self.device)  # NCHW, as the pinned copy; NHWC in the graph
-            with self._capture_lock:
-                g = capture(lambda t: (self._encode_eager(t.contiguous(memory_format=fmt)),), (static,), self._autocast)
-            g.host_inputs, g.uploaded = (torch.empty(x.shape, pin_memory=True),), torch.cuda.Event()
-            self._encoder_graph = g
-        g = self._encoder_graph
+        g = self._ensure_encoder_graph(tuple(x.shape))
         g.uploaded.synchronize()  # the previous upload may still be queued behind earlier GPU work
         g.host_inputs[0].copy_(x)
         g.inputs[0].copy_(g.host_inputs[0], non_blocking=True)
         g.uploaded.record()
         g.graph.replay()
         return g.outputs[0].clone(memory_format=torch.contiguous_format)
+
+    def _ensure_encoder_graph(self, shape: tuple[int, ...]) -> _Graph:
+        """The encoder graph, captured once even when several threads encode the first image
+        (double-checked locking: the stream engine's worker thread and the caller may race)."""
+        g = self._encoder_graph
+        if g is None:
+            with self._capture_lock:
+                g = self._encoder_graph
+                if g is None:
+                    g = self._encoder_graph = self._capture_encoder(shape)
+        return g
+
+    def _capture_encoder(self, shape: tuple[int, ...]) -> _Graph:
+        """Capture the encoder for input ``shape`` (hold ``_capture_lock``)."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        static = torch.zeros(shape, device=self.device)  # NCHW, as the pinned copy; NHWC in the graph
+        g = capture(lambda t: (self._encode_eager(t.contiguous(memory_format=fmt)),), (static,), self._autocast)
+        g.host_inputs, g.uploaded = (torch.empty(shape, pin_memory=True),), torch.cuda.Event()
+        return g
 
     # --- decoder ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -354,11 +376,16 @@ class TorchBackend:
         return iou, low
 
     def describe(self) -> BackendInfo:
-        """Runtime, device, precision; ``detail`` names the torch version and the options in effect."""
+        """Runtime, device, precision; ``detail`` names the torch version and the options in effect,
+        including parts that run eager after a compile failure."""
         o = self.options
+        compile_ = o.compile_mode or "off"
+        if self._compile_failed:
+            eager = ", ".join(f"{part} eager after a failure ({why})" for part, why in self._compile_failed.items())
+            compile_ = f"{compile_} ({eager})"
         detail = (
             f"torch {torch.__version__}; channels_last={'on' if self.channels_last else 'off'}; "
-            f"cuda_graphs={'on' if o.cuda_graphs else 'off'}; compile={o.compile_mode or 'off'}"
+            f"cuda_graphs={'on' if o.cuda_graphs else 'off'}; compile={compile_}"
         )
         return BackendInfo("torch", str(self.device), self.precision, detail)
 

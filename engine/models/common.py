@@ -40,9 +40,63 @@ def can_cache(*tensors: torch.Tensor) -> bool:
     return True
 
 
-def version_key(*tensors: torch.Tensor) -> tuple:
-    """Identity of tensors' current values: storage, dtype and in-place version (parameters/buffers)."""
-    return tuple((t.data_ptr(), t.dtype, t.device, t.shape, t._version) for t in tensors)
+class VersionKey:
+    """Identity and state of source tensors, for memoising values derived from them (fused weights).
+
+    Two keys are equal when they hold the very same tensor objects (``is``) and each has the same
+    in-place version counter, storage address, shape, dtype and device. Holding the tensors keeps
+    a freed tensor's address from matching a new one. ``load_state_dict`` (in-place ``copy_``),
+    ``optimizer.step()`` and other in-place edits bump the version counter; replacing a parameter
+    changes the identity. Edits through ``p.data`` (``p.data.copy_(w)``) bump no counter: call
+    ``clear_caches(model)`` after them.
+    """
+
+    __slots__ = ("state", "tensors")
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...]) -> None:
+        self.tensors = tensors
+        self.state = tuple((t._version, t.data_ptr(), t.dtype, t.device, tuple(t.shape)) for t in tensors)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, VersionKey):
+            return NotImplemented
+        return (
+            len(self.tensors) == len(other.tensors)
+            and all(a is b for a, b in zip(self.tensors, other.tensors))
+            and self.state == other.state
+        )
+
+    __hash__ = None  # type: ignore[assignment] - mutable identity, never a dict key
+
+
+def version_key(*tensors: torch.Tensor) -> VersionKey | None:
+    """``VersionKey`` of the tensors, or None where one is an inference tensor (no version counter:
+    a value derived from it cannot be checked, so it must not be cached)."""
+    if any(t.is_inference() for t in tensors):
+        return None
+    return VersionKey(tensors)
+
+
+# Weight-derived caches live in module attributes named ``_cache_*`` (set to None when empty).
+CACHE_PREFIX = "_cache_"
+
+
+def clear_caches(model: nn.Module) -> int:
+    """Drop every weight-derived cache in ``model`` and its submodules; returns how many were held.
+
+    Caches (TinyViT's folded conv/BN weights and attention biases, the prompt encoder's dense PE,
+    the transformer's image side) are checked against the source tensors' identity and version
+    counters on each use, which catches ``load_state_dict`` and in-place updates. Call this after
+    changing weights through ``.data`` (``p.data.copy_(w)``, ``p.data = w``), which the version
+    counter does not see.
+    """
+    held = 0
+    for module in model.modules():
+        attrs = vars(module)
+        for name in [k for k in attrs if k.startswith(CACHE_PREFIX)]:
+            held += attrs[name] is not None
+            attrs[name] = None
+    return held
 
 
 class LayerNorm2d(nn.Module):

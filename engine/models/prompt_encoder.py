@@ -116,23 +116,26 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
-        self._dense_pe_cache: tuple[tuple, Tensor] | None = None
+        self._cache_dense_pe: tuple[tuple, Tensor] | None = None  # (key, PE); see common.clear_caches
 
     def get_dense_pe(self) -> Tensor:
         """Positional encoding of the image-embedding grid: float ``(1, embed_dim, H, W)``.
 
         It depends only on the PE buffer, so eager inference computes it once and returns the same
         tensor until the buffer changes (treat it as read-only); traced/autograd calls recompute it.
+        The cache follows the buffer's identity and version counter (``load_state_dict``, in-place
+        edits); after ``.data`` edits call ``engine.models.common.clear_caches``.
         """
         gaussian = self.pe_layer.positional_encoding_gaussian_matrix
-        if not can_cache(gaussian):
+        version = version_key(gaussian) if can_cache(gaussian) else None
+        if version is None:
             return self.pe_layer.dense(self.image_embedding_size).unsqueeze(0)
-        key = (*version_key(gaussian), self.image_embedding_size)
-        cached = self._dense_pe_cache
+        key = (version, self.image_embedding_size)
+        cached = self._cache_dense_pe
         if cached is None or cached[0] != key:
             with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode
                 cached = (key, self.pe_layer.dense(self.image_embedding_size).unsqueeze(0))
-            self._dense_pe_cache = cached
+            self._cache_dense_pe = cached
         return cached[1]
 
     def embed_points(self, point_coords: Tensor, point_labels: Tensor) -> Tensor:

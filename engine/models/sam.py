@@ -22,11 +22,6 @@ from engine.models.prompt_encoder import PromptEncoder
 _VALID_LABELS = (LABEL_PAD, LABEL_BACKGROUND, LABEL_FOREGROUND, LABEL_BOX_TL, LABEL_BOX_BR)
 
 
-def _is_tracing() -> bool:
-    """True under ``torch.jit.trace``, ``torch.onnx.export`` and dynamo/``torch.export`` capture."""
-    return is_tracing()
-
-
 def _shape_error(name: str, expected: str, tensor: Tensor, fix: str) -> ValueError:
     return ValueError(f"{name} must have shape {expected}, got {tuple(tensor.shape)}; {fix}")
 
@@ -134,7 +129,7 @@ class SamModel(nn.Module):
     def encode(self, image: Tensor) -> Tensor:
         """Float ``(1, 3, S, S)`` normalised, padded image -> float ``(1, 256, 64, 64)`` embedding."""
         s = self.input_size
-        if not _is_tracing() and (
+        if not is_tracing() and (
             not isinstance(image, Tensor) or not image.is_floating_point() or tuple(image.shape) != (1, 3, s, s)
         ):
             got = f"{tuple(image.shape)} {image.dtype}" if isinstance(image, Tensor) else type(image).__name__
@@ -204,7 +199,7 @@ class SamModel(nn.Module):
         logits, index 0 the single-mask output and 1..3 the multimask outputs (``select_masks``).
         Inputs are checked with ``check_decoder_inputs`` (skipped while tracing).
         """
-        if not _is_tracing():
+        if not is_tracing():
             check_decoder_inputs(
                 image_embeddings, point_coords, point_labels, mask_input, has_mask_input,
                 embed_dim=self.prompt_encoder.embed_dim, embed_hw=self.prompt_encoder.image_embedding_size,

@@ -13,11 +13,13 @@ mobilesam-mirror's TinyViT, medians, 2 shared cores under load; encoder time our
   depthwise convs run on oneDNN's channels-last kernels (177 vs 283 ms for the 256x256x256
   MBConv depthwise, 1 thread), and the NCHW<->token transposes / window copies mostly vanish;
 * eval-mode BN is folded into the convs (cached fused weights, keyed on the source tensors'
-  version counters; training mode runs the real BN) - saves the ~8% ``native_batch_norm``;
+  identity and version counters, ``engine.models.fast_ops``; training mode runs the real BN) -
+  saves the ~8% ``native_batch_norm``;
 * attention is matmul + in-place bias + softmax with the gathered bias and the q-scale (folded
   into the qkv weight) cached - SDPA's float-mask path spent ~5% in isneginf/all/where;
-* GELU and residual adds run in place (no-grad only): ``gelu`` 145 ms -> ``gelu_`` 31 ms on a
-  67 MB tensor, the rest being page faults of a fresh allocation;
+* GELU and residual adds run in place on fresh intermediates (no grad, no tracing/compiling;
+  a block's input is never written): ``gelu`` 145 ms -> ``gelu_`` 31 ms on a 67 MB tensor, the
+  rest being page faults of a fresh allocation;
 * qkv runs on the unpadded grid (padded tokens get the constant ``qkv(norm.bias)``).
 Parameter and buffer names equal MobileSAM's / LiteMedSAM's ``TinyViT`` so the released
 checkpoints load with a strict key match (``with_head`` adds MobileSAM's unused classifier head).
@@ -25,7 +27,6 @@ checkpoints load with a strict key match (``with_head`` adds MobileSAM's unused 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.models.common import sam_neck
+from engine.models.fast_ops import Conv2dBN, add, cached, fast_path, gelu, linear
 from engine.models.vit import check_encoder_input
 
 __all__ = ["TinyViT", "TinyViTConfig", "lite_medsam_encoder", "mobile_sam_encoder"]
@@ -111,95 +113,6 @@ class TinyViTConfig:
         return self.stage_resolutions()[-1]
 
 
-def _fast() -> bool:
-    """In-place ops and cached derived weights are used only outside autograd and tracing."""
-    return not torch.is_grad_enabled() and not torch.jit.is_tracing()
-
-
-def _cached(module: nn.Module, name: str, sources: tuple[Tensor, ...], compute: Callable[[], Tensor]) -> Tensor:
-    """``compute()``, memoised on ``module`` while no autograd / tracing is active.
-
-    The key is each source tensor's storage, dtype and version counter, so ``load_state_dict``,
-    in-place edits and ``.to()`` all invalidate it; nothing is added to the state dict.
-    """
-    if not _fast() or any(t.is_inference() for t in sources):
-        return compute()
-    key = tuple((t.data_ptr(), t.dtype, t._version) for t in sources)
-    hit = module.__dict__.get(name)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    value = compute()
-    module.__dict__[name] = (key, value)
-    return value
-
-
-def _gelu(x: Tensor) -> Tensor:
-    """GELU, in place on fresh intermediates when allowed (avoids allocating a large output)."""
-    return torch.ops.aten.gelu_(x) if _fast() else F.gelu(x)
-
-
-def _linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear`` on the last axis via one 2-D ``addmm`` (4-D inputs otherwise take ``mm`` plus a
-    separate bias pass and output copy)."""
-    return F.linear(x.reshape(-1, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
-
-
-def _add(x: Tensor, y: Tensor) -> Tensor:
-    """``x + y``, written into ``x`` (a fresh intermediate) when allowed."""
-    return x.add_(y) if _fast() else x + y
-
-
-class Conv2dBN(nn.Module):
-    """``Conv2d`` (no bias, ``padding = kernel // 2``) followed by ``BatchNorm2d``; keys ``c.*``, ``bn.*``.
-
-    ``forward`` takes ``(B, C, H, W)``; the encoder uses ``forward_cl`` on channels-last
-    ``(B, H, W, C)`` grids. In eval mode BN is folded into the conv (cached fused weight and
-    bias, recomputed when any source tensor changes); training mode runs the real BN.
-    """
-
-    def __init__(
-        self, in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, groups: int = 1, bn_weight_init: float = 1.0
-    ) -> None:
-        super().__init__()
-        self.c = nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, groups=groups, bias=False)
-        self.bn = nn.BatchNorm2d(out_ch)
-        nn.init.constant_(self.bn.weight, bn_weight_init)
-        nn.init.zeros_(self.bn.bias)
-        self.pointwise = kernel == 1 and stride == 1 and groups == 1
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.bn(self.c(x))
-
-    def _fuse(self) -> Tensor:
-        bn = self.bn
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        weight = self.c.weight * scale[:, None, None, None]
-        bias = bn.bias - bn.running_mean * scale
-        if self.pointwise:
-            weight = weight.flatten(1)
-        return torch.cat([weight.flatten(), bias])  # one tensor to cache; split in fused()
-
-    def fused(self) -> tuple[Tensor, Tensor]:
-        """Folded ``(weight, bias)``; weight ``(out, in)`` for pointwise convs, else conv-shaped."""
-        bn = self.bn
-        sources = (self.c.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        flat = _cached(self, "_fused_cache", sources, self._fuse)
-        n = self.c.weight.numel()
-        shape = self.c.weight.shape[:2] if self.pointwise else self.c.weight.shape
-        return flat[:n].view(shape), flat[n:]
-
-    def forward_cl(self, x: Tensor) -> Tensor:
-        """``(B, H, W, C_in)`` -> ``(B, H', W', C_out)`` (channels-last in and out)."""
-        if self.training:
-            return self.bn(self.c(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
-        weight, bias = self.fused()
-        if self.pointwise:  # 1x1 conv as a matmul on channels-last tokens
-            return _linear(x, weight, bias)
-        c = self.c
-        # channels-last input: oneDNN returns channels-last, so the permute back is a free view
-        return F.conv2d(x.permute(0, 3, 1, 2), weight, bias, c.stride, c.padding, 1, c.groups).permute(0, 2, 3, 1)
-
-
 class PatchEmbed(nn.Module):
     """Stem ``Conv2d_BN -> GELU -> Conv2d_BN``: ``(B, S, S, C_in)`` -> ``(B, S', S', D0)`` (channels-last)."""
 
@@ -209,7 +122,7 @@ class PatchEmbed(nn.Module):
         self.seq = nn.Sequential(Conv2dBN(cfg.in_chans, dim // 2, k, s), nn.GELU(), Conv2dBN(dim // 2, dim, k, s))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.seq[2].forward_cl(_gelu(self.seq[0].forward_cl(x)))
+        return self.seq[2].forward_cl(gelu(self.seq[0].forward_cl(x)))
 
 
 class MBConv(nn.Module):
@@ -226,8 +139,8 @@ class MBConv(nn.Module):
         self.act3 = nn.GELU()
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.conv3.forward_cl(_gelu(self.conv2.forward_cl(_gelu(self.conv1.forward_cl(x)))))
-        return _gelu(_add(y, x))
+        y = self.conv3.forward_cl(gelu(self.conv2.forward_cl(gelu(self.conv1.forward_cl(x)))))
+        return gelu(add(y, x))
 
 
 class PatchMerging(nn.Module):
@@ -243,7 +156,7 @@ class PatchMerging(nn.Module):
         self.conv3 = Conv2dBN(out_dim, out_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = _gelu(self.conv2.forward_cl(_gelu(self.conv1.forward_cl(x))))
+        x = gelu(self.conv2.forward_cl(gelu(self.conv1.forward_cl(x))))
         return self.conv3.forward_cl(x)
 
 
@@ -280,20 +193,20 @@ class Attention(nn.Module):
 
     def qkv_params(self) -> tuple[Tensor, Tensor]:
         """``qkv`` weight and bias with the query rows pre-multiplied by ``scale``."""
-        wb = _cached(self, "_qkv_cache", (self.qkv.weight, self.qkv.bias), self._scaled_qkv)
+        wb = cached(self, "qkv", (self.qkv.weight, self.qkv.bias), self._scaled_qkv)
         return wb[:, :-1], wb[:, -1]
 
     def bias(self) -> Tensor:
         """``(heads, N, N)`` bias gathered from ``attention_biases``."""
         idxs = self.attention_bias_idxs
-        return _cached(self, "_bias_cache", (self.attention_biases, idxs), lambda: self.attention_biases[:, idxs])
+        return cached(self, "bias", (self.attention_biases, idxs), lambda: self.attention_biases[:, idxs])
 
     def forward(self, windows: Tensor) -> Tensor:
         """Scaled qkv ``(B', heads, N, 3 * key_dim)`` -> ``(B', heads, N, key_dim)`` (before ``proj``)."""
         q, k, v = windows.split(self.key_dim, dim=3)
         # plain matmul + softmax: SDPA with a float mask checks for fully masked rows (isneginf /
         # all / where), ~0.2 s of a 4.5 s 1-thread mobile_sam encode under load
-        attn = _add(q @ k.transpose(-2, -1), self.bias())
+        attn = add(q @ k.transpose(-2, -1), self.bias())
         return attn.softmax(dim=-1) @ v
 
 
@@ -308,7 +221,7 @@ class NormMlp(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: Tensor) -> Tensor:
-        return _linear(_gelu(_linear(self.norm(x), self.fc1.weight, self.fc1.bias)), self.fc2.weight, self.fc2.bias)
+        return linear(gelu(linear(self.norm(x), self.fc1.weight, self.fc1.bias)), self.fc2.weight, self.fc2.bias)
 
 
 class TinyViTBlock(nn.Module):
@@ -332,12 +245,12 @@ class TinyViTBlock(nn.Module):
         b, h, w, c = x.shape
         ws, attn = self.window, self.attn
         weight, bias = attn.qkv_params()
-        qkv = _linear(attn.norm(x), weight, bias)  # (B, H, W, 3C)
+        qkv = linear(attn.norm(x), weight, bias)  # (B, H, W, 3C)
         pad_h, pad_w = (ws - h % ws) % ws, (ws - w % ws) % ws
         hp, wp = h + pad_h, w + pad_w
         if pad_h or pad_w:
             fill = F.linear(attn.norm.bias, weight, bias)  # qkv of a zero token after LayerNorm
-            if _fast():
+            if fast_path():
                 padded = qkv.new_empty(b, hp, wp, 3 * c)
                 padded[:, :h, :w] = qkv
                 padded[:, h:] = fill
@@ -356,11 +269,13 @@ class TinyViTBlock(nn.Module):
         windows, nh, nw = self._windows(x)
         out = attn(windows)  # (B * nH * nW, heads, N, d)
         out = out.view(b, nh, nw, attn.num_heads, ws, ws, attn.key_dim).permute(0, 1, 4, 2, 5, 3, 6)
-        out = _linear(out.reshape(b, nh * ws, nw * ws, c), attn.proj.weight, attn.proj.bias)
+        out = linear(out.reshape(b, nh * ws, nw * ws, c), attn.proj.weight, attn.proj.bias)
         if nh * ws != h or nw * ws != w:
-            out = out[:, :h, :w]
-        x = self.local_conv.forward_cl(_add(x, out))
-        return _add(self.mlp(x), x)
+            x = x + out[:, :h, :w]  # a fresh contiguous sum (the crop is a strided view)
+        else:
+            x = add(out, x)  # into ``out``: the caller's ``x`` is never written
+        x = self.local_conv.forward_cl(x)
+        return add(self.mlp(x), x)
 
 
 class ConvLayer(nn.Module):
@@ -427,7 +342,7 @@ class TinyViT(nn.Module):
     def _neck(self, x: Tensor) -> Tensor:
         """``sam_neck`` on a channels-last grid (its LayerNorm2d is a last-axis LayerNorm here)."""
         conv1, norm1, conv2, norm2 = self.neck
-        x = _linear(x, conv1.weight.flatten(1))
+        x = linear(x, conv1.weight.flatten(1))
         x = F.layer_norm(x, (self.config.out_chans,), norm1.weight, norm1.bias, norm1.eps)
         x = F.conv2d(x.permute(0, 3, 1, 2), conv2.weight, None, 1, 1).permute(0, 2, 3, 1)
         x = F.layer_norm(x, (self.config.out_chans,), norm2.weight, norm2.bias, norm2.eps)

@@ -278,12 +278,17 @@ class TwoWayTransformer(nn.Module):
         # on for the usual prompts (click(s) or a box: Nt = 5 + N < 16); set False before exporting
         # for prompts of many points. Eager calls decide per call (``Attention.absorb_pays``).
         self.absorb_when_traced = True
-        self._image_cache: tuple[tuple, Tensor, Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor]] | None = None
+        # (key, embedding copy, PE, keys, key_pe, side); see _cached_image_side and common.clear_caches
+        self._cache_image_side: tuple[tuple, Tensor, Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor]] | None = None
 
     def _cached_image_side(
         self, image_embedding: Tensor, image_pe: Tensor
     ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]] | None:
-        """``(keys, key_pe, first block's image side)`` for a batch-1 image, reused while the values match."""
+        """``(keys, key_pe, first block's image side)`` for a batch-1 image, reused while the values match.
+
+        Hits need an equal embedding (by value), the same PE tensor (or equal values) and the same
+        first-block projection weights (identity and version counter, ``common.VersionKey``).
+        """
         if image_embedding is None or image_embedding.shape[0] != 1 or image_pe.shape[0] != 1:
             return None
         if not can_cache(image_embedding):
@@ -295,8 +300,11 @@ class TwoWayTransformer(nn.Module):
             for lin in (attn.q_proj, attn.k_proj, attn.v_proj)
             for p in (lin.weight, lin.bias)
         ]
-        key = (version_key(*params), tuple(image_embedding.shape), tuple(image_pe.shape), image_embedding.device)
-        c = self._image_cache
+        version = version_key(*params)
+        if version is None:  # inference-tensor weights: no version counter to check
+            return None
+        key = (version, tuple(image_embedding.shape), tuple(image_pe.shape), image_embedding.device)
+        c = self._cache_image_side
         if (
             c is not None
             and c[0] == key
@@ -305,7 +313,7 @@ class TwoWayTransformer(nn.Module):
         ):
             return c[3], c[4], c[5]
         keys, key_pe, side = self.image_side(image_embedding, image_pe)
-        self._image_cache = (key, image_embedding.clone(), image_pe, keys, key_pe, side)
+        self._cache_image_side = (key, image_embedding.clone(), image_pe, keys, key_pe, side)
         return keys, key_pe, side
 
     def image_side(
@@ -338,13 +346,12 @@ class TwoWayTransformer(nn.Module):
         queries = point_embedding
         cached = image_side if image_side is not None else self._cached_image_side(image_embedding, image_pe)
         layers = list(self.layers)
+        absorb = self.absorb_when_traced if is_tracing() else self.final_attn_token_to_image.absorb_pays(nt)
         if cached is not None:
-            absorb = self.absorb_when_traced if is_tracing() else self.final_attn_token_to_image.absorb_pays(nt)
             keys, key_pe, side = cached
             queries, keys = layers[0].forward_with_image_side(queries, keys, point_embedding, side)
             layers = layers[1:]
         else:
-            absorb = self.absorb_when_traced if is_tracing() else self.final_attn_token_to_image.absorb_pays(nt)
             keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
             key_pe = image_pe.flatten(2).transpose(1, 2)
         for layer in layers:

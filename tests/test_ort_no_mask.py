@@ -1,0 +1,159 @@
+"""OrtBackend's no-mask decoder pair runs only with the contract decoder it was exported with.
+
+Each pair file records the contract decoder file's sha256 (ONNX ``metadata_props``); a missing
+pair, a pair from another export or one without the record falls back to the contract decoder.
+A failure while exporting the optional pair deletes it and warns instead of aborting the export.
+LiteMedSAM's decoder at random weights; the encoder is a stand-in graph of the contract's shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+from torch import nn
+
+import trt.export_no_mask as no_mask
+from engine.backends.ort_backend import OrtBackend
+from engine.contract import DECODER_OUTPUTS
+from engine.models.registry import build_model, get_spec
+from engine.models.sam import SamModel
+from tests.refs import perturb_
+from trt.export import FP32_TOLERANCE, export_decoder, realistic_prompts
+from trt.export_no_mask import CONTRACT_SHA256_KEY, export_no_mask_decoder, export_no_mask_pair, no_mask_paths
+
+SIDE = get_spec("lite_medsam").input_size
+
+
+class _StubEncoder(nn.Module):
+    output_size = (64, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _write_stub_encoder(path: Path) -> Path:
+    """``image (1, 3, S, S)`` -> zeros ``image_embeddings (1, 256, 64, 64)``: only the I/O is checked."""
+    shape = helper.make_tensor("shape", TensorProto.INT64, [4], [1, 256, 64, 64])
+    graph = helper.make_graph(
+        [helper.make_node("ConstantOfShape", ["shape"], ["image_embeddings"])], "stub_encoder",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, SIDE, SIDE])],
+        [helper.make_tensor_value_info("image_embeddings", TensorProto.FLOAT, [1, 256, 64, 64])],
+        initializer=[shape],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[SamModel, Path]:
+    """(model, folder) with the stub encoder, the contract decoder and its no-mask pair."""
+    folder = tmp_path_factory.mktemp("no_mask_pair")
+    spec = dataclasses.replace(get_spec("lite_medsam"), encoder=_StubEncoder)
+    torch.manual_seed(0)
+    model = perturb_(build_model(spec), 0)
+    _write_stub_encoder(folder / "m_encoder.onnx")
+    export_decoder(model, folder / "m_decoder.onnx")
+    export_no_mask_decoder(model, folder / "m_decoder.onnx")
+    return model, folder
+
+
+def _copy(folder: Path, dest: Path, with_pair: bool = True) -> Path:
+    names = ["m_encoder.onnx", "m_decoder.onnx"]
+    names += [p.name for p in no_mask_paths(folder / "m_decoder.onnx")] if with_pair else []
+    for name in names:
+        shutil.copy(folder / name, dest / name)
+    return dest
+
+
+def _backend(folder: Path) -> OrtBackend:
+    return OrtBackend(folder / "m_encoder.onnx", folder / "m_decoder.onnx", SIDE, threads=1)
+
+
+def _no_mask_prompts(b: int = 2) -> dict[str, np.ndarray]:
+    p = realistic_prompts(b, 3, SIDE, seed=4)
+    p["has_mask_input"][:] = 0
+    return p
+
+
+def _contract_outputs(backend: OrtBackend, emb: np.ndarray, p: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return backend.decoder.run(list(DECODER_OUTPUTS), {"image_embeddings": emb, **p})
+
+
+def test_a_matching_pair_is_used(exported) -> None:  # noqa: ANN001
+    _, folder = exported
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backend = _backend(folder)
+    assert backend._no_mask is not None and backend.max_batch is None  # CPU: any prompt batch
+    emb = np.random.default_rng(0).standard_normal((1, 256, 64, 64)).astype(np.float32)
+    p = _no_mask_prompts()
+    for got, want in zip(backend.decode(emb, **p), _contract_outputs(backend, emb, p)):
+        assert np.abs(got - want).max() <= FP32_TOLERANCE
+
+
+def test_missing_pair_uses_the_contract_decoder(exported, tmp_path: Path) -> None:  # noqa: ANN001
+    _, folder = exported
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an export folder without the pair is normal: no warning
+        backend = _backend(_copy(folder, tmp_path, with_pair=False))
+    assert backend._no_mask is None
+    emb = np.zeros((1, 256, 64, 64), np.float32)
+    p = _no_mask_prompts()
+    for got, want in zip(backend.decode(emb, **p), _contract_outputs(backend, emb, p)):
+        assert np.array_equal(got, want)
+
+
+def _edit(path: Path, edit) -> None:  # noqa: ANN001
+    model = onnx.load(str(path))
+    edit(model)
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize("case", ["decoder replaced", "pair without record"])
+def test_foreign_pair_is_not_used(exported, tmp_path: Path, case: str) -> None:  # noqa: ANN001
+    _, folder = exported
+    dest = _copy(folder, tmp_path)
+    if case == "decoder replaced":  # the pair's names match, its weights belong to another decoder
+        _edit(dest / "m_decoder.onnx", lambda m: setattr(m, "doc_string", "another export"))
+    else:  # an export from before the record existed
+        for path in no_mask_paths(dest / "m_decoder.onnx"):
+            _edit(path, lambda m: m.ClearField("metadata_props"))
+    with pytest.warns(UserWarning, match="ignoring the no-mask decoder pair.*not exported with this decoder"):
+        backend = _backend(dest)
+    assert backend._no_mask is None
+
+
+def test_pair_files_record_the_decoder_sha256(exported) -> None:  # noqa: ANN001
+    from engine.weights import sha256_file
+
+    _, folder = exported
+    digest = sha256_file(folder / "m_decoder.onnx")
+    for path in no_mask_paths(folder / "m_decoder.onnx"):
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        assert props == {CONTRACT_SHA256_KEY: digest}
+
+
+def test_a_failing_pair_export_warns_and_leaves_no_files(exported, tmp_path: Path,  # noqa: ANN001
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    model, folder = exported
+    decoder = _copy(folder, tmp_path, with_pair=False) / "m_decoder.onnx"
+
+    def crash(model: SamModel, decoder_path: Path, opset: int = 17) -> None:
+        for path in no_mask_paths(decoder_path):
+            path.write_bytes(b"half-written")
+        raise RuntimeError("Exporting the operator foo to ONNX opset 17 is not supported")
+
+    monkeypatch.setattr(no_mask, "export_no_mask_decoder", crash)
+    emb = np.zeros((1, 256, 64, 64), np.float32)
+    with pytest.warns(UserWarning, match=r"skipped the optional no-mask.*opset 17 is not supported.*within 0\.001.*--opset"):
+        assert export_no_mask_pair(model, decoder, emb) is None
+    assert not any(p.exists() for p in no_mask_paths(decoder))
+    assert decoder.is_file()  # the contract decoder stays
