@@ -52,8 +52,7 @@ class App:
         return evs
 
     def draw(self, frame: Frame, res: StepResult) -> np.ndarray:
-        masks = [r.mask for r in sorted(res.objects, key=lambda r: r.object_id)]
-        img = draw_overlay(frame.rgb, masks)
+        img = draw_overlay(frame.rgb, res.masks_by_id())  # colours follow object ids
         gaze = None if self.replay is None else self.replay.gaze_xy
         if gaze is not None:
             cv2.circle(img, (int(gaze[0]), int(gaze[1])), 10, (255, 0, 255), 2)
@@ -73,6 +72,10 @@ class App:
                     h, w = bgr.shape[:2]
                     fourcc = cv2.VideoWriter_fourcc(*"mp4v")
                     self.writer = cv2.VideoWriter(str(self.args.out), fourcc, source.fps, (w, h))
+                    if not self.writer.isOpened():
+                        self.writer = None
+                        raise OSError(f"cannot write {self.args.out} with OpenCV's mp4v codec: check that its "
+                                      "folder exists and is writable and the name ends in .mp4")
                 self.writer.write(bgr)
                 frames += 1
                 if self.args.show:
@@ -88,8 +91,9 @@ class App:
                 self.writer.release()
             if self.args.show:
                 cv2.destroyAllWindows()
-        print(f"{self.args.out}: {frames} frames, {self.selections} gaze selections, "
-              f"{self.engine.latency.fps():.1f} fps, source {source.stats.to_dict()}")
+        dropped = 0 if self.replay is None else self.replay.prompts.dropped_out_of_order
+        print(f"{self.args.out}: {frames} frames, {self.selections} gaze selections, {dropped} gaze samples "
+              f"out of order, {self.engine.latency.fps():.1f} fps, source {source.stats.to_dict()}")
         return 0
 
 

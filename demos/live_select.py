@@ -11,9 +11,10 @@ Mouse: left click = select (foreground point), drag = select with a box, right c
 shift-click = background point for the last object.
 
 Keys:
-    g        toggle mouse-as-gaze (dwell 600 ms on a spot selects it, looking away 1 s releases)
+    g        toggle mouse-as-gaze (dwell 600 ms on a spot selects it, looking away 1 s releases);
+             it has its own dwell state, apart from a live tracker's (another clock)
     h        toggle hover preview (the object under the pointer, before clicking)
-    c        release every object
+    c        release every object (and forget the gaze dwell in progress)
     q, Esc   quit
 
 ``--headless`` runs on the synthetic source (a photo moved by known homographies) without a
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.gaze import GazeSample  # noqa: E402
 from engine.imageio import draw_overlay  # noqa: E402
 from engine.stream.engine import StepResult, StreamEngine  # noqa: E402
-from engine.stream.events import CursorEvent, PromptEvent, SelectEvent  # noqa: E402
+from engine.stream.events import CursorEvent, PromptEvent, ReleaseEvent, SelectEvent  # noqa: E402
 from engine.stream.latency import draw_hud  # noqa: E402
 from engine.stream.prompt_sources import CursorPrompts, GazePrompts, open_live_gaze  # noqa: E402
 from engine.stream.scheduler import KeyframePolicy  # noqa: E402
@@ -55,10 +56,12 @@ class App:
         self.engine = StreamEngine.from_name(args.model, args.checkpoint, args.device, backend=args.backend,
                                              policy=policy, motion=args.motion, async_encoder=not args.sync_encoder)
         self.cursor = CursorPrompts(hover=False)
+        # A live tracker (udp/pupil; its clock, often epoch ns) drives ``gaze``, mouse-as-gaze
+        # (monotonic ns) its own ``mouse_gaze``: one GazePrompts would drop one clock's samples as
+        # out of order. Tracker samples are scene-camera pixels (map them with calibration.gaze).
         self.gaze = GazePrompts()
+        self.mouse_gaze = GazePrompts()
         self.mouse_as_gaze = False
-        # A live tracker (udp/pupil) drives the same dwell logic as mouse-as-gaze; its samples are
-        # scene-camera pixels (map tracker coordinates first with calibration.gaze if needed).
         self.live_gaze = open_live_gaze(args.gaze_live) if args.gaze_live else None
         self.pending: list[PromptEvent] = []
         self.pointer_xy: tuple[float, float] | None = None
@@ -71,7 +74,7 @@ class App:
         self.pointer_xy = (float(x), float(y))
         if self.mouse_as_gaze:
             if event == cv2.EVENT_MOUSEMOVE:
-                self.pending += self.gaze.push(GazeSample(now, float(x), float(y), 1.0))
+                self.pending += self.mouse_gaze.push(GazeSample(now, float(x), float(y), 1.0))
             return
         shift = bool(flags & cv2.EVENT_FLAG_SHIFTKEY)
         kinds = {cv2.EVENT_LBUTTONDOWN: ("down", "left"), cv2.EVENT_LBUTTONUP: ("up", "left"),
@@ -96,20 +99,28 @@ class App:
             return False
         if key == ord("g"):
             self.mouse_as_gaze = not self.mouse_as_gaze
-            self.gaze.dwell.reset()
+            self.mouse_gaze.dwell.reset()
         elif key == ord("h"):
             self.pending += self.cursor.set_hover(not self.cursor.hover)
         elif key == ord("c"):
             self.pending += self.cursor.release_all()
+            self.gaze.dwell.reset()  # else a dwell in progress re-selects right after the release
+            self.mouse_gaze.dwell.reset()
         return True
 
     def apply(self) -> None:
-        """Hand the prompt events gathered since the last frame to the engine."""
+        """Hand the prompt events gathered since the last frame to the engine. Background clicks
+        refine the object the cursor selected last; a gaze selection or a release of that object
+        makes the cursor forget it (its points would refine the wrong object)."""
         events, self.pending = self.pending, []
         for ev in events:
             oid = self.engine.handle(ev)
-            if isinstance(ev, SelectEvent) and ev.object_id is None:
-                self.cursor.current_object_id = oid
+            if isinstance(ev, SelectEvent) and ev.prompt.source == "cursor":
+                self.cursor.current_object_id = oid  # a new object, or a refined one re-added after a release
+            elif isinstance(ev, SelectEvent) and ev.object_id is None:
+                self.cursor.forget()
+            elif isinstance(ev, ReleaseEvent) and ev.object_id in (None, self.cursor.current_object_id):
+                self.cursor.forget()
 
     # --- output ----------------------------------------------------------------------------------
     def draw(self, frame: Frame, res: StepResult) -> np.ndarray:
@@ -119,14 +130,25 @@ class App:
         if res.hover is not None and res.hover.mask.any():
             contours, _ = cv2.findContours(res.hover.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(img, contours, -1, (255, 255, 255), 1)
-        marker = self.gaze.gaze_xy if (self.mouse_as_gaze or self.live_gaze is not None) else None
+        marker = (self.mouse_gaze.gaze_xy if self.mouse_as_gaze
+                  else self.gaze.gaze_xy if self.live_gaze is not None else None)
         if marker is not None:
             cv2.circle(img, (int(marker[0]), int(marker[1])), 12, (255, 0, 255), 2)
-        mode = ("live gaze" if self.live_gaze is not None else "gaze" if self.mouse_as_gaze
+        mode = ("gaze" if self.mouse_as_gaze else "live gaze" if self.live_gaze is not None
                 else "hover" if self.cursor.hover else "click")
         lines = [f"frame {res.frame_index} key {res.keyframe_index} [{mode}] objects {len(res.objects)}",
                  *self.engine.latency.hud_lines()]
+        if self.mouse_as_gaze or self.live_gaze is not None:
+            lines.append(self.gaze_counters())
         return cv2.cvtColor(draw_hud(img, lines), cv2.COLOR_RGB2BGR)
+
+    def gaze_counters(self) -> str:
+        """One line of gaze counters: samples dropped as out of order, the live receiver's stats."""
+        text = f"gaze out-of-order {self.gaze.dropped_out_of_order + self.mouse_gaze.dropped_out_of_order}"
+        if self.live_gaze is not None:
+            stats = getattr(self.live_gaze, "stats", {})
+            text += " " + " ".join(f"{k} {v}" for k, v in stats.items() if v)
+        return text
 
     def record(self, bgr: np.ndarray, fps: float) -> None:
         if self.args.out is None:
@@ -134,6 +156,10 @@ class App:
         if self.writer is None:
             h, w = bgr.shape[:2]
             self.writer = cv2.VideoWriter(str(self.args.out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+            if not self.writer.isOpened():
+                self.writer = None
+                raise OSError(f"cannot write {self.args.out} with OpenCV's mp4v codec: check that its folder exists "
+                              "and is writable and the name ends in .mp4, or leave out --out")
         self.writer.write(bgr)
 
     # --- loops -----------------------------------------------------------------------------------
@@ -200,6 +226,7 @@ class App:
         self.engine.close()
         if self.live_gaze is not None:
             self.live_gaze.close()
+            print(self.gaze_counters())
         if self.writer is not None:
             self.writer.release()
             self.writer = None

@@ -14,23 +14,39 @@ from engine.stream.engine import StreamEngine
 from tests.stream_fakes import FakeSegmenter, fake_spec, green_scene
 
 
-@pytest.fixture()
-def fake_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``StreamEngine.from_name`` builds the green-pixel fake instead of loading weights."""
-
+def _fake(monkeypatch: pytest.MonkeyPatch, encode_s: float = 0.0) -> None:
     def from_name(cls, name, checkpoint=None, device="cpu", backend="torch", threads=None,  # noqa: ANN001, ANN202
                   **kwargs):
-        return cls(FakeSegmenter(), fake_spec(box_only=True), **kwargs)
+        return cls(FakeSegmenter(encode_s=encode_s), fake_spec(box_only=True), **kwargs)
 
     monkeypatch.setattr(StreamEngine, "from_name", classmethod(from_name))
 
 
-def _folder(tmp_path: Path, n: int = 7, bad: tuple[int, ...] = (), step_px: float = 10.0) -> Path:
-    """A disc moving right by ``step_px`` a frame over a still background; ``bad`` frames corrupt."""
+@pytest.fixture()
+def fake_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``StreamEngine.from_name`` builds the green-pixel fake instead of loading weights."""
+    _fake(monkeypatch)
+
+
+@pytest.fixture()
+def slow_fake_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As ``fake_model``, with a 0.3 s encode (a first keyframe takes several frames)."""
+    _fake(monkeypatch, encode_s=0.3)
+
+
+def _folder(tmp_path: Path, n: int = 7, bad: tuple[int, ...] = (), step_px: float = 10.0,
+            second_disc: bool = False, small: tuple[int, ...] = ()) -> Path:
+    """A disc moving right by ``step_px`` a frame over a still background; ``bad`` frames corrupt;
+    ``second_disc``: a still disc at (260, 190), r 30; ``small`` frames are 200x300 instead of 240x320."""
     folder = tmp_path / "frames"
     folder.mkdir()
     for i in range(n):
         rgb, _ = green_scene((240, 320), centre_xy=(120 + step_px * i, 120), radius_px=40)
+        if second_disc:
+            rgb2, disc2 = green_scene((240, 320), centre_xy=(260, 190), radius_px=30, seed=5)
+            rgb[disc2] = rgb2[disc2]
+        if i in small:
+            rgb = np.ascontiguousarray(rgb[:200, :300])
         if i in bad:
             (folder / f"{i:05d}.jpg").write_bytes(b"\xff\xd8 truncated")
         else:
@@ -71,14 +87,33 @@ def test_track_box_writes_one_mask_per_frame_with_bad_frame(tmp_path: Path, fake
     assert last[120, 180]  # the disc moved right 10 px a frame and was followed
 
 
-def test_track_several_points_write_object_ids(tmp_path: Path, fake_model: None) -> None:
-    folder = _folder(tmp_path, 4)
+def test_track_several_points_write_object_ids(tmp_path: Path, slow_fake_model: None) -> None:
+    folder = _folder(tmp_path, 4, second_disc=True)
     out = tmp_path / "out"
-    code = track_cli.main([str(folder), "--point", "120,120", "--point", "20,20", "--keyframe", "auto",
+    code = track_cli.main([str(folder), "--point", "120,120", "--point", "260,190", "--keyframe", "auto",
                            "--motion", "affine", "--async-encoder", "--threads", "1", "--out", str(out)])
     assert code == 0
     metrics = _check_outputs(out, 4, (240, 320), {0, 1, 2})
     assert metrics["async_encoder"] is True
+    ids = [cv2.imread(str(out / "masks" / f"{i:05d}.png"), cv2.IMREAD_UNCHANGED) for i in range(4)]
+    # offline input waits for the first keyframe after frame 0 (the 0.3 s encode), so frame 1 on has masks
+    for m in ids[1:]:
+        assert m[120, 140] == 1 and m[190, 260] == 2, np.unique(m)
+
+
+def test_track_overlay_keeps_frames_of_another_size(tmp_path: Path, fake_model: None) -> None:
+    folder = _folder(tmp_path, 5, small=(2, 3))
+    out = tmp_path / "out"
+    assert track_cli.main([str(folder), "--box", "75,75,165,165", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    cap = cv2.VideoCapture(str(out / "overlay.mp4"))
+    sizes = []
+    while (got := cap.read())[0]:
+        sizes.append(got[1].shape[:2])
+    cap.release()
+    assert metrics["overlay_frames"] == 5 and metrics["overlay_frames_resized"] == 2
+    assert sizes == [(240, 320)] * 5
+    assert cv2.imread(str(out / "masks" / "00002.png"), cv2.IMREAD_UNCHANGED).shape == (200, 300)
 
 
 def test_track_gaze(tmp_path: Path, fake_model: None) -> None:

@@ -5,6 +5,10 @@ One ``step(frame)``: downscaled grey image -> newest finished keyframe -> keyfra
 decision (a poor fit forces one) -> for every object its prompt (current-frame pixels) mapped into
 the keyframe with ``H^-1`` -> decode on the keyframe embedding -> full-size logits warped back with
 ``H`` -> mask in the current frame.
+
+A user prompt belongs to the frame stepped first after it was given; its first decode may come
+later (async encoder), so it is mapped into the keyframe from that frame (``_prompt_motion``).
+Frame indices that go backwards (another source fed to the same engine) restart the keyframes.
 """
 
 from __future__ import annotations
@@ -124,7 +128,9 @@ class StreamEngine:
 
     # --- objects and events ---------------------------------------------------------------------
     def add_object(self, prompt: Prompt, object_id: int | None = None) -> int:
-        """Track a new object from a current-frame prompt (decoded on the next ``step``); its id."""
+        """Track a new object from a prompt in the pixels of the frame the next ``step`` gets (it is
+        decoded there or, without an embedding yet, later, mapped from that frame); returns its id
+        (``object_id``, or the next free one in 1..255, see ``Tracker.add``)."""
         return self.tracker.add(prompt, object_id)
 
     def remove_object(self, object_id: int | None = None) -> None:
@@ -181,6 +187,7 @@ class StreamEngine:
         self.stats.frames += 1
         frame_hw = (int(frame.rgb.shape[0]), int(frame.rgb.shape[1]))
         small = self.motion_estimator.small_grey(frame.rgb)
+        self.tracker.stamp_prompts(frame.index, small, frame_hw)
         self._motion_ms = (time.perf_counter() - t0) * 1e3
         kf, reason, submitted, motions, glob = self._schedule(frame, small, frame_hw)
         timings = {"motion": self._motion_ms, "decode": 0.0, "postprocess": 0.0}
@@ -192,7 +199,7 @@ class StreamEngine:
                                            glob, None, timings), t0)
         if kf.frame_index != self._seen_keyframe:
             self._seen_keyframe = kf.frame_index
-            self.stats.keyframes_used.append(kf.frame_index)
+            self.stats.add_keyframe(kf.frame_index)
             self.latency.add("encode", kf.encode_ms)
         self.predictor.set_embedding(kf.embedding)
         ident = MotionInfo.identity()
@@ -231,6 +238,10 @@ class StreamEngine:
             reason = "first"
         elif kf.frame_hw != frame_hw:
             reason, kf = "resize", None
+        elif frame.index < kf.frame_index:  # indices went back: another source on the same engine
+            reason, kf = "restart", None
+            self.tracker.forget_keyframes()
+            self._seen_keyframe = -1
         since = 0 if kf is None else frame.index - kf.frame_index
         if reason is None and self.policy.mode == "interval":
             reason = self.policy.reason(since)
@@ -289,7 +300,8 @@ class StreamEngine:
         tp = self.tracker.prompt_for(obj, kf.frame_index, frame_hw)
         if tp is None:
             return self._empty(obj.object_id, frame, kf.frame_index, "lost")
-        result, low_res = self._decode_prompt(tp, obj, kf, motion, frame, timings)
+        prompt_motion = self._prompt_motion(obj, kf, motion, frame.index, timings) if tp.mode == "user" else None
+        result, low_res = self._decode_prompt(tp, obj, kf, motion, frame, timings, prompt_motion)
         t0 = time.perf_counter()
         try:
             if result.status != "ok":  # outside the keyframe, or no mask: try again on the next keyframe
@@ -303,17 +315,40 @@ class StreamEngine:
         finally:
             timings["postprocess"] += (time.perf_counter() - t0) * 1e3
 
+    def _prompt_motion(
+        self, obj: TrackedObject, kf: Keyframe, motion: MotionInfo, frame_index: int, timings: dict
+    ) -> MotionInfo:
+        """Keyframe -> prompt frame for ``obj``'s user prompt: ``motion`` if given on this frame,
+        identity if on the keyframe, else a global fit keyframe -> the prompt frame's grey image
+        (identity if it fails). A prompt frame of another size is taken as this frame."""
+        p = obj.prompt_frame_index
+        if p is None or p == frame_index:
+            return motion
+        if p == kf.frame_index:
+            return MotionInfo.identity()
+        if obj.prompt_grey is None or obj.prompt_hw != kf.frame_hw:
+            return motion
+        t0 = time.perf_counter()
+        fit = self.motion_estimator.global_motion(kf.grey, obj.prompt_grey, kf.frame_hw)
+        timings["motion"] += (time.perf_counter() - t0) * 1e3
+        return fit
+
     def _decode_prompt(
         self, tp: TrackPrompt, obj: TrackedObject | None, kf: Keyframe, motion: MotionInfo, frame: Frame,
-        timings: dict,
+        timings: dict, prompt_motion: MotionInfo | None = None,
     ) -> tuple[MaskResult, np.ndarray | None]:
-        """Map ``tp`` into the keyframe, decode, warp the logits back: (result, low-res logits)."""
+        """Map ``tp`` into the keyframe, decode, warp the logits back: (result, low-res logits).
+
+        ``motion``: keyframe -> current frame (warps the logits back); ``prompt_motion``: keyframe ->
+        the frame ``tp``'s pixels belong to (None: the current frame, i.e. ``motion``)."""
         t0 = time.perf_counter()
         object_id = 0 if obj is None else obj.object_id
         key_hw = kf.frame_hw
         matrix = motion.matrix
         identity = motion.source == "identity" or np.array_equal(matrix, _IDENTITY)
-        inv = _IDENTITY if identity else np.linalg.inv(matrix)
+        pm = motion if prompt_motion is None else prompt_motion
+        prompt_identity = pm.source == "identity" or np.array_equal(pm.matrix, _IDENTITY)
+        inv = _IDENTITY if prompt_identity else np.linalg.inv(pm.matrix)
         prompt = map_prompt(tp.prompt, inv, key_hw)
         if prompt is None:
             return self._empty(object_id, frame, kf.frame_index, "outside"), None

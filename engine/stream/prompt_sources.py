@@ -26,8 +26,9 @@ from engine.stream.events import CursorEvent, HoverEvent, Prompt, PromptEvent, R
 class CursorPrompts:
     """Turns ``CursorEvent`` s into prompt events (see the module docstring).
 
-    After the engine handles a ``SelectEvent`` with ``object_id=None``, set ``current_object_id``
-    to the id it returned, so background clicks refine that object.
+    After the engine handles a cursor ``SelectEvent`` (``prompt.source == "cursor"``) with
+    ``object_id=None``, set ``current_object_id`` to the id it returned, so background clicks refine
+    that object; after a selection from elsewhere (gaze) or a release of that object, ``forget()``.
     """
 
     def __init__(self, drag_min_px: float = 6.0, hover: bool = False) -> None:
@@ -46,9 +47,13 @@ class CursorPrompts:
         self.hover = on
         return [] if on else [HoverEvent(None)]
 
+    def forget(self) -> None:
+        """Forget the current object and its points (background clicks then refine nothing)."""
+        self._points, self._box, self.current_object_id = [], None, None
+
     def release_all(self, timestamp_ns: int = 0) -> list[PromptEvent]:
         """Forget the current object and release every object."""
-        self._points, self._box, self.current_object_id = [], None, None
+        self.forget()
         return [ReleaseEvent(None, timestamp_ns)]
 
     def feed(self, event: CursorEvent) -> list[PromptEvent]:
@@ -100,18 +105,23 @@ class GazePrompts:
     """Online gaze -> prompt events: smoothing, then dwell selection (single target).
 
     ``push(sample)`` returns the events one sample triggers; ``gaze_xy`` is the latest smoothed
-    point (None while the gaze is invalid).
+    point (None while the gaze is invalid). A sample not newer than the last one (duplicate,
+    out of order, or another clock) is skipped and counted in ``dropped_out_of_order``; feed one
+    ``GazePrompts`` from one clock only.
     """
 
     def __init__(self, smoother: GazeSmoother | None = None, dwell: DwellSelector | None = None) -> None:
         self.smoother = smoother or GazeSmoother()
         self.dwell = dwell or DwellSelector()
         self.gaze_xy: tuple[float, float] | None = None
+        self.dropped_out_of_order = 0
         self._last_ns: int | None = None
 
     def push(self, sample: GazeSample) -> list[PromptEvent]:
+        """One gaze sample (frame pixels, ns) -> the prompt events it triggers (often none)."""
         if self._last_ns is not None and sample.timestamp_ns <= self._last_ns:
-            return []  # duplicate / out-of-order live sample: ignored
+            self.dropped_out_of_order += 1
+            return []
         self._last_ns = sample.timestamp_ns
         smooth = self.smoother.update(sample)
         self.gaze_xy = None if smooth is None else smooth.xy

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -11,6 +12,7 @@ from engine.stream.events import Prompt
 from engine.stream.object_motion import MotionInfo
 
 MaskStatus = Literal["ok", "no_embedding", "lost", "outside"]
+RECENT_KEYFRAMES = 10_000  # keyframe indices kept in EngineStats (a long live session stays bounded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +71,23 @@ class StepResult:
 
 @dataclass(slots=True)
 class EngineStats:
-    """Counters (mutable): frames stepped, bad inputs skipped, steps over budget, keyframes."""
+    """Counters (mutable): frames stepped, bad inputs skipped, steps over budget, keyframes.
+
+    ``keyframes_used``: frame indices of the most recent ``RECENT_KEYFRAMES`` keyframes decoded on
+    (bounded; ``list(...)`` for JSON); ``keyframes_total``: all of them, counted."""
 
     frames: int = 0
     bad_frames: int = 0
     late_frames: int = 0
     keyframe_requests: int = 0
-    keyframes_used: list[int] = field(default_factory=list)
+    keyframes_used: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_KEYFRAMES))
+    keyframes_total: int = 0
     decodes_reused: int = 0
+
+    def add_keyframe(self, frame_index: int) -> None:
+        """A keyframe was decoded on for the first time."""
+        self.keyframes_used.append(frame_index)
+        self.keyframes_total += 1
 
 
 def prompt_key(prompt: Prompt) -> np.ndarray:

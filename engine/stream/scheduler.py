@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -115,14 +116,21 @@ class Keyframe:
     finished_ns: int
 
 
+RECENT_ENCODES = 1_000
+
+
 @dataclass(slots=True)
 class EncoderStats:
-    """Counters of one encoder (mutable): requests, drops while busy, finished encodes, their times."""
+    """Counters of one encoder (mutable): requests, drops while busy, finished encodes, their times.
+
+    ``encode_ms``: wall times of the most recent ``RECENT_ENCODES`` encodes (bounded);
+    ``encode_ms_total``: the sum over all ``finished`` encodes."""
 
     submitted: int = 0
     dropped_busy: int = 0
     finished: int = 0
-    encode_ms: list[float] = field(default_factory=list)
+    encode_ms: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_ENCODES))
+    encode_ms_total: float = 0.0
 
 
 EncodeFn = Callable[[np.ndarray, int], Embedding]
@@ -204,13 +212,14 @@ class AsyncEncoder:
         t0 = time.perf_counter()
         try:
             emb = self._encode_fn(frame.rgb, frame.index)
-        except BaseException as exc:  # noqa: BLE001 - handed to the decoder thread, re-raised there
-            self._error = exc
+        except Exception as exc:  # noqa: BLE001 - handed to the decoder thread, re-raised there
+            self._error = exc  # (KeyboardInterrupt/SystemExit propagate: Ctrl-C in sync mode stops)
             return
         ms = (time.perf_counter() - t0) * 1e3
         self._latest = Keyframe(emb, frame.index, grey, tuple(frame.rgb.shape[:2]), ms, time.monotonic_ns())
         self.stats.finished += 1
         self.stats.encode_ms.append(ms)
+        self.stats.encode_ms_total += ms
 
     def _lower_priority(self) -> None:
         """Raise the worker thread's nice value by ``nice`` (Linux: per thread, its native id), so
@@ -233,10 +242,15 @@ class AsyncEncoder:
                     return
                 frame, grey = self._pending
                 self._pending = None
-            self._encode(frame, grey)
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
+            try:
+                self._encode(frame, grey)
+            except BaseException as exc:  # noqa: BLE001 - not an Exception (SystemExit): the decoder
+                self._error = exc  # thread re-raises it; this worker stops
+                return
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:

@@ -218,8 +218,17 @@ class VideoSource(_CaptureSource):
                               "convert it with ffmpeg to H.264/mp4, or extract frames to a folder")
         super().__init__(cap, f"video {path}", max_failed_reads, realtime)
 
+    def __len__(self) -> int:
+        """Frames the file's header announces (a failed read inside them is a ``bad`` frame, so a
+        consumer can still write one result per input frame). TypeError when it announces none."""
+        if self.frame_count <= 0:
+            raise TypeError(f"{self._what} announces no frame count; read it to the end to count its frames")
+        return self.frame_count
+
     def _end_of_stream(self, index: int) -> bool:
-        return self.frame_count <= 0 or index >= self.frame_count - 1
+        """A failed read ends the file past its announced frames (or anywhere if none are announced);
+        inside them it is a lost frame (``bad``), even the last one."""
+        return self.frame_count <= 0 or index >= self.frame_count
 
 
 def _natural_key(path: Path) -> list[Any]:

@@ -5,8 +5,11 @@
         [--motion homography|affine|none] [--async-encoder] --out DIR
 
 Writes ``DIR/masks/NNNNN.png`` (one per input frame, input order, frame size; 0/255 for one
-object, object ids for several), ``DIR/metrics.json`` and ``DIR/overlay.mp4``. ``--box`` and
-``--point`` repeat for several objects and apply to the first frame.
+object, object ids for several), ``DIR/metrics.json`` and ``DIR/overlay.mp4`` (at the first
+frame's size; frames of another size are resized to it and counted). ``--box`` and ``--point``
+repeat for several objects and apply to the first frame. With ``--async-encoder`` on a file,
+folder or recording (not a live camera) the first frame waits for its keyframe, so the frames
+after it get masks instead of empty ones while the first encode runs.
 """
 
 from __future__ import annotations
@@ -131,22 +134,42 @@ def cmd_track(args: argparse.Namespace) -> int:
         raise
     writer = _Writer(out, len(prompts) > 1, None if args.no_overlay else source.fps)
     t0 = time.perf_counter()
+    wait_first = engine.encoder.asynchronous and not _is_live(source)
     try:  # the camera/file is released and the encoder worker stopped whatever happens
         events = _events(args, engine, prompts)
         for res, frame in _loop(engine, source, events, args.max_frames):
             writer.write(res, frame, engine)
-        total = getattr(source, "__len__", None)
+            if wait_first:  # offline input: the first keyframe before the next frame, not masks left empty
+                engine.encoder.wait_idle()
+                wait_first = False
+        total = _length(source)
         if args.max_frames is None and total is not None:
-            writer.fill_to(total())  # trailing unreadable frames still get a mask
+            writer.fill_to(total)  # trailing unreadable frames still get a mask
     finally:
         writer.close()
         engine.close()
         source.close()
     metrics = _metrics(args, engine, source, writer, time.perf_counter() - t0)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"{out}: {writer.count} masks, {metrics['fps']:.1f} fps, keyframes {len(metrics['keyframes_used'])}, "
+    print(f"{out}: {writer.count} masks, {metrics['fps']:.1f} fps, keyframes {metrics['keyframes_total']}, "
           f"frame p95 {metrics['stages'].get('frame', {}).get('p95_ms', float('nan')):.0f} ms")
     return 0
+
+
+def _length(source: Any) -> int | None:
+    """Input frames the source announces, None when it cannot tell (camera, video without a count)."""
+    try:
+        return len(source)
+    except TypeError:
+        return None
+
+
+def _is_live(source: Any) -> bool:
+    """A live camera (OpenCV or RealSense without a recording): it must never wait for the encoder."""
+    from engine.stream.sources import CameraSource
+
+    return isinstance(source, CameraSource) or (type(source).__name__ == "RealSenseSource"
+                                                and getattr(source, "bag", None) is None)
 
 
 def _events(args: argparse.Namespace, engine: Any, prompts: list[Any]) -> Any:
@@ -172,7 +195,7 @@ def _events(args: argparse.Namespace, engine: Any, prompts: list[Any]) -> Any:
 def _loop(engine: Any, source: Any, events: Any, max_frames: int | None) -> Any:
     from tqdm import tqdm
 
-    total = len(source) if hasattr(source, "__len__") else None
+    total = _length(source)
     if max_frames is not None:
         total = min(total or max_frames, max_frames)
     with tqdm(total=total, unit="frame", desc="track", file=sys.stderr, disable=None) as bar:
@@ -192,7 +215,9 @@ class _Writer:
         self.next_index = 0
         self.hw: tuple[int, int] | None = None
         self.video: cv2.VideoWriter | None = None
+        self.video_hw: tuple[int, int] | None = None  # the overlay video's size (its first frame's)
         self.video_frames = 0
+        self.video_resized = 0  # overlay frames of another size, resized to video_hw
 
     def _mask(self, index: int, mask: np.ndarray) -> None:
         from engine.imageio import save_mask_png
@@ -231,13 +256,16 @@ class _Writer:
         draw_hud(img, lines)
         if self.video is None:
             path = str(self.out / "overlay.mp4")
-            h, w = res.frame_hw
+            self.video_hw = h, w = img.shape[:2]
             self.video = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), self.overlay_fps, (w, h))
             if not self.video.isOpened():
                 raise OSError(f"cannot write {path} with OpenCV's mp4v codec; pass --no-overlay")
-        if img.shape[:2] == res.frame_hw:
-            self.video.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-            self.video_frames += 1
+        if img.shape[:2] != self.video_hw:  # the source changed size: a video has one size
+            h, w = self.video_hw  # type: ignore[misc]
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+            self.video_resized += 1
+        self.video.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        self.video_frames += 1
 
     def close(self) -> None:
         if self.video is not None:
@@ -259,11 +287,13 @@ def _metrics(args: argparse.Namespace, engine: Any, source: Any, writer: _Writer
         "frames": engine.stats.frames,
         "masks_written": writer.count,
         "overlay_frames": writer.video_frames,
+        "overlay_frames_resized": writer.video_resized,
         "wall_s": round(wall_s, 3),
         "fps": lat["fps"],
         "stages": lat["stages"],
         "embedding_age_frames": lat["embedding_age_frames"],
-        "keyframes_used": engine.stats.keyframes_used,
+        "keyframes_used": list(engine.stats.keyframes_used),  # the most recent RECENT_KEYFRAMES
+        "keyframes_total": engine.stats.keyframes_total,
         "keyframe_requests": engine.stats.keyframe_requests,
         "keyframe_requests_dropped_busy": enc.dropped_busy,
         "decodes_reused": engine.stats.decodes_reused,

@@ -6,6 +6,11 @@ for point-capable models, and the previous low-res logits as ``mask_input`` only
 decoded on the same keyframe (the logits live in that keyframe's geometry). An object whose score
 falls under ``lost_score`` or whose mask vanishes is ``lost``; it is re-acquired from its last good
 box on the next keyframe.
+
+A user prompt is in the pixels of the frame it was given on (``TrackedObject.prompt_frame_index``,
+stamped by the engine on the first step after ``add``/``refine``). With the async encoder its first
+decode can come frames later, so the engine maps it into the keyframe from that frame, not from the
+frame being stepped (see ``StreamEngine._prompt_motion``).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from engine.stream.events import Prompt
 from engine.transforms import mask_to_box_xyxy
 
 ObjectStatus = Literal["new", "ok", "lost"]
+MAX_OBJECT_ID = 255  # object ids are mask values (uint8)
 PromptMode = Literal["user", "track", "reacquire"]
 
 
@@ -60,7 +66,13 @@ class TrackPrompt:
 
 @dataclass(slots=True)
 class TrackedObject:
-    """Mutable state of one object (owned by the ``Tracker``)."""
+    """Mutable state of one object (owned by the ``Tracker``).
+
+    ``prompt_frame_index``: frame the user prompt's pixels belong to (None until the engine steps
+    the first frame after the prompt); ``prompt_grey``: that frame at the motion resolution
+    (``hxw uint8``) and ``prompt_hw`` its full size, so a later first decode can fit the motion
+    keyframe -> prompt frame. Both are dropped once the object has been found.
+    """
 
     object_id: int
     user_prompt: Prompt
@@ -76,6 +88,9 @@ class TrackedObject:
     frames_lost: int = 0
     key_regions: dict[int, np.ndarray] = field(default_factory=dict)  # frame index -> small bool mask
     decode_cache: Any = None  # (keyframe index, prompt key, decoded) of the engine's last decode
+    prompt_frame_index: int | None = None
+    prompt_grey: np.ndarray | None = None
+    prompt_hw: tuple[int, int] | None = None
 
     def remember_region(self, frame_index: int, region_small: np.ndarray, keep_from: int) -> None:
         """Keep the object's mask of a (candidate) keyframe for object motion; forget older ones."""
@@ -107,21 +122,28 @@ class Tracker:
         self.config = config or TrackerConfig()
         self.points_supported = points_supported
         self._objects: dict[int, TrackedObject] = {}
-        self._next_id = 1
+        self._next_id = 1  # where the search for a free id starts (round robin over 1..255)
 
     # --- membership ---------------------------------------------------------------------------
     def add(self, prompt: Prompt, object_id: int | None = None) -> int:
-        """Start tracking an object from a user prompt; returns its id (1, 2, ... unless given)."""
+        """Start tracking an object from a user prompt; returns its id: ``object_id``, or (None) the
+        next id not tracked now, round robin over 1..255: 1, 2, 3, ... as long as they last (callers
+        that key logs by id see a new id per selection), then the ids of released objects again,
+        least recently issued first. Raises only when all 255 are tracked."""
         if not isinstance(prompt, Prompt):
             raise TypeError(f"expected an engine.stream.events.Prompt, got {type(prompt).__name__}")
         if object_id is None:
-            object_id = self._next_id
+            order = [(self._next_id - 1 + k) % MAX_OBJECT_ID + 1 for k in range(MAX_OBJECT_ID)]
+            object_id = next((i for i in order if i not in self._objects), 0)
+            if object_id == 0:
+                raise ValueError(f"all {MAX_OBJECT_ID} object ids are tracked (ids are mask values); release "
+                                 "objects first (remove_object / a ReleaseEvent, key 'c' in the demos)")
         if object_id in self._objects:
             raise ValueError(f"object id {object_id} is already tracked; remove it first or pick another id")
-        if not 1 <= object_id <= 255:
-            raise ValueError(f"object ids must be in 1..255 (they are mask values), got {object_id}")
+        if not 1 <= object_id <= MAX_OBJECT_ID:
+            raise ValueError(f"object ids must be in 1..{MAX_OBJECT_ID} (they are mask values), got {object_id}")
         self._objects[object_id] = TrackedObject(object_id, prompt)
-        self._next_id = max(self._next_id, object_id + 1)
+        self._next_id = object_id % MAX_OBJECT_ID + 1
         return object_id
 
     def refine(self, object_id: int, prompt: Prompt) -> None:
@@ -153,6 +175,19 @@ class Tracker:
         return object_id in self._objects
 
     # --- per frame ----------------------------------------------------------------------------
+    def stamp_prompts(self, frame_index: int, grey: np.ndarray, frame_hw: tuple[int, int]) -> None:
+        """Record the frame user prompts given since the last step belong to (the one stepped now):
+        ``grey`` is it at the motion resolution (``hxw uint8``), ``frame_hw`` its full size."""
+        for obj in self._objects.values():
+            if obj.prompt_frame_index is None:
+                obj.prompt_frame_index, obj.prompt_grey, obj.prompt_hw = frame_index, grey, frame_hw
+
+    def forget_keyframes(self) -> None:
+        """Drop every object's per-keyframe state (the keyframes restart: another source)."""
+        for obj in self._objects.values():
+            obj.key_regions, obj.decode_cache, obj.score_at_keyframe = {}, None, {}
+            obj.low_res = obj.low_res_keyframe = obj.lost_on_keyframe = None
+
     def prompt_for(self, obj: TrackedObject, keyframe_index: int, frame_hw: tuple[int, int]) -> TrackPrompt | None:
         """This frame's prompt for ``obj`` (current-frame pixels), or None (lost, wait for a keyframe)."""
         cfg = self.config
@@ -192,6 +227,7 @@ class Tracker:
             return obj.status
         box = box + np.array([0, 0, 1, 1], np.float32)  # inclusive indices -> pixel-edge box
         obj.status, obj.mask, obj.box_xyxy, obj.last_good_box_xyxy = "ok", mask, box, box
+        obj.prompt_grey = None  # found: its user prompt is not decoded again (a refine starts afresh)
         obj.low_res, obj.low_res_keyframe, obj.frames_lost = low_res, keyframe_index, 0
         if keyframe_index not in obj.score_at_keyframe:  # only the current keyframe's is kept
             obj.score_at_keyframe = {keyframe_index: float(score)}
