@@ -20,7 +20,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-# Wire into ``engine/cli.py``'s ``build_parser``:  add_calibrate_parser(sub)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm")
 

@@ -25,6 +25,10 @@ default with ``--headless``); see ``engine.lift.remote_view``. With ``--out DIR`
 ``objects.json`` (extents, centroid, box, volume, lift counts, source stats) and
 ``intrinsics.json`` (the shared intrinsics format). ``--headless`` opens no window and needs a
 scripted prompt (``--box`` or ``--click``; default: a click on the image centre).
+
+If the camera or recording fails mid-run (``SourceError``, e.g. the camera unplugged) the error
+goes to stderr, what was gathered is still saved (``objects.json`` has ``"error"``) and the exit
+status is 1.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.imageio import PALETTE, draw_overlay  # noqa: E402
+from engine.demo.overlay import OverlayVideo  # noqa: E402
+from engine.imageio import draw_overlay  # noqa: E402
 from engine.lift import LiftResult, lift, save_ply  # noqa: E402
 from engine.lift.remote_view import VIEW_FORMS, ObjectView, ViewSpec, open_view  # noqa: E402
 from engine.realsense import DepthFilterConfig, RealSenseConfig, RealSenseSource, SyntheticRealSense  # noqa: E402
@@ -52,9 +57,11 @@ from engine.stream.events import CursorEvent, Prompt, PromptEvent, SelectEvent  
 from engine.stream.latency import draw_hud  # noqa: E402
 from engine.stream.prompt_sources import CursorPrompts  # noqa: E402
 from engine.stream.scheduler import KeyframePolicy  # noqa: E402
+from engine.stream.sources import SourceError  # noqa: E402
 from engine.types import Frame  # noqa: E402
 
 WINDOW = "arsel realsense lift"
+EXIT_INPUT_FAILED = 1
 
 
 @dataclass
@@ -78,11 +85,12 @@ class App:
         self.cursor = CursorPrompts(hover=False)
         self.pending: list[PromptEvent] = []
         self.objects: dict[int, ObjectState] = {}
-        self.writer: cv2.VideoWriter | None = None
+        self.writer: OverlayVideo | None = None
         self.last_bgr: np.ndarray | None = None
         self.source: Any = None
         self.view: ObjectView | None = None
         self.frames = 0
+        self.error: str | None = None  # why the input stopped early, if it did
 
     # --- input -----------------------------------------------------------------------------------
     def open_source(self) -> Any:
@@ -140,8 +148,9 @@ class App:
 
     # --- per frame -------------------------------------------------------------------------------
     def lift_objects(self, frame: Frame, res: StepResult) -> None:
-        """Lift every tracked object's mask (every ``--lift-every`` frames)."""
-        if frame.index % self.args.lift_every:
+        """Lift every tracked object's mask every ``--lift-every`` processed frames (counted here:
+        ``frame.index`` skips the frames the camera dropped)."""
+        if self.frames % self.args.lift_every:
             return
         for r in res.objects:
             state = self.objects.setdefault(r.object_id, ObjectState())
@@ -192,10 +201,9 @@ class App:
             return
         if self.writer is None:
             self.args.out.mkdir(parents=True, exist_ok=True)
-            h, w = bgr.shape[:2]
             fps = float(getattr(self.source, "fps", 30.0))
-            self.writer = cv2.VideoWriter(str(self.args.out / "overlay.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-        self.writer.write(bgr)
+            self.writer = OverlayVideo(self.args.out / "overlay.mp4", fps, fix="run without --out")
+        self.writer.write_bgr(bgr)
 
     def save(self) -> Path | None:
         """PLY per object, objects.json, intrinsics.json and the last overlay into ``--out``."""
@@ -205,6 +213,8 @@ class App:
             return None
         out.mkdir(parents=True, exist_ok=True)
         report: dict[str, Any] = {"frames": self.frames, "objects": {}}
+        if self.error is not None:
+            report["error"] = self.error
         if self.source is not None:
             report["source_stats"] = self.source.stats.to_dict()
             if getattr(self.source, "intrinsics", None) is not None:
@@ -238,25 +248,33 @@ class App:
             self.view = open_view(self.args.view)
             if getattr(self.view, "address", None):
                 print(f"3D view ({self.args.view.kind}): {self.view.address}")
-            for frame in self.source:
-                bgr = self.step(frame)
-                if self.args.headless:
-                    st = ", ".join(f"#{k}: {dict(v.statuses)}" for k, v in sorted(self.objects.items()))
-                    print(f"frame {frame.index:4d} {st}")
-                else:
-                    cv2.imshow(WINDOW, bgr)
-                    if not self.on_key(cv2.waitKey(1) & 0xFF):
-                        break
-                if self.view is not None and not self.view.poll():
-                    break
-                if self.args.frames and self.frames >= self.args.frames:
-                    break
+            try:
+                self.loop()
+            except SourceError as exc:  # camera lost: keep and save what was gathered
+                self.error = f"{type(exc).__name__}: {exc}"
+                print(f"input stopped after {self.frames} frames: {exc}", file=sys.stderr)
             saved = self.save() if self.args.out is not None else None
             if saved is not None:
                 print(f"wrote {saved}")
         finally:
             self.close()
-        return 0
+        return EXIT_INPUT_FAILED if self.error is not None else 0
+
+    def loop(self) -> None:
+        """Step every frame of the source until it ends, q/Esc, the 3D view closes or ``--frames``."""
+        for frame in self.source:
+            bgr = self.step(frame)
+            if self.args.headless:
+                st = ", ".join(f"#{k}: {dict(v.statuses)}" for k, v in sorted(self.objects.items()))
+                print(f"frame {frame.index:4d} {st}")
+            else:
+                cv2.imshow(WINDOW, bgr)
+                if not self.on_key(cv2.waitKey(1) & 0xFF):
+                    break
+            if self.view is not None and not self.view.poll():
+                break
+            if self.args.frames and self.frames >= self.args.frames:
+                break
 
     def close(self) -> None:
         """Release the camera/recording, the engine, the writer and the windows."""
@@ -264,7 +282,7 @@ class App:
             self.source.close()
         self.engine.close()
         if self.writer is not None:
-            self.writer.release()
+            self.writer.close()
             self.writer = None
         if self.view is not None:
             self.view.close()

@@ -156,6 +156,8 @@ def _bad_inputs(tmp: Path, f: dict[str, Path]) -> None:
         ({"--color": "{tmp}/small_color.png"}, "colour image .* is 320x240 but the depth is 640x480; register"),
         ({"--intrinsics": "{tmp}/cam320.json"}, "is 640x480 but the intrinsics are 320x240"),
         ({"--depth-scale": "0"}, "--depth-scale must be > 0"),
+        ({"--depth-scale": "0.001"}, "--depth-scale is raw units per metre, got 0.001, which looks like metres "
+                                     "per unit; pass --depth-scale 1000"),
         ({"--out": "{tmp}/obj.xyz"}, "--out .*obj.xyz': use a .ply file name"),
         ({"--mesh": "{tmp}/m.stl"}, "--mesh .*m.stl': use a .ply / .obj / .glb / .gltf file name"),
         ({"--mask": None}, "give a selection"),
@@ -271,3 +273,87 @@ def test_fuse_bad_input(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("arsel fuse: error: ") and re.search(match, err), err
+
+
+# ---------------------------------------------------------------- fuse: mask names
+def _touch(folder: Path, *names: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+    return [folder / n for n in names]
+
+
+@pytest.mark.parametrize(
+    "colors, masks, expected",
+    [
+        (["a.jpg", "b.jpg"], ["a.png", "b.png"], ["a.png", "b.png"]),  # by colour name
+        (["a.jpg", "b.jpg"], ["00000.png", "00001.png"], ["00000.png", "00001.png"]),  # by index
+        (["00000.jpg", "00001.jpg"], ["00000.png", "00001.png"], ["00000.png", "00001.png"]),  # both agree
+        # colour numbered from 1, masks by index from 0: one scheme (index) for every frame, never
+        # 00001.png for frame 0 and 00002.png for frame 1 with the last frame falling back to its index
+        (["00001.jpg", "00002.jpg", "00003.jpg"], ["00000.png", "00001.png", "00002.png"],
+         ["00000.png", "00001.png", "00002.png"]),
+    ],
+)
+def test_mask_names_follow_one_scheme(tmp_path: Path, colors: list[str], masks: list[str], expected: list[str]) -> None:
+    from engine.lift.cli_io import mask_paths
+
+    color_paths = _touch(tmp_path / "color", *colors)
+    _touch(tmp_path / "masks", *masks)
+    got = mask_paths(tmp_path / "masks", list(enumerate(color_paths)))
+    assert [p.name for p in got] == expected
+
+
+def test_mask_names_ambiguous_or_missing(tmp_path: Path) -> None:
+    from engine.cli import UsageError
+    from engine.lift.cli_io import mask_paths
+
+    frames = list(enumerate(_touch(tmp_path / "color", "00001.jpg", "00002.jpg")))
+    _touch(tmp_path / "masks", "00000.png", "00001.png", "00002.png")  # complete both ways, disagreeing
+    with pytest.raises(UsageError, match="named both by colour image .* and by frame index .* keep one set"):
+        mask_paths(tmp_path / "masks", frames)
+    _touch(tmp_path / "few", "00001.png")  # frame 0 by colour name, or frame 1 by index
+    with pytest.raises(FileNotFoundError, match=r"by neither naming scheme: by colour name, frame 1 \(00002.jpg\) "
+                                                r"has no 00002.png; by frame index, frame 0 has no 00000.png"):
+        mask_paths(tmp_path / "few", frames)
+    named = list(enumerate(_touch(tmp_path / "named", "a.jpg", "b.jpg")))
+    _touch(tmp_path / "one", "a.png", "00000.png")  # frame 1 has neither
+    with pytest.raises(FileNotFoundError, match=r"no mask for frame 1 \(b.jpg\): looked for b.png .*00001.png"):
+        mask_paths(tmp_path / "one", named)
+
+
+def test_fuse_off_by_one_masks_pair_by_index(data_dir: Path, tmp_path: Path) -> None:
+    """Colour/depth numbered 00001.. with `arsel track` masks 00000..: frame k gets mask k."""
+    root = data_dir / "open3d_rgbd" / "redwood"
+    frames = tmp_path / "frames"
+    for sub, ext in (("color", "jpg"), ("depth", "png")):
+        (frames / sub).mkdir(parents=True)
+        for k in range(5):
+            (frames / sub / f"{k + 1:05d}.{ext}").write_bytes((root / sub / f"{k:05d}.{ext}").read_bytes())
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for k in range(5):  # frames 0 and 1 select everything, the others nothing
+        cv2.imwrite(str(masks / f"{k:05d}.png"), np.full((480, 640), 255 if k < 2 else 0, np.uint8))
+    argv = ["fuse", str(frames), "--poses", str(root / "trajectory.log"), "--intrinsics",
+            str(root / "camera_primesense.json"), "--voxel-m", "0.05", "--masks", str(masks),
+            "--out", str(tmp_path / "m.ply"), "--json", str(tmp_path / "r.json")]
+    # pairing by colour name where it exists would fuse frame 0 alone (00001.png): an empty mesh
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["status"] == "ok" and report["frames_used"] == 5
+
+
+def test_intrinsics_help_names_the_aligned_grid(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["lift", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the pixel grid the depth image is on" in text and "the colour camera's" in text
+    assert "depth must be aligned (registered) to it" in text
+
+
+def test_fuse_reads_frames_lazily() -> None:
+    import inspect
+
+    from engine.lift.cli_io import iter_fusion_frames
+
+    assert inspect.isgeneratorfunction(iter_fusion_frames)

@@ -155,6 +155,43 @@ def test_odometry_follows_the_synthetic_orbit() -> None:
         assert math.degrees(math.acos(min(1.0, cos))) < 1.0
 
 
+def test_odometry_failure_registers_the_next_frame_against_the_last_good_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed step drops that frame; the next is registered against the last good frame, so
+    the motion across the failed frame is kept (the failed frame must not become the reference)."""
+    import open3d as o3d
+
+    odo_module = o3d.t.pipelines.odometry
+    real, calls = odo_module.rgbd_odometry_multi_scale, []
+
+    def flaky(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(args[1])  # the target (current) frame
+        if len(calls) == 3:  # frame 3 against frame 2
+            raise RuntimeError("odometry diverged")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(odo_module, "rgbd_odometry_multi_scale", flaky)
+    source = SyntheticRGBDSource(10, seed=0)  # ~2.6 deg and ~4 cm per step
+    odo = OdometryPoses()
+    est = [odo.update(frame) for frame in source]
+    assert est[3] is None and odo.failures == 1 and all(p is not None for i, p in enumerate(est) if i != 3)
+    truth0 = np.linalg.inv(source.poses[0])
+    errors = [np.linalg.norm(est[i][:3, 3] - (truth0 @ source.poses[i])[:3, 3]) for i in range(4, 10)]
+    assert max(errors) < 0.01, errors  # losing the step into the failed frame: ~4 cm off
+
+
+def test_odometry_reanchors_after_failures_in_a_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    import open3d as o3d
+
+    monkeypatch.setattr(o3d.t.pipelines.odometry, "rgbd_odometry_multi_scale",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
+    source = SyntheticRGBDSource(5, seed=0)
+    odo = OdometryPoses(reanchor_after=2)
+    est = [odo.update(frame) for frame in source]
+    assert est[0] is not None and est[1:] == [None] * 4
+    assert (odo.failures, odo.reanchors) == (4, 2)
+
+
 # ---------------------------------------------------------------- the command
 @pytest.mark.parametrize(
     "argv, match",

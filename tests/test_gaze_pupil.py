@@ -12,6 +12,7 @@ import gc
 import inspect
 import socket
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -265,6 +266,37 @@ def test_unpolled_queue_keeps_the_newest_samples() -> None:
         got = rx.poll()
         assert [s.timestamp_ns for s in got] == [gaze(i).timestamp_unix_ns for i in (2, 3, 4)]
         assert rx.stats["overflow"] == 2 and rx.stats["accepted"] == 5
+
+
+class CountingLock:
+    """A lock counting the acquisitions made by the thread that created it."""
+
+    def __init__(self) -> None:
+        self._lock, self.owner, self.count = threading.Lock(), threading.get_ident(), 0
+
+    def __enter__(self) -> CountingLock:
+        self._lock.acquire()
+        self.count += int(threading.get_ident() == self.owner)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+@pytest.mark.parametrize("case", ["accepted", "malformed", "out_of_order"])
+def test_one_datum_is_counted_and_queued_under_one_lock(case: str) -> None:
+    """A reader that saw ``received`` go up must also see the datum accepted and queued (or
+    rejected): every update for one datum happens under one lock acquisition."""
+    datum = GazeData(float("nan"), 1.0, True, T0_S) if case == "malformed" else gaze(5)
+    with receiver(FakeDevice()) as rx:
+        rx._lock = lock = CountingLock()  # type: ignore[assignment]
+        if case == "out_of_order":
+            rx.last_t_ns = gaze(9).timestamp_unix_ns
+        rx._accept(datum)
+        assert lock.count == 1
+        stats = rx.stats
+        assert stats["received"] == 1 and stats[case] == 1
+        assert len(rx._queue) == (case == "accepted")
 
 
 def test_matched_scene_frames_are_kept_as_rgb() -> None:

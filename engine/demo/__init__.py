@@ -6,6 +6,7 @@ Modules (import them directly; open3d is imported where it is used):
 * ``gaze_sim``: ``simulate_gaze`` - fixations on each object in turn, saccades, jitter, a blink
 * ``source``: ``SyntheticRGBDSource``, ``open_realsense``, ``OdometryPoses``
 * ``pipeline``: ``DemoConfig``, ``run_demo`` - engine, lifting, TSDF fusion, ``summary.json``
+* ``objects``: ``ObjectLog`` (per-object frames, evenly thinned), ``upright_box``, ``largest_component``
 * ``overlay``: the overlay video with HUD and gaze dot
 * ``cli``: the ``arsel demo`` verb
 """

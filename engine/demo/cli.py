@@ -2,7 +2,7 @@
 
 Usage:
     arsel demo [--out DIR] [--frames N] [--model NAME] [--backend auto|torch|onnxruntime|tensorrt]
-               [--seed S] [--no-video]
+               [--device cpu|cuda[:N]] [--seed S] [--no-video]
     arsel demo --realsense | --bag FILE.bag | --camera 0     (the same on real input)
 
 Without an input flag it renders a synthetic table-top scene (three objects of known size, an
@@ -12,6 +12,10 @@ view for 0.6 s. ``--camera`` has no depth, so it runs the 2D part only.
 
 Writes into ``--out`` (default ``arsel-demo-YYYYmmdd-HHMMSS``): ``overlay.mp4``, one
 ``object_<id>.ply`` per selected object, ``gaze.csv`` and ``summary.json``.
+
+Exit status: 0 done; 1 the input failed mid-run (camera unplugged, broken recording): what was
+gathered is still written and ``summary.json`` has ``"error"``; 2 bad input, or an input that
+could not be opened or delivered no frame.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_FRAMES = 150
+EXIT_INPUT_FAILED = 1
 
 
 def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -39,7 +44,9 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model", default="lite_medsam", help="registered model name (default lite_medsam)")
     p.add_argument("--checkpoint", help="checkpoint path (default: resolved, see `arsel models`)")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
-                   help="runtime (default auto: onnxruntime when installed, else torch)")
+                   help="runtime (default auto: TensorRT on a CUDA --device when installed, else onnxruntime "
+                        "when installed, else torch)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu; --backend tensorrt needs cuda)")
     p.add_argument("--keyframe-interval", type=int, default=5, metavar="K", help="encode every K frames (default 5)")
     p.add_argument("--seed", type=int, default=0, help="scene noise and gaze seed (synthetic)")
     p.add_argument("--no-video", action="store_true", help="skip overlay.mp4")
@@ -61,7 +68,10 @@ def _config(args: argparse.Namespace) -> Any:
         raise UsageError(f"--frames must be >= 2, got {frames}")
     if args.keyframe_interval < 1:
         raise UsageError(f"--keyframe-interval must be >= 1 (1 = every frame), got {args.keyframe_interval}")
-    return DemoConfig(frames=frames, model=args.model, backend=args.backend, checkpoint=args.checkpoint,
+    if args.backend == "tensorrt" and not args.device.startswith("cuda"):
+        raise UsageError(f"--backend tensorrt runs on a CUDA GPU: add --device cuda (got --device {args.device})")
+    return DemoConfig(frames=frames, model=args.model, backend=args.backend, device=args.device,
+                      checkpoint=args.checkpoint,
                       seed=args.seed, keyframe_interval=args.keyframe_interval, video=not args.no_video,
                       input=kind, bag=args.bag, camera=0 if args.camera is None else args.camera)
 
@@ -86,7 +96,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = _out_dir(args)
     summary = run_demo(config, out, progress=not args.quiet)
     print(format_summary(summary, out))
-    return 0
+    return EXIT_INPUT_FAILED if summary.get("error") else 0
 
 
 def format_summary(summary: dict[str, Any], out: Path) -> str:
@@ -106,6 +116,10 @@ def format_summary(summary: dict[str, Any], out: Path) -> str:
         lines.append(text)
     if not summary["objects"]:
         lines.append("  no object was selected (gaze never dwelt long enough on one)")
+    if summary.get("no_depth_frames"):
+        lines.append(f"  {summary['no_depth_frames']} frames came without depth (not lifted)")
+    if summary.get("error"):
+        lines.append(f"  stopped early, results so far written: {summary['error']}")
     return "\n".join(lines)
 
 

@@ -15,7 +15,9 @@ input (world = the first camera) the PCA box. Only what was seen is measured: a 
 side comes out half as deep, a ball's rim (grazing depth, eroded) a little small.
 
 Outputs in ``out``: ``overlay.mp4`` (masks, gaze dot, HUD), ``object_<id>.ply`` (fused mesh, or
-the single-view cloud), ``gaze.csv`` (the simulated trace) and ``summary.json``.
+the single-view cloud), ``gaze.csv`` (the simulated trace) and ``summary.json``. When the input
+fails mid-run (``SourceError``: camera unplugged, broken recording) the frames gathered so far are
+still fused and written, and ``summary.json`` says why it stopped under ``"error"``.
 """
 
 from __future__ import annotations
@@ -24,16 +26,16 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from engine.demo.objects import ObjectLog, largest_component, upright_box
 from engine.lift import fuse_tsdf, lift, oriented_box, save_ply
-from engine.lift.fusion import FusionFrame
-from engine.lift.single import LiftResult
 from engine.stream.latency import LatencyRecorder
+from engine.stream.sources import SourceError
 from engine.types import Frame
 
 InputKind = Literal["synthetic", "realsense", "bag", "camera"]
@@ -42,13 +44,16 @@ InputKind = Literal["synthetic", "realsense", "bag", "camera"]
 @dataclass(frozen=True, slots=True)
 class DemoConfig:
     """Knobs of one demo run. ``frames``: frames to process (synthetic: rendered; real: read);
-    ``backend``: "auto" = onnxruntime when installed, else torch; ``voxel_m``/``trunc_m``: TSDF
-    voxel and truncation (m); ``max_fusion_frames``: each object's fusion keeps about this many
-    frames, evenly spread (memory stays bounded)."""
+    ``backend``: "auto" = TensorRT on a CUDA ``device`` when installed, else onnxruntime when
+    installed, else torch; ``device``: "cpu" or "cuda[:N]" (``--backend tensorrt`` needs CUDA);
+    ``voxel_m``/``trunc_m``: TSDF voxel and truncation (m); ``max_fusion_frames``: each object's
+    fusion keeps between this many and twice as many frames, evenly spread over all the frames
+    it was lifted in (memory stays bounded)."""
 
     frames: int = 150
     model: str = "lite_medsam"
     backend: str = "auto"
+    device: str = "cpu"
     checkpoint: str | None = None
     seed: int = 0
     keyframe_interval: int = 5
@@ -72,53 +77,19 @@ class DemoConfig:
             raise ValueError(f"input must be synthetic, realsense, bag or camera, got {self.input!r}")
         if self.input == "bag" and not self.bag:
             raise ValueError("input 'bag' needs a file: pass --bag FILE.bag")
+        if self.backend == "tensorrt" and not self.device.startswith("cuda"):
+            raise ValueError(f"backend 'tensorrt' runs on a CUDA GPU, got device {self.device!r}; pass "
+                             "--device cuda (or --backend auto / onnxruntime / torch on the CPU)")
+        if self.max_fusion_frames < 1:
+            raise ValueError(f"max_fusion_frames must be >= 1, got {self.max_fusion_frames}")
 
 
-@dataclass
-class ObjectLog:
-    """What the demo gathered about one selected object (engine object id ``object_id``).
-
-    ``overlap``: per frame selected, (K+1,) intersection and (K+1,) union pixel counts of the mask
-    with each true object id (synthetic only); ``fusion``: frames for TSDF (lifted pixels as mask).
-    """
-
-    object_id: int
-    frames_selected: int = 0
-    fusion: list[FusionFrame] = field(default_factory=list)
-    inter: list[np.ndarray] = field(default_factory=list)
-    union: list[np.ndarray] = field(default_factory=list)
-    best: LiftResult | None = None
-    live_extent_m: np.ndarray | None = None
-
-    def add_truth(self, mask: np.ndarray, truth_ids: np.ndarray, n_true: int) -> None:
-        area_true = np.bincount(truth_ids.ravel(), minlength=n_true + 1)[: n_true + 1]
-        inter = np.bincount(truth_ids[mask], minlength=n_true + 1)[: n_true + 1]
-        self.inter.append(inter)
-        self.union.append(area_true + int(mask.sum()) - inter)
-
-    def add_fusion(self, frame: FusionFrame, keep: int) -> None:
-        self.fusion.append(frame)
-        if len(self.fusion) >= 2 * keep:
-            self.fusion = self.fusion[::2]  # thin evenly; later frames keep coming at full rate
-
-    def true_id(self) -> int | None:
-        """The true object its masks overlap most (None without truth or overlap)."""
-        if not self.inter:
-            return None
-        votes = np.sum(self.inter, axis=0)
-        votes[0] = 0
-        return int(np.argmax(votes)) if votes.max() > 0 else None
-
-    def mean_iou(self, true_id: int) -> float:
-        return float(np.mean([i[true_id] / max(1, u[true_id]) for i, u in zip(self.inter, self.union)]))
-
-
-def _backend(name: str) -> str:
+def _backend(name: str, device: str) -> str:
     if name != "auto":
         return name
     from engine.backends.factory import resolve_auto
 
-    return resolve_auto("cpu")
+    return resolve_auto(device)
 
 
 def build_engine(config: DemoConfig) -> Any:
@@ -127,14 +98,15 @@ def build_engine(config: DemoConfig) -> Any:
     from engine.stream.engine import StreamEngine
     from engine.stream.scheduler import KeyframePolicy
 
-    backend = _backend(config.backend)
+    backend = _backend(config.backend, config.device)
     threads = max(1, (os.cpu_count() or 2) // 2)
     if backend == "torch":
         import torch
 
         torch.set_num_threads(threads)
     return StreamEngine.from_name(
-        config.model, Path(config.checkpoint) if config.checkpoint else None, backend=backend, threads=threads,
+        config.model, Path(config.checkpoint) if config.checkpoint else None, config.device, backend=backend,
+        threads=threads,
         policy=KeyframePolicy(mode="interval", interval=config.keyframe_interval), async_encoder=config.async_encoder)
 
 
@@ -150,6 +122,8 @@ class Demo:
         self.frames_done = 0
         self.wall_s = 0.0
         self.lifting = "tsdf"
+        self.no_depth_frames = 0
+        self.error: str | None = None  # why the input stopped early (SourceError), if it did
         self.source: Any = None
         self.gaze: Any = None
         self.odometry: Any = None
@@ -172,12 +146,16 @@ class Demo:
             t0 = time.perf_counter()
             with tqdm(total=self.config.frames, unit="frame", desc="demo", file=sys.stderr,
                       disable=None if self.progress else True) as bar:
-                for frame, res in self.engine.run_frames(self._paced(), self._events):
-                    self._frame(frame, res)
-                    bar.update(1)
-                    self.frames_done += 1
-                    if self.frames_done >= self.config.frames:
-                        break
+                try:
+                    for frame, res in self.engine.run_frames(self._paced(), self._events):
+                        self._frame(frame, res)
+                        bar.update(1)
+                        self.frames_done += 1
+                        if self.frames_done >= self.config.frames:
+                            break
+                except SourceError as exc:  # keep what was gathered: finish() still fuses and writes it
+                    self.error = f"{type(exc).__name__}: {exc}"
+                    print(f"arsel demo: the input stopped after {self.frames_done} frames: {exc}", file=sys.stderr)
             self.wall_s = time.perf_counter() - t0
         finally:
             if self.video is not None:
@@ -222,7 +200,10 @@ class Demo:
             truth = self.source.truth(frame.index)
             return truth.pose, truth
         if frame.depth_raw is None:
-            self.lifting = "skipped: the input has no depth (a plain camera); 2D selection only"
+            if self.config.input == "camera":
+                self.lifting = "skipped: the input has no depth (a plain camera); 2D selection only"
+            else:
+                self.no_depth_frames += 1  # a RealSense frameset without depth: counted, not lifted
             return None, None
         if self.odometry is None:
             self.odometry = OdometryPoses()
@@ -336,35 +317,14 @@ class Demo:
             "fps": round(self.frames_done / self.wall_s, 3) if self.wall_s > 0 else None,
             "latency_ms": lat,
             "embedding_age_frames": eng.latency.to_json()["embedding_age_frames"],
-            "keyframes_used": len(eng.stats.keyframes_used),
+            "keyframes_used": eng.stats.keyframes_total,
             "gaze_events": dict(self.events),
             "lifting": self.lifting,
+            "no_depth_frames": self.no_depth_frames,
             "overlay_frames": 0 if self.video is None else self.video.frames,
             "objects": objects,
+            **({"error": self.error} if self.error else {}),
         }
-
-
-def upright_box(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Gravity-aligned oriented box of (N, 3) world points (z up): the minimum-area rectangle of
-    the x-y footprint (OpenCV ``minAreaRect``) times the z range. Returns (center (3,), extent (3,))
-    in metres: footprint side, footprint side, height. For objects on a table this measures what a
-    tape would; a PCA box of a partial surface tilts and mixes the sides."""
-    import cv2
-
-    (cx, cy), (w, h), _ = cv2.minAreaRect(np.ascontiguousarray(points[:, :2], np.float32).reshape(-1, 1, 2))
-    z_lo, z_hi = float(points[:, 2].min()), float(points[:, 2].max())
-    return np.array([cx, cy, (z_lo + z_hi) / 2]), np.array([w, h, z_hi - z_lo])
-
-
-def largest_component(mesh: Any) -> Any:
-    """Keep the largest connected triangle cluster of a legacy Open3D mesh (drops stray fragments)."""
-    if len(mesh.triangles) == 0:
-        return mesh
-    labels, counts, _ = mesh.cluster_connected_triangles()
-    labels = np.asarray(labels)
-    mesh.remove_triangles_by_mask(labels != int(np.argmax(np.asarray(counts))))
-    mesh.remove_unreferenced_vertices()
-    return mesh
 
 
 def _r(arr: np.ndarray) -> list[float]:
@@ -372,11 +332,16 @@ def _r(arr: np.ndarray) -> list[float]:
 
 
 def run_demo(config: DemoConfig, out: Path, progress: bool = True) -> dict[str, Any]:
-    """Run the demo into ``out``; returns the summary (also in ``out/summary.json``)."""
+    """Run the demo into ``out``; returns the summary (also in ``out/summary.json``).
+
+    An input that fails after some frames still gives the outputs of those frames, with
+    ``summary["error"]`` saying why it stopped; one that delivered no frame raises.
+    """
     demo = Demo(config, out, progress)
     demo.run()
     if demo.frames_done == 0:
-        raise RuntimeError("the source delivered no frames; check the camera/bag file")
+        why = f" ({demo.error})" if demo.error else ""
+        raise RuntimeError(f"the source delivered no frames{why}; check the camera/bag file")
     summary = demo.finish()
     from engine.gaze import write_gaze_csv
 

@@ -103,18 +103,26 @@ class OdometryPoses:
     odometry (``open3d.t.pipelines.odometry.rgbd_odometry_multi_scale``, hybrid loss).
 
     ``update(frame)`` returns the pose of ``frame`` (identity for the first), or ``None`` when the
-    frame has no depth or odometry failed (the chain then restarts from the last good pose).
+    frame has no depth or odometry failed (counted in ``failures``). A failed frame is dropped: the
+    pose stays the last good one and the next frame is registered against the last good frame, so
+    no camera motion is lost. After ``reanchor_after`` failures in a row (the view changed too much
+    to register against the old frame) the current frame becomes the reference at the last good
+    pose (counted in ``reanchors``; the motion during the failures is lost there).
     Depth is downscaled by ``downscale`` for speed (2: 640x480 -> 320x240). Odometry assumes a
     static scene: an object moved by hand can capture it (the camera then "follows" the object).
     Measured on the synthetic orbit (tests/test_demo.py): < 1 cm and < 1 deg per step of ~4 deg.
     """
 
-    def __init__(self, downscale: int = 2, max_depth_m: float = 3.0, max_step_m: float = 0.15) -> None:
-        if downscale < 1:
-            raise ValueError(f"downscale must be >= 1, got {downscale}")
+    def __init__(self, downscale: int = 2, max_depth_m: float = 3.0, max_step_m: float = 0.15,
+                 reanchor_after: int = 15) -> None:
+        if downscale < 1 or reanchor_after < 1:
+            raise ValueError(f"downscale and reanchor_after must be >= 1, got {downscale}, {reanchor_after}")
         self.downscale, self.max_depth_m, self.max_step_m = downscale, max_depth_m, max_step_m
+        self.reanchor_after = reanchor_after
         self.pose = np.eye(4)
         self.failures = 0
+        self.reanchors = 0
+        self._failed_in_row = 0
         self._prev: Any = None
 
     def _rgbd(self, frame: Frame) -> tuple[Any, Any]:
@@ -150,10 +158,14 @@ class OdometryPoses:
             step = np.linalg.inv(res.transformation.numpy())  # source->target maps prev points into cur
         except RuntimeError:
             step = None
-        self._prev = cur
         if step is None or not np.all(np.isfinite(step)) or np.linalg.norm(step[:3, 3]) > self.max_step_m:
             self.failures += 1
-            return None
+            self._failed_in_row += 1
+            if self._failed_in_row >= self.reanchor_after:
+                self._prev, self._failed_in_row = cur, 0
+                self.reanchors += 1
+            return None  # otherwise the reference stays the last good frame
+        self._prev, self._failed_in_row = cur, 0
         self.pose = self.pose @ step
         return self.pose.copy()
 

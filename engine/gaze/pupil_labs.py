@@ -214,19 +214,22 @@ class PupilLabsGazeReceiver:
             self._note("disconnects", reason)
 
     def _accept(self, datum: Any) -> None:
-        self._last_datum_s = time.monotonic()
-        self.connected = True
+        """Count and queue one datum under one lock acquisition, so a reader never sees it
+        ``received`` but not yet ``accepted`` / queued (or rejected)."""
         sample = datum_to_sample(datum)
         with self._lock:
+            self._last_datum_s = time.monotonic()
+            self.connected = True
             self.stats["received"] += 1
-        if isinstance(sample, str):
-            self._note("malformed", sample)
-            return
-        if self.last_t_ns is not None and sample.timestamp_ns <= self.last_t_ns:
-            self._note("out_of_order", f"t_ns {sample.timestamp_ns} not after {self.last_t_ns}")
-            return
-        self.last_t_ns = sample.timestamp_ns
-        with self._lock:
+            if isinstance(sample, str):
+                self.stats["malformed"] += 1
+                self._notes.append(("malformed", sample))
+                return
+            if self.last_t_ns is not None and sample.timestamp_ns <= self.last_t_ns:
+                self.stats["out_of_order"] += 1
+                self._notes.append(("out_of_order", f"t_ns {sample.timestamp_ns} not after {self.last_t_ns}"))
+                return
+            self.last_t_ns = sample.timestamp_ns
             if len(self._queue) == self._queue.maxlen:
                 self.stats["overflow"] += 1  # counted, not warned: the caller polls too rarely
             self._queue.append(sample)

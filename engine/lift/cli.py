@@ -6,9 +6,12 @@
     arsel fuse FRAMES_DIR --poses TRAJ.log --intrinsics I.json [--depth-scale 1000] [--masks DIR]
         [--voxel-m 0.01] [--every N] --out MESH.ply [--cloud CLOUD.ply] [--json OUT.json]
 
-Depth is raw units (16-bit PNG/PGM, or a float image) registered to the colour image; the
-intrinsics (ours or Open3D's JSON) are the depth image's. ``--depth-scale`` is raw units per metre
-(1000 = millimetres, 5000 = TUM) and overrides the intrinsics file's ``depth_scale_m``.
+Depth is raw units (16-bit PNG/PGM, or a float image) registered (aligned) to the colour image,
+so both are on one pixel grid; the intrinsics (ours or Open3D's JSON) are that grid's: the colour
+camera's once depth is aligned to colour (what ``RealSenseSource.save_intrinsics`` writes).
+``--depth-scale`` is raw units per metre (1000 = millimetres, 5000 = TUM; a RealSense's 0.001 m
+per unit is 1000) and overrides the intrinsics file's ``depth_scale_m``. ``arsel fuse`` reads and
+integrates one frame at a time, so memory does not grow with the number of frames.
 
 Exit status: 0 written; 2 bad input (one line naming the problem); 3 nothing to lift or fuse (an
 empty selection, no valid depth under it, everything filtered as outliers, or an empty fused
@@ -21,39 +24,46 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from engine.lift.cli_io import (
+    FrameReads,
+    _usage,
+    frame_pairs,
+    iter_fusion_frames,
+    mask_paths,
+    read_color,
+    read_depth,
+    read_mask,
+)
 from engine.types import CameraIntrinsics
 
-# Wire into ``engine/cli.py``'s ``build_parser``:  add_lift_parser(sub); add_fuse_parser(sub)
-
 EXIT_NOTHING = 3
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".exr")
-COLOR_DIRS = ("color", "rgb", "image")
 MESH_SUFFIXES = (".ply", ".obj", ".glb", ".gltf")
 
 
 # ---------------------------------------------------------------------------- parsers
 def _add_camera_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--intrinsics", required=True, metavar="I.json",
-                   help="depth camera intrinsics: arsel JSON or Open3D PinholeCameraIntrinsic JSON")
+                   help="intrinsics of the pixel grid the depth image is on: with depth aligned to colour, "
+                        "the colour camera's (as RealSenseSource.save_intrinsics writes); arsel JSON or "
+                        "Open3D PinholeCameraIntrinsic JSON")
     p.add_argument("--depth-scale", type=float, metavar="UNITS_PER_M",
-                   help="raw depth units per metre (1000 = mm, 5000 = TUM); default: the intrinsics "
-                        "file's depth_scale_m (Open3D JSON: 1000)")
+                   help="raw depth units per metre, >= 1 (1000 = mm, also RealSense's 0.001 m/unit; 5000 = "
+                        "TUM); default: the intrinsics file's depth_scale_m (Open3D JSON: 1000)")
 
 
 def add_lift_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``lift`` verb to an ``argparse`` subparsers object; returns its parser."""
     p = subparsers.add_parser("lift", help="lift one selected object of an RGB-D frame to a 3D point cloud")
-    p.add_argument("--color", required=True, metavar="C.png", help="colour image registered to the depth")
+    p.add_argument("--color", required=True, metavar="C.png",
+                   help="colour image; the depth must be aligned (registered) to it, same size")
     p.add_argument("--depth", required=True, metavar="D.png", help="depth image (16-bit raw units, or float)")
     _add_camera_args(p)
     sel = p.add_argument_group("selection (--mask or --box; --point alone, with --box, or to pick the cluster)")
@@ -84,8 +94,9 @@ def add_fuse_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--poses", required=True, metavar="TRAJ.log",
                    help="Redwood .log trajectory: one camera-to-world pose per frame, in frame order")
     _add_camera_args(p)
-    p.add_argument("--masks", metavar="DIR", help="per-frame masks (NAME.png like the colour image, or NNNNN.png "
-                   "by frame index as `arsel track` writes them); only masked depth is fused")
+    p.add_argument("--masks", metavar="DIR", help="per-frame masks, one naming for all frames: NAME.png like each "
+                   "colour image when every frame has one, else NNNNN.png by frame index from 0 (as `arsel track` "
+                   "writes them); only masked depth is fused")
     p.add_argument("--voxel-m", type=float, default=0.01, help="TSDF voxel size in metres (default 0.01)")
     p.add_argument("--trunc-m", type=float, help="SDF truncation in metres (default 3 voxels)")
     p.add_argument("--max-depth-m", type=float, default=4.0, help="ignore depth beyond this (default 4)")
@@ -99,12 +110,6 @@ def add_fuse_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------- shared input
-def _usage(msg: str) -> Exception:
-    from engine.cli import UsageError
-
-    return UsageError(msg)
-
-
 def _check_suffix(path: str | None, allowed: tuple[str, ...], flag: str) -> None:
     if path is not None and Path(path).suffix.lower() not in allowed:
         raise _usage(f"{flag} {path!r}: use a {' / '.join(allowed)} file name")
@@ -113,60 +118,13 @@ def _check_suffix(path: str | None, allowed: tuple[str, ...], flag: str) -> None
 def _intrinsics(args: argparse.Namespace) -> CameraIntrinsics:
     from calibration.intrinsics import load_intrinsics
 
-    if args.depth_scale is not None and not args.depth_scale > 0:
-        raise _usage(f"--depth-scale must be > 0 raw units per metre (1000 for mm), got {args.depth_scale}")
+    scale = args.depth_scale
+    if scale is not None and not scale > 0:
+        raise _usage(f"--depth-scale must be > 0 raw units per metre (1000 for mm), got {scale}")
+    if scale is not None and scale < 1:
+        raise _usage(f"--depth-scale is raw units per metre, got {scale:g}, which looks like metres per unit; "
+                     f"pass --depth-scale {1 / scale:g}")
     return load_intrinsics(args.intrinsics, None if args.depth_scale is None else 1.0 / args.depth_scale)
-
-
-def _wh(hw: tuple[int, ...]) -> str:
-    return f"{hw[1]}x{hw[0]}"
-
-
-def read_depth(path: str | Path, intrinsics: CameraIntrinsics) -> np.ndarray:
-    """HxW raw depth (uint16 or float) from an image file, checked against the intrinsics' size."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"depth image not found: {path}")
-    depth = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if depth is None:
-        raise ValueError(f"cannot decode depth image {path} (corrupt file or unsupported format)")
-    if depth.ndim != 2:
-        raise ValueError(f"depth image {path} has {depth.shape[2]} channels; depth must be one channel "
-                         "(16-bit PNG/PGM in raw units, or a float image)")
-    if depth.dtype == np.uint8:
-        raise ValueError(f"depth image {path} is 8-bit (a visualisation?); use the 16-bit raw depth")
-    if depth.shape != (intrinsics.height, intrinsics.width):
-        raise ValueError(f"depth image {path} is {_wh(depth.shape)} but the intrinsics are "
-                         f"{intrinsics.width}x{intrinsics.height}; pass the depth stream's intrinsics")
-    return depth
-
-
-def read_color(path: str | Path, depth_hw: tuple[int, int]) -> np.ndarray:
-    """HxWx3 uint8 RGB, checked to be the depth image's size (registered to it)."""
-    from engine.imageio import load_rgb
-
-    rgb = load_rgb(Path(path))
-    if rgb.shape[:2] != depth_hw:
-        raise ValueError(f"colour image {path} is {_wh(rgb.shape)} but the depth is {_wh(depth_hw)}; "
-                         "register (align) depth to colour at one resolution first")
-    return rgb
-
-
-def read_mask(path: str | Path, depth_hw: tuple[int, int]) -> np.ndarray:
-    """HxW bool (nonzero = object) from a single-channel image of the depth image's size."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mask not found: {path}")
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise ValueError(f"cannot decode mask {path} (corrupt file or unsupported format)")
-    if mask.ndim != 2:
-        raise ValueError(f"mask {path} has {mask.shape[2]} channels; save it as a single-channel PNG "
-                         "(0 = background, nonzero = object), as `arsel segment` writes")
-    if mask.shape != depth_hw:
-        raise ValueError(f"mask {path} is {_wh(mask.shape)} but the depth is {_wh(depth_hw)}; "
-                         "resize it (nearest neighbour) to the depth image")
-    return mask != 0
 
 
 def _write_json(path: str | None, report: dict[str, Any]) -> None:
@@ -284,64 +242,9 @@ def cmd_lift(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- fuse
-def _natural(name: str) -> tuple:
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
-
-
-def _images(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
-
-
-def frame_pairs(root: str | Path) -> list[tuple[Path, Path]]:
-    """(colour, depth) paths of a frames folder, in frame order.
-
-    An ``rgbd.match`` file (lines ``depth/NAME.png color/NAME.jpg``) fixes the pairs and order;
-    otherwise ``color/`` (or ``rgb/``, ``image/``) and ``depth/`` images pair by file stem, sorted
-    naturally (``2`` before ``10``).
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"frames folder not found: {root}")
-    match = root / "rgbd.match"
-    if match.is_file():
-        pairs = []
-        for lineno, line in enumerate(match.read_text().splitlines(), start=1):
-            if line.strip():
-                parts = line.split()
-                if len(parts) != 2:
-                    raise ValueError(f"{match}:{lineno}: expected 'depth/NAME color/NAME', got {line!r}")
-                pairs.append((root / parts[1], root / parts[0]))
-        missing = [str(p) for pair in pairs for p in pair if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{match} lists {missing[0]}, which does not exist")
-        return pairs
-    color_dir = next((root / d for d in COLOR_DIRS if (root / d).is_dir()), None)
-    if color_dir is None or not (root / "depth").is_dir():
-        found = sorted(p.name + "/" for p in root.iterdir() if p.is_dir())
-        raise ValueError(f"{root} must hold color/ (or rgb/) and depth/ image folders; found {found or 'none'}")
-    colors, depths = _images(color_dir), _images(root / "depth")
-    stems = sorted(set(colors) & set(depths), key=_natural)
-    if not stems:
-        raise ValueError(f"no colour image in {color_dir} shares a file name with a depth image in {root / 'depth'}; "
-                         f"pair them in {match} (lines 'depth/NAME.png color/NAME.jpg')")
-    alone = len(colors) + len(depths) - 2 * len(stems)
-    if alone:
-        warnings.warn(f"{alone} images in {root} without a colour/depth partner are skipped", stacklevel=2)
-    return [(colors[s], depths[s]) for s in stems]
-
-
-def _mask_for(masks: Path, index: int, color: Path) -> Path:
-    for cand in (masks / f"{color.stem}.png", masks / f"{index:05d}.png"):
-        if cand.is_file():
-            return cand
-    raise FileNotFoundError(f"no mask for frame {index} ({color.name}): looked for {color.stem}.png and "
-                            f"{index:05d}.png in {masks}")
-
-
-def _load_frames(args: argparse.Namespace, intr: CameraIntrinsics) -> tuple[list[tuple], int]:
-    """Fusion frames (rgb, depth_raw, mask | None, pose) of every ``--every``-th frame; and the total."""
-    from tqdm import tqdm
-
+def _fusion_input(args: argparse.Namespace, intr: CameraIntrinsics) -> tuple[Any, int, FrameReads]:
+    """(iterator of fusion frames read one at a time, total pairs, read counters); the frame
+    folder, trajectory and mask names are checked here, before any frame is fused."""
     from engine.lift import read_redwood_log
 
     pairs = frame_pairs(args.frames)
@@ -349,21 +252,17 @@ def _load_frames(args: argparse.Namespace, intr: CameraIntrinsics) -> tuple[list
     if len(poses) != len(pairs):
         raise ValueError(f"{args.poses} has {len(poses)} poses but {args.frames} has {len(pairs)} colour/depth "
                          "pairs; give the trajectory of exactly these frames (camera-to-world, frame order)")
-    masks = Path(args.masks) if args.masks else None
-    if masks is not None:
-        if not masks.is_dir():
-            raise FileNotFoundError(f"masks folder not found: {masks}")
-        if (masks / "masks").is_dir() and not any(masks.glob("*.png")):
-            masks = masks / "masks"  # an `arsel track --out DIR` folder
-    frames = []
     picked = range(0, len(pairs), args.every)
-    for i in tqdm(picked, unit="frame", desc="load", file=sys.stderr, disable=None):
-        color, depth_path = pairs[i]
-        depth = read_depth(depth_path, intr)
-        rgb = read_color(color, depth.shape)
-        mask = None if masks is None else read_mask(_mask_for(masks, i, color), depth.shape)
-        frames.append((rgb, depth, mask, poses[i]))
-    return frames, len(pairs)
+    masks = None
+    if args.masks:
+        folder = Path(args.masks)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"masks folder not found: {folder}")
+        if (folder / "masks").is_dir() and not any(folder.glob("*.png")):
+            folder = folder / "masks"  # an `arsel track --out DIR` folder
+        masks = mask_paths(folder, [(i, pairs[i][0]) for i in picked])
+    reads = FrameReads()
+    return iter_fusion_frames(pairs, poses, masks, picked, intr, reads), len(pairs), reads
 
 
 def _fuse_report(args: argparse.Namespace, mesh: Any, used: int, total: int) -> dict[str, Any]:
@@ -380,8 +279,15 @@ def _fuse_report(args: argparse.Namespace, mesh: Any, used: int, total: int) -> 
     }  # fmt: skip
 
 
+def _counted(frames: Any, bar: Any) -> Any:
+    for frame in frames:
+        yield frame
+        bar.update(1)
+
+
 def cmd_fuse(args: argparse.Namespace) -> int:
     import open3d as o3d
+    from tqdm import tqdm
 
     from engine.lift import fuse_tsdf, save_mesh, save_ply
 
@@ -392,14 +298,16 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         raise _usage(f"need --every >= 1, --voxel-m > 0 and --max-depth-m > 0, got "
                      f"{args.every}, {args.voxel_m}, {args.max_depth_m}")
     intr = _intrinsics(args)
-    frames, total = _load_frames(args, intr)
+    frames, total, reads = _fusion_input(args, intr)
     t1 = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), tqdm(total=len(range(0, total, args.every)), unit="frame", desc="fuse",
+                                         file=sys.stderr, disable=None) as bar:
         warnings.filterwarnings("ignore", "TSDF fusion produced an empty mesh")  # reported as a status
-        mesh = fuse_tsdf(frames, intr, args.voxel_m, args.trunc_m, args.max_depth_m, device=args.device)
+        mesh = fuse_tsdf(_counted(frames, bar), intr, args.voxel_m, args.trunc_m, args.max_depth_m,
+                         device=args.device)
     t2 = time.perf_counter()
     mesh.vertex_colors = o3d.utility.Vector3dVector(np.clip(np.asarray(mesh.vertex_colors), 0.0, 1.0))
-    report = _fuse_report(args, mesh, len(frames), total)
+    report = _fuse_report(args, mesh, reads.used, total)
     if report["status"] == "ok":
         save_mesh(args.out, mesh)
         if args.cloud:
@@ -407,14 +315,15 @@ def cmd_fuse(args: argparse.Namespace) -> int:
             cloud.colors, cloud.normals = mesh.vertex_colors, mesh.vertex_normals
             save_ply(args.cloud, cloud)
     t3 = time.perf_counter()
+    load_s, fuse_s = (t1 - t0) + reads.read_s, (t2 - t1) - reads.read_s  # reading interleaves with fusing
     report["timings_ms"] = {k: round(v * 1e3, 2) for k, v in
-                            (("load", t1 - t0), ("fuse", t2 - t1), ("write", t3 - t2), ("total", t3 - t0))}
+                            (("load", load_s), ("fuse", fuse_s), ("write", t3 - t2), ("total", t3 - t0))}
     _write_json(args.json, report)
     if report["status"] != "ok":
         print(f"arsel fuse: warning: the fused mesh is empty (no valid masked depth within --max-depth-m "
               f"{args.max_depth_m}?); {args.out} not written", file=sys.stderr)
         return EXIT_NOTHING
     e = report["extent_m"]
-    print(f"{args.out}: {report['vertices']} vertices, {report['triangles']} triangles from {len(frames)} frames, "
+    print(f"{args.out}: {report['vertices']} vertices, {report['triangles']} triangles from {reads.used} frames, "
           f"extent {e[0]:.2f} x {e[1]:.2f} x {e[2]:.2f} m, fuse {report['timings_ms']['fuse']:.0f} ms")
     return 0

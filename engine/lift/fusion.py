@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ def _check_frame(i: int, frame: FusionFrame, intrinsics: CameraIntrinsics) -> tu
 
 
 def fuse_tsdf(
-    frames: Sequence[FusionFrame],
+    frames: Iterable[FusionFrame],
     intrinsics: CameraIntrinsics,
     voxel_m: float = 0.005,
     trunc_m: float | None = None,
@@ -81,13 +81,15 @@ def fuse_tsdf(
     backend: str = "voxel_block_grid",
     device: str = "CPU:0",
 ) -> Any:
-    """Fuse masked RGB-D frames into one mesh by TSDF integration.
+    """Fuse masked RGB-D frames into one mesh by TSDF integration, one frame at a time.
 
     Args:
-        frames: sequence of ``(rgb, depth_raw, mask, pose_cam_to_world)``: ``rgb`` HxWx3 uint8 RGB
-            or ``None`` (grey), ``depth_raw`` HxW uint16/float raw units (metres = raw *
+        frames: any iterable (a list, or a generator that reads each frame from disk when asked)
+            of ``(rgb, depth_raw, mask, pose_cam_to_world)``: ``rgb`` HxWx3 uint8 RGB or ``None``
+            (grey), ``depth_raw`` HxW uint16/float raw units (metres = raw *
             ``intrinsics.depth_scale_m``), ``mask`` HxW bool or ``None`` (whole frame; only masked
-            depth is integrated), ``pose_cam_to_world`` 4x4.
+            depth is integrated), ``pose_cam_to_world`` 4x4. Each frame is integrated before the
+            next is taken, so only one frame's images are held here at a time.
         intrinsics: intrinsics of every frame's depth image.
         voxel_m: TSDF voxel size in metres.
         trunc_m: SDF truncation in metres; ``None`` = 3 voxels. Small truncation keeps box edges
@@ -103,87 +105,101 @@ def fuse_tsdf(
     Returns:
         ``open3d.geometry.TriangleMesh`` (legacy) with vertex colours and normals in the world
         frame; empty (with a warning) when no frame had valid masked depth.
+
+    Raises:
+        ValueError: ``frames`` is empty, a frame is malformed (names its position), or a bad
+            voxel/truncation/backend.
     """
     if voxel_m <= 0:
         raise ValueError(f"voxel_m must be positive, got {voxel_m}")
     trunc = 3 * voxel_m if trunc_m is None else trunc_m
     if trunc <= voxel_m:
         raise ValueError(f"trunc_m must exceed voxel_m ({voxel_m}), got {trunc}; use 2-4 voxels")
-    if len(frames) == 0:
-        raise ValueError("fuse_tsdf needs at least one frame (rgb, depth_raw, mask, pose)")
-    checked = []
+    if backend not in ("voxel_block_grid", "scalable"):
+        raise ValueError(f"unknown TSDF backend {backend!r}; use 'voxel_block_grid' or 'scalable'")
+    volume: _BlockGrid | _Scalable | None = None
+    seen = integrated = 0
     for i, frame in enumerate(frames):
+        seen += 1
         rgb, pose = _check_frame(i, frame, intrinsics)
         depth = _masked_depth_image(frame[1], frame[2], intrinsics, max_depth_m)
-        if np.any(depth > 0):
-            checked.append((rgb, depth, np.linalg.inv(pose)))
-    if backend == "voxel_block_grid":
-        mesh = _fuse_block_grid(checked, intrinsics, voxel_m, trunc, max_depth_m, min_weight, device)
-    elif backend == "scalable":
-        mesh = _fuse_scalable(checked, intrinsics, voxel_m, trunc, max_depth_m)
-    else:
-        raise ValueError(f"unknown TSDF backend {backend!r}; use 'voxel_block_grid' or 'scalable'")
+        if not np.any(depth > 0):
+            continue
+        if volume is None:
+            volume = (_BlockGrid(intrinsics, voxel_m, trunc, max_depth_m, device) if backend == "voxel_block_grid"
+                      else _Scalable(intrinsics, voxel_m, trunc, max_depth_m))
+        volume.integrate(rgb, depth, np.linalg.inv(pose))
+        integrated += 1
+    if seen == 0:
+        raise ValueError("fuse_tsdf needs at least one frame (rgb, depth_raw, mask, pose); the input was empty")
+    mesh = _empty_mesh() if volume is None else volume.mesh(min_weight)
     if len(mesh.vertices) == 0:
-        why = "no frame had valid masked depth" if not checked else f"{len(checked)} frames integrated, none meshed"
+        why = "no frame had valid masked depth" if not integrated else f"{integrated} frames integrated, none meshed"
         warnings.warn(f"TSDF fusion produced an empty mesh: {why}", stacklevel=2)
     mesh.compute_vertex_normals()
     return mesh
 
 
-def _fuse_block_grid(
-    frames: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    intrinsics: CameraIntrinsics,
-    voxel_m: float,
-    trunc_m: float,
-    max_depth_m: float,
-    min_weight: float,
-    device: str,
-) -> Any:
-    """(rgb uint8, depth float32 metres, extrinsic world->camera) frames -> legacy TriangleMesh."""
+def _empty_mesh() -> Any:
     import open3d as o3d
-    import open3d.core as o3c
 
-    if not frames:
-        return o3d.geometry.TriangleMesh()
-    dev = o3c.Device(device)
-    f32 = o3c.float32
-    grid = o3d.t.geometry.VoxelBlockGrid(
-        ("tsdf", "weight", "color"), (f32, f32, f32), ((1), (1), (3)), voxel_m, 16, 10000, dev
-    )
-    K = o3c.Tensor(intrinsics.K)
-    mult = trunc_m / voxel_m
-    for rgb, depth, extrinsic in frames:
-        depth_t = o3d.t.geometry.Image(o3c.Tensor(depth)).to(dev)
-        color_t = o3d.t.geometry.Image(o3c.Tensor(rgb.astype(np.float32) / 255.0)).to(dev)
+    return o3d.geometry.TriangleMesh()
+
+
+class _BlockGrid:
+    """``open3d.t.geometry.VoxelBlockGrid`` integrating (rgb uint8, depth float32 metres,
+    extrinsic world->camera 4x4) frames one at a time; ``mesh`` extracts a legacy TriangleMesh."""
+
+    def __init__(self, intrinsics: CameraIntrinsics, voxel_m: float, trunc_m: float, max_depth_m: float,
+                 device: str) -> None:
+        import open3d as o3d
+        import open3d.core as o3c
+
+        self._o3d, self._o3c = o3d, o3c
+        self.dev = o3c.Device(device)
+        f32 = o3c.float32
+        self.grid = o3d.t.geometry.VoxelBlockGrid(
+            ("tsdf", "weight", "color"), (f32, f32, f32), ((1), (1), (3)), voxel_m, 16, 10000, self.dev
+        )
+        self.K = o3c.Tensor(intrinsics.K)
+        self.max_depth_m, self.mult = max_depth_m, trunc_m / voxel_m
+
+    def integrate(self, rgb: np.ndarray, depth: np.ndarray, extrinsic: np.ndarray) -> None:
+        o3d, o3c = self._o3d, self._o3c
+        depth_t = o3d.t.geometry.Image(o3c.Tensor(depth)).to(self.dev)
+        color_t = o3d.t.geometry.Image(o3c.Tensor(rgb.astype(np.float32) / 255.0)).to(self.dev)
         ext = o3c.Tensor(extrinsic)
-        blocks = grid.compute_unique_block_coordinates(depth_t, K, ext, 1.0, max_depth_m, mult)
-        grid.integrate(blocks, depth_t, color_t, K, K, ext, 1.0, max_depth_m, mult)
-    return grid.extract_triangle_mesh(weight_threshold=min_weight).to_legacy()
+        blocks = self.grid.compute_unique_block_coordinates(depth_t, self.K, ext, 1.0, self.max_depth_m, self.mult)
+        self.grid.integrate(blocks, depth_t, color_t, self.K, self.K, ext, 1.0, self.max_depth_m, self.mult)
+
+    def mesh(self, min_weight: float) -> Any:
+        return self.grid.extract_triangle_mesh(weight_threshold=min_weight).to_legacy()
 
 
-def _fuse_scalable(
-    frames: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    intrinsics: CameraIntrinsics,
-    voxel_m: float,
-    trunc_m: float,
-    max_depth_m: float,
-) -> Any:
-    """Same as :func:`_fuse_block_grid` with the legacy ``ScalableTSDFVolume``."""
-    import open3d as o3d
+class _Scalable:
+    """Same as :class:`_BlockGrid` with the legacy ``ScalableTSDFVolume`` (``min_weight`` unused)."""
 
-    volume = o3d.pipelines.integration.ScalableTSDFVolume(
-        voxel_length=voxel_m, sdf_trunc=trunc_m, color_type=o3d.pipelines.integration.TSDFVolumeColorType.RGB8
-    )
-    cam = o3d.camera.PinholeCameraIntrinsic(
-        intrinsics.width, intrinsics.height, intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy
-    )
-    for rgb, depth, extrinsic in frames:
+    def __init__(self, intrinsics: CameraIntrinsics, voxel_m: float, trunc_m: float, max_depth_m: float) -> None:
+        import open3d as o3d
+
+        self._o3d, self.max_depth_m = o3d, max_depth_m
+        self.volume = o3d.pipelines.integration.ScalableTSDFVolume(
+            voxel_length=voxel_m, sdf_trunc=trunc_m, color_type=o3d.pipelines.integration.TSDFVolumeColorType.RGB8
+        )
+        self.cam = o3d.camera.PinholeCameraIntrinsic(
+            intrinsics.width, intrinsics.height, intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy
+        )
+
+    def integrate(self, rgb: np.ndarray, depth: np.ndarray, extrinsic: np.ndarray) -> None:
+        o3d = self._o3d
         rgbd = o3d.geometry.RGBDImage.create_from_color_and_depth(
             o3d.geometry.Image(np.ascontiguousarray(rgb)),
             o3d.geometry.Image(depth),
             depth_scale=1.0,
-            depth_trunc=max_depth_m,
+            depth_trunc=self.max_depth_m,
             convert_rgb_to_intensity=False,
         )
-        volume.integrate(rgbd, cam, extrinsic)
-    return volume.extract_triangle_mesh()
+        self.volume.integrate(rgbd, self.cam, extrinsic)
+
+    def mesh(self, min_weight: float) -> Any:
+        return self.volume.extract_triangle_mesh()

@@ -76,6 +76,8 @@ class RealSenseConfig:
     ``record_to``: also record the live session to this file (librealsense >= 2.56 writes ROS2
     ``.db3`` files, older versions ROS1 ``.bag``). ``max_missed_frames``: consecutive waits of
     ``timeout_ms`` without a frameset before the camera counts as disconnected.
+    ``max_bad_framesets``: consecutive framesets that cannot be used (the filters or ``rs.align``
+    failed on them, or no colour frame) before the stream stops with ``SourceError``.
     """
 
     color_wh: tuple[int, int] = (640, 480)
@@ -87,6 +89,7 @@ class RealSenseConfig:
     record_to: Path | None = None
     max_missed_frames: int = 5
     timeout_ms: int = 1000
+    max_bad_framesets: int = 30
 
     def __post_init__(self) -> None:
         for name in ("color_wh", "depth_wh"):
@@ -97,6 +100,8 @@ class RealSenseConfig:
             raise ValueError(f"fps must be positive, got {self.fps}")
         if self.max_missed_frames < 1:
             raise ValueError(f"max_missed_frames must be >= 1, got {self.max_missed_frames}")
+        if self.max_bad_framesets < 1:
+            raise ValueError(f"max_bad_framesets must be >= 1, got {self.max_bad_framesets}")
         if self.timeout_ms <= 0:
             raise ValueError(f"timeout_ms must be positive, got {self.timeout_ms}")
         if not isinstance(self.filters, DepthFilterConfig):

@@ -9,7 +9,9 @@ What happens to every frameset is counted in ``stats`` (:class:`RealSenseStats`)
 
 * ``no_depth``: framesets without depth are *yielded* with ``depth_raw=None`` (the consumer sees
   the colour; a lift of that frame reports status "no_depth") and counted here;
-* ``bad``: framesets without colour are skipped (a ``Frame`` needs ``rgb``) and counted;
+* ``bad``: framesets without colour (a ``Frame`` needs ``rgb``), and framesets the depth filters
+  or ``rs.align`` raised on (``RuntimeError``/``ValueError``), are skipped and counted;
+  ``max_bad_framesets`` of them in a row raise ``SourceError`` naming the last problem;
 * ``dropped``: gaps in the colour frame numbers (frames the SDK dropped while we were busy);
 * ``failed_reads``: waits of ``timeout_ms`` without a frameset; ``max_missed_frames`` of them in a
   row raise ``SourceError`` (camera unplugged or USB reset).
@@ -188,8 +190,26 @@ class RealSenseSource(_Source):
                 ) from exc
             return None
 
+    def _process(self, frames: Any, bad_in_row: int) -> tuple[Any | None, int]:
+        """(processed frameset, or None for a bad one; bad framesets in a row so far)."""
+        try:
+            out = self._processor.process(frames)
+            problem = None if out.rgb is not None else "the frameset has no colour frame"
+        except (RuntimeError, ValueError) as exc:
+            out, problem = None, f"processing failed: {type(exc).__name__}: {exc}"
+        if problem is None:
+            return out, 0
+        self.stats.bad += 1
+        if bad_in_row + 1 >= self.config.max_bad_framesets:
+            raise SourceError(
+                f"RealSense frames unusable: {bad_in_row + 1} framesets in a row could not be used (last: {problem}). "
+                "Check the depth filter settings (DepthFilterConfig) and align_to_color, the recording's streams, "
+                "or raise max_bad_framesets"
+            )
+        return None, bad_in_row + 1
+
     def __iter__(self) -> Iterator[Frame]:
-        missed, last_number, index = 0, None, -1
+        missed, bad_in_row, last_number, index = 0, 0, None, -1
         try:
             while self._started:
                 try:
@@ -200,9 +220,8 @@ class RealSenseSource(_Source):
                     missed += 1
                     continue
                 missed = 0
-                out = self._processor.process(frames)
-                if out.rgb is None:
-                    self.stats.bad += 1
+                out, bad_in_row = self._process(frames, bad_in_row)
+                if out is None:
                     continue
                 gap = 1 if last_number is None or out.frame_number <= last_number else out.frame_number - last_number
                 self.stats.dropped += gap - 1
