@@ -370,3 +370,15 @@ def test_region_motion_reuses_keyframe_corners(synthetic: SyntheticSource) -> No
     assert fits[0] is not None and fresh is not None
     np.testing.assert_array_equal(fits[0].matrix, fresh.matrix)
     np.testing.assert_array_equal(fits[0].matrix, fits[2].matrix)
+
+
+def test_still_scene_fit_counts_as_no_motion() -> None:
+    from engine.stream.object_motion import MotionEstimator, MotionInfo
+
+    rgb, _ = green_scene(seed=4)
+    est = MotionEstimator("homography", 320)
+    grey = est.small_grey(rgb)
+    fit = est.global_motion(grey, grey, rgb.shape[:2])
+    assert fit.ok and fit.corner_px < 1e-6 and fit.is_identity  # rounding only: no resampling of the mask
+    shifted = np.array([[1, 0, 0.05], [0, 1, 0], [0, 0, 1]], np.float64)
+    assert not MotionInfo(shifted, True, 1.0, 0.05, "global").is_identity

@@ -345,10 +345,9 @@ class StreamEngine:
         object_id = 0 if obj is None else obj.object_id
         key_hw = kf.frame_hw
         matrix = motion.matrix
-        identity = motion.source == "identity" or np.array_equal(matrix, _IDENTITY)
+        identity = motion.is_identity
         pm = motion if prompt_motion is None else prompt_motion
-        prompt_identity = pm.source == "identity" or np.array_equal(pm.matrix, _IDENTITY)
-        inv = _IDENTITY if prompt_identity else np.linalg.inv(pm.matrix)
+        inv = _IDENTITY if pm.is_identity else np.linalg.inv(pm.matrix)
         prompt = map_prompt(tp.prompt, inv, key_hw)
         if prompt is None:
             return self._empty(object_id, frame, kf.frame_index, "outside"), None

@@ -27,6 +27,7 @@ from engine.stream.scheduler import corner_displacement_px
 
 MotionSource = Literal["identity", "global", "object"]
 _IDENTITY = np.eye(3, dtype=np.float64)
+IDENTITY_PX = 1e-3  # a fit moving no image corner further than this (px) counts as no motion
 _LK = {"winSize": (15, 15), "maxLevel": 3, "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)}
 
 
@@ -44,6 +45,13 @@ class MotionInfo:
     @classmethod
     def identity(cls) -> "MotionInfo":
         return cls(_IDENTITY, True, 1.0, 0.0, "identity")
+
+    @property
+    def is_identity(self) -> bool:
+        """No motion worth warping for: the identity, or a fit moving no image corner by more than
+        ``IDENTITY_PX`` (a still scene's fit is identity only up to float rounding; warping by it
+        would resample the mask)."""
+        return self.source == "identity" or self.corner_px <= IDENTITY_PX
 
 
 class MotionEstimator:
