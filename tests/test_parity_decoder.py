@@ -125,7 +125,11 @@ def _compare(got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, t
     d_iou = (iou - iou_ref).abs().max().item()
     assert d_low <= TOL, f"max |logit diff| {d_low:.3g}"
     assert d_iou <= TOL, f"max |iou diff| {d_iou:.3g}"
-    assert torch.equal(low > 0, low_ref > 0)
+    # identical thresholded masks wherever the allowed logit difference cannot flip the sign (a few
+    # reference logits lie within TOL of 0 by chance; BLAS thread counts change the last bits there)
+    decided = low_ref.abs() > TOL
+    assert torch.equal((low > 0)[decided], (low_ref > 0)[decided])
+    assert (~decided).float().mean() < 1e-4
     return d_low, d_iou
 
 
