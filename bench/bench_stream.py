@@ -1,6 +1,7 @@
 """Stream engine benchmark: DAVIS tracking quality per keyframe setting, and throughput on 2 cores.
 
 Usage: python bench/bench_stream.py [--davis DIR] [--frames 100] [--skip-davis] [--skip-throughput]
+                                    [--runtimes torch onnxruntime] [--reuse-px 6] [--roi-margin 0.25]
                                     [--json OUT.json]
 
 1. DAVIS table (LiteMedSAM, real weights, blackswan 50 frames, box of the first annotation, box
@@ -10,7 +11,8 @@ Usage: python bench/bench_stream.py [--davis DIR] [--frames 100] [--skip-davis] 
 2. Throughput: a 640x480 stream (the DAVIS frames resized, played forwards then backwards), the
    process pinned to 2 cores, one torch thread per engine thread, keyframe every 5 frames with the
    async encoder (and the synchronous encoder for comparison): fps with a mask every frame, p50/p95
-   frame latency (the decoder never waits for an encode). Targets: J(k5 + motion) >= 0.97 x J(every
+   frame latency (the decoder never waits for an encode); rows with decode reuse and with the
+   upscaling window around the box (``--roi-margin``, torch eager). Targets: J(k5 + motion) >= 0.97 x J(every
    frame); >= 20 fps and p95 <= 60 ms with the async encoder.
 """
 
@@ -53,6 +55,8 @@ DAVIS_ROWS = (  # (name, keyframe policy, motion model, decode-reuse tolerance p
     ("auto + homography", KeyframePolicy.parse("auto"), "homography"),
     ("k5 + homography, reuse 4 px", KeyframePolicy(interval=5), "homography", 4.0),
     ("k5 + homography, reuse 6 px", KeyframePolicy(interval=5), "homography", 6.0),
+    ("k5 + homography, roi 0.25", KeyframePolicy(interval=5), "homography", 0.0, 0.25),
+    ("k5 + homography, roi 0.25, reuse 6 px", KeyframePolicy(interval=5), "homography", 6.0, 0.25),
 )
 
 
@@ -71,9 +75,10 @@ def davis_table(folder: Path) -> list[dict[str, Any]]:
     backend = CachingBackend(_backend())
     spec = get_spec("lite_medsam")
     rows = []
-    for name, policy, motion, *reuse in DAVIS_ROWS:
+    for name, policy, motion, *extra in DAVIS_ROWS:
         t0 = time.perf_counter()
-        config = EngineConfig(reuse_decode_px=reuse[0] if reuse else 0.0)
+        reuse, roi = (*extra, 0.0, None)[:2]
+        config = EngineConfig(reuse_decode_px=reuse, roi_margin=roi)
         with StreamEngine(backend, spec, policy, motion=motion, config=config) as eng:
             res = evaluate_davis(eng, folder)
         st = res.latency["stages"]
@@ -97,11 +102,11 @@ def stream_640x480(folder: Path, n: int) -> list[np.ndarray]:
 
 
 def throughput(folder: Path, n: int, async_encoder: bool, interval: int, runtime: str,
-               reuse_px: float = 0.0) -> dict[str, Any]:
+               reuse_px: float = 0.0, roi_margin: float | None = None) -> dict[str, Any]:
     frames = stream_640x480(folder, n)
     gt0 = cv2.resize(davis_annotations(folder)[0].astype(np.uint8), (640, 480), interpolation=cv2.INTER_NEAREST) > 0
     eng = StreamEngine(_backend(runtime), get_spec("lite_medsam"), KeyframePolicy(interval=interval),
-                       motion="homography", async_encoder=async_encoder, config=EngineConfig(reuse_decode_px=reuse_px))
+                       motion="homography", async_encoder=async_encoder, config=EngineConfig(reuse_decode_px=reuse_px, roi_margin=roi_margin))
     eng.add_object(Prompt.box(box_of(gt0)))
     # warm-up: the first keyframe and one decode (allocations, lazy init), not timed
     eng.step(Frame(0, 0, frames[0]))
@@ -118,6 +123,7 @@ def throughput(folder: Path, n: int, async_encoder: bool, interval: int, runtime
     st = eng.latency.summary()
     mode = f"{runtime}, {'async' if async_encoder else 'sync'} k{interval}"
     mode += f", reuse {reuse_px:g} px" if reuse_px else ""
+    mode += f", roi {roi_margin:g}" if roi_margin is not None else ""
     return {"mode": mode, "frames": n, "fps": round(n / wall, 2),
             "frames_with_mask": with_mask, "frame_p50_ms": st["frame"]["p50_ms"], "frame_p95_ms": st["frame"]["p95_ms"],
             "decode_p50_ms": st["decode"]["p50_ms"], "motion_p50_ms": st["motion"]["p50_ms"],
@@ -142,6 +148,7 @@ def main() -> int:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime"], help="backends of the throughput rows")
     ap.add_argument("--reuse-px", type=float, default=6.0, help="decode-reuse tolerance of the extra async row")
+    ap.add_argument("--roi-margin", type=float, default=0.25, help="upscaling-window margin of the roi rows")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
     if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 2:
@@ -157,6 +164,9 @@ def main() -> int:
     if not args.skip_throughput:
         rows = [throughput(args.davis, args.frames, a, 5, rt) for rt in args.runtimes for a in (True, False)]
         rows += [throughput(args.davis, args.frames, True, 5, rt, args.reuse_px) for rt in args.runtimes[-1:]]
+        if "torch" in args.runtimes:  # the upscaling window is an eager-torch option
+            rows += [throughput(args.davis, args.frames, True, 5, "torch", reuse, args.roi_margin)
+                     for reuse in (0.0, args.reuse_px)]
         out["throughput"] = rows
         print(f"\nThroughput, 640x480, {out['cores']} cores, LiteMedSAM:")
         print(_table(rows, ["mode", "fps", "frames_with_mask", "frame_p50_ms", "frame_p95_ms", "decode_p50_ms",

@@ -173,6 +173,8 @@ class TorchBackend:
 
     ``encode`` returns a float32 ``(1, 256, 64, 64)`` tensor on the device (its own memory, also
     with CUDA graphs); ``decode`` takes it, or a numpy array, with the contract's prompt arrays.
+    ``supports_roi``: ``decode`` honours an upscaling window (eager runs; CUDA graphs and compiled
+    decoders have one fixed graph and decode whole masks).
     """
 
     def __init__(
@@ -311,12 +313,15 @@ class TorchBackend:
         point_labels: np.ndarray,
         mask_input: np.ndarray,
         has_mask_input: np.ndarray,
+        roi: tuple[int, int, int, int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Decoder inputs of ``engine.contract`` -> ``(iou (B, 4), low_res (B, 4, 256, 256))`` float32 numpy.
 
         ``embedding``: ``encode``'s tensor or a float32 numpy ``(1, 256, 64, 64)``; ``point_coords``
         ``(B, N, 2)``, ``point_labels`` ``(B, N)``, ``mask_input`` ``(B, 1, 256, 256)``,
         ``has_mask_input`` ``(B,)``, float32. Inputs are checked on the host (no device sync).
+        ``roi``: image-token window ``(row0, row1, col0, col1)`` to upscale the masks in (see
+        ``MaskDecoder.forward``); honoured only where ``supports_roi``, else whole masks.
         """
         emb = embedding.to(self.device, torch.float32) if isinstance(embedding, Tensor) else torch.from_numpy(
             np.ascontiguousarray(embedding, dtype=np.float32)).to(self.device)
@@ -332,9 +337,13 @@ class TorchBackend:
         out = self._compiled_call("decoder", self.model.forward, *args) if self.options.compile_mode else None
         if out is None:
             with self._autocast():
-                out = self.model.forward(*args)
+                out = self.model.forward(*args, roi=roi if self.supports_roi else None)
         iou, low = out
         return iou.float().cpu().numpy(), low.float().cpu().numpy()
+
+    @property
+    def supports_roi(self) -> bool:
+        return not (self.options.cuda_graphs or self.options.compile_mode)
 
     def _decoder_graph(self, emb: Tensor, prompts: tuple[Tensor, ...]) -> _Graph:
         """The captured graph for this prompt shape (B, N), capturing it on a miss (LRU of ``max_graphs``)."""

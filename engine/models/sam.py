@@ -146,14 +146,17 @@ class SamModel(nn.Module):
         point_labels: Tensor,
         mask_input: Tensor,
         has_mask_input: Tensor,
+        roi: tuple[int, int, int, int] | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """The decoder graph without input checks (trace/export this); arguments as ``decode``."""
+        """The decoder graph without input checks (trace/export this); arguments as ``decode``.
+        ``roi``: eager only, see ``MaskDecoder.forward`` (never exported: the ONNX graph is whole)."""
         sparse, dense = self.prompt_encoder(point_coords, point_labels, mask_input, has_mask_input)
         return self.mask_decoder(
             image_embeddings=image_embeddings,
             image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
+            roi=roi,
         )
 
     def decoder_image_side(self, image_embeddings: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

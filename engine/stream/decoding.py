@@ -46,23 +46,46 @@ def upsample_logits(
     return cv2.resize(crop, (original_hw[1], original_hw[0]), interpolation=cv2.INTER_LINEAR)
 
 
+def box_roi(box_xyxy: np.ndarray, input_size: int, grid_hw: tuple[int, int], margin: float) -> tuple[int, int, int, int] | None:
+    """Image-token window ``(row0, row1, col0, col1)`` around a box in model-input pixels
+    (``(4,)`` x0, y0, x1, y1 after resize-longest-side): the box grown by ``margin`` times its
+    size plus 2 tokens on every side, clipped to ``grid_hw``; None when that is the whole grid."""
+    gh, gw = grid_hw
+    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+    sy, sx = gh / input_size, gw / input_size
+    my, mx = margin * (y1 - y0) * sy + 2, margin * (x1 - x0) * sx + 2
+    r0, r1 = max(0, int(np.floor(y0 * sy - my))), min(gh, int(np.ceil(y1 * sy + my)))
+    c0, c1 = max(0, int(np.floor(x0 * sx - mx))), min(gw, int(np.ceil(x1 * sx + mx)))
+    if r1 <= r0 or c1 <= c0 or (r0, r1, c0, c1) == (0, gh, 0, gw):
+        return None
+    return r0, r1, c0, c1
+
+
 def decode_prompt(
     predictor: Predictor,
     prompt: Prompt,
     mask_input: np.ndarray | None,
     multimask: bool,
-    ) -> Decoded:
+    roi_margin: float | None = None,
+) -> Decoded:
     """Decode one prompt (keyframe pixels) on ``predictor.embedding``; keeps the best-scoring mask
-    of the multimask outputs when ``multimask``. Box-only models ignore the prompt's points."""
+    of the multimask outputs when ``multimask``. Box-only models ignore the prompt's points.
+    ``roi_margin``: with a box prompt on a backend that ``supports_roi``, upscale the masks only
+    in ``box_roi(box, margin)`` (background logits outside it); None decodes whole masks."""
     emb, spec = predictor.embedding, predictor.spec
     points = None if spec.box_only else prompt.points_xy
     labels = None if points is None else prompt.labels
     prompts = build_prompts(emb.original_hw, emb.input_hw, points, labels, prompt.box_xyxy, mask_input,
                             spec.uniform_scale)
+    backend = predictor.backend
+    roi = None
+    if roi_margin is not None and prompt.box_xyxy is not None and getattr(backend, "supports_roi", False):
+        corners = prompts.point_coords[0][np.isin(prompts.point_labels[0], (2, 3))]
+        grid_hw = tuple(int(v) for v in np.shape(emb.features)[-2:])
+        roi = box_roi(corners.reshape(-1), spec.input_size, grid_hw, roi_margin) if corners.shape == (2, 2) else None
     t0 = time.perf_counter()
-    iou, low = predictor.backend.decode(
-        emb.features, prompts.point_coords, prompts.point_labels, prompts.mask_input, prompts.has_mask_input
-    )
+    args = (emb.features, prompts.point_coords, prompts.point_labels, prompts.mask_input, prompts.has_mask_input)
+    iou, low = backend.decode(*args, roi=roi) if roi is not None else backend.decode(*args)
     t1 = time.perf_counter()
     first = 1 if multimask else 0
     best = first + int(np.argmax(iou[0, first:] if multimask else iou[0, :1]))

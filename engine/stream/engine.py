@@ -49,7 +49,9 @@ class EngineConfig:
     same keyframe, that decode is reused (only warped by the new motion); 0 decodes every frame.
     ``motion_corners``: most corners an object's motion fit tracks (100 fit as well as 200 on
     DAVIS blackswan at half the LK time). ``encoder_nice``: the async encoder worker's thread runs
-    this much nicer (Linux), so the per-frame work (decoder, motion) wins the cores over the encode."""
+    this much nicer (Linux), so the per-frame work (decoder, motion) wins the cores over the encode.
+    ``roi_margin``: box prompts upscale their masks only around the box, grown by this fraction of
+    its size (+2 tokens); exact inside, background outside (``decoding.box_roi``); None: whole."""
 
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
@@ -60,6 +62,7 @@ class EngineConfig:
     reuse_decode_px: float = 0.0
     encoder_nice: int = 10
     motion_corners: int = 100
+    roi_margin: float | None = None
 
 
 class StreamEngine:
@@ -387,7 +390,7 @@ class StreamEngine:
             return prop.decoded
         single_point = prompt.points_xy is not None and len(prompt.points_xy) == 1
         multimask = first and prompt.box_xyxy is None and single_point and not self.spec.box_only
-        return decode_prompt(self.predictor, prompt, mask_input, multimask)
+        return decode_prompt(self.predictor, prompt, mask_input, multimask, cfg.roi_margin)
 
     def close(self) -> None:
         """Stop the encoder worker."""

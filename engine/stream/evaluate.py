@@ -60,8 +60,12 @@ class CachingBackend:
             self.encodes += 1
         return self._cache[key]
 
-    def decode(self, *args: Any) -> tuple[np.ndarray, np.ndarray]:
-        return self.inner.decode(*args)
+    def decode(self, *args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        return self.inner.decode(*args, **kwargs)
+
+    @property
+    def supports_roi(self) -> bool:
+        return bool(getattr(self.inner, "supports_roi", False))
 
     def describe(self) -> BackendInfo:
         return self.inner.describe()

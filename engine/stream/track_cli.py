@@ -53,6 +53,9 @@ def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--reuse-decode-px", type=float, default=0.0, metavar="PX",
                    help="reuse an object's last decode on the same keyframe when its prompt moved <= PX there "
                         "(0: decode every frame)")
+    p.add_argument("--roi-margin", type=float, default=None, metavar="F",
+                   help="upscale box-prompted masks only around the box grown by F times its size (torch "
+                        "eager; exact inside, background outside; e.g. 0.25; default: whole masks)")
     p.add_argument("--threads", type=int, help="CPU threads per engine thread (default: half the cores with "
                    "--async-encoder, so the encoder worker and the decoder do not fight over them)")
     p.add_argument("--max-frames", type=int, help="stop after N input frames")
@@ -120,6 +123,8 @@ def cmd_track(args: argparse.Namespace) -> int:
         raise _usage(f"--max-frames must be >= 1, got {args.max_frames}")
     if args.reuse_decode_px < 0:
         raise _usage(f"--reuse-decode-px must be >= 0, got {args.reuse_decode_px}")
+    if args.roi_margin is not None and args.roi_margin < 0:
+        raise _usage(f"--roi-margin must be >= 0 (a fraction of the box size), got {args.roi_margin}")
     threads = _threads(args)
     out = Path(args.out)
     (out / "masks").mkdir(parents=True, exist_ok=True)
@@ -128,7 +133,8 @@ def cmd_track(args: argparse.Namespace) -> int:
         engine = StreamEngine.from_name(args.model, Path(args.checkpoint) if args.checkpoint else None,
                                         args.device, backend=args.backend, threads=threads, policy=policy,
                                         motion=args.motion, async_encoder=args.async_encoder,
-                                        config=EngineConfig(reuse_decode_px=args.reuse_decode_px))
+                                        config=EngineConfig(reuse_decode_px=args.reuse_decode_px,
+                                                            roi_margin=args.roi_margin))
     except BaseException:
         source.close()  # a camera is released even when the model fails to load
         raise
