@@ -77,7 +77,8 @@ def davis_table(folder: Path) -> list[dict[str, Any]]:
     rows = []
     for name, policy, motion, *extra in DAVIS_ROWS:
         t0 = time.perf_counter()
-        reuse, roi = (*extra, 0.0, None)[:2]
+        reuse = extra[0] if extra else 0.0
+        roi = extra[1] if len(extra) > 1 else None
         config = EngineConfig(reuse_decode_px=reuse, roi_margin=roi)
         with StreamEngine(backend, spec, policy, motion=motion, config=config) as eng:
             res = evaluate_davis(eng, folder)

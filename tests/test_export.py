@@ -170,7 +170,9 @@ def test_export_model_reports_parity(medsam_export) -> None:  # noqa: ANN001
     assert report["encoder_max_abs_diff"] <= FP32_TOLERANCE
     assert report["decoder_max_abs_diff"] <= FP32_TOLERANCE
     assert report["model_sha256"] == sha256_file(ckpt)
-    assert Path(report["decoder_path"]).parent.name == f"lite_medsam-{report['model_sha256'][:16]}"
+    from engine.backends.factory import EXPORT_FORMAT
+
+    assert Path(report["decoder_path"]).parent.name == f"lite_medsam-{report['model_sha256'][:16]}-v{EXPORT_FORMAT}"
 
 
 @pytest.fixture(scope="module")

@@ -261,3 +261,34 @@ def test_video_source_counts_a_lost_last_frame_and_has_a_length() -> None:
     assert [f.index for f in src] == [0, 1] and src.stats.bad == 0
     with pytest.raises(TypeError, match="announces no frame count"):
         len(src)
+    src = _video(50, set())  # the header overcounts and the file breaks off after frame 4
+    src.max_failed_reads = 3
+    with pytest.warns(UserWarning, match="ended at frame 7 after 3 failed reads"):
+        assert [f.index for f in src] == [0, 1, 2, 3, 4]
+    assert len(src) == 7  # frames 5 and 6 were lost inside it; nothing is promised past the break
+
+
+def test_explicit_object_id_does_not_move_the_round_robin() -> None:
+    tracker = Tracker()
+    assert [tracker.add(Prompt.point(1, 1)) for _ in range(3)] == [1, 2, 3]
+    tracker.remove(1)
+    assert tracker.add(Prompt.point(1, 1), object_id=255) == 255
+    assert tracker.add(Prompt.point(1, 1)) == 4  # a new id per selection, not the released 1
+
+
+def test_roi_margin_is_used_only_where_it_stays_exact() -> None:
+    from engine.stream.decoding import effective_roi_margin
+
+    class Roi:
+        supports_roi = True
+
+    assert effective_roi_margin(0.25, Roi(), feeds_masks_back=False) == 0.25
+    assert effective_roi_margin(None, object(), feeds_masks_back=True) is None
+    with pytest.warns(UserWarning, match="ignored: the backend decodes whole masks only"):
+        assert effective_roi_margin(0.25, object(), feeds_masks_back=False) is None
+    with pytest.warns(UserWarning, match="ignored: the tracker feeds low-res masks back"):
+        assert effective_roi_margin(0.25, Roi(), feeds_masks_back=True) is None
+    with pytest.raises(ValueError, match="roi_margin must be >= 0"):
+        effective_roi_margin(-1.0, Roi(), feeds_masks_back=False)
+    point_model = StreamEngine(FakeSegmenter(), fake_spec(), KeyframePolicy(interval=5))
+    assert point_model.tracker.feeds_masks_back  # so a point-capable model's engine never windows

@@ -49,17 +49,23 @@ def checkpoint_sha256(path: Path, cache_dir: Path) -> str:
     return str(memo[key])
 
 
+# Bump when exported files change (2: the no-mask pair records its decoder's sha256), so older
+# cached exports are redone once instead of being used, or warned about, on every run.
+EXPORT_FORMAT = 2
+
+
 def onnx_files(model_name: str, checkpoint: Path | None, cache_dir: Path | None = None) -> tuple[Path, Path]:
     """(encoder, decoder) ONNX of ``model_name`` with the weights of ``checkpoint``, exported if missing.
 
-    Files live in ``cache_dir/onnx/{model}-{sha256[:16]}/``; the export is checked against torch.
+    Files live in ``cache_dir/onnx/{model}-{sha256[:16]}-v{EXPORT_FORMAT}/``; the export is
+    checked against torch.
     """
     from engine.weights import resolve
 
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     ckpt = resolve(model_name, checkpoint)
     digest = checkpoint_sha256(ckpt, cache_dir)
-    folder = cache_dir / "onnx" / f"{model_name}-{digest[:16]}"
+    folder = cache_dir / "onnx" / f"{model_name}-{digest[:16]}-v{EXPORT_FORMAT}"
     encoder, decoder = folder / f"{model_name}_encoder.onnx", folder / f"{model_name}_decoder.onnx"
     if not (encoder.is_file() and decoder.is_file() and (folder / f"{model_name}_export.json").is_file()):
         from trt.export import export_model

@@ -268,9 +268,10 @@ class TorchBackend:
         if out is None:
             with self._autocast():
                 out = self._encode_eager(x)
-        elif self.options.compile_mode == "reduce-overhead":
-            # CUDA-graph-tree output memory: the next compiled call overwrites it, and the stream
-            # engine keeps several keyframes' embeddings, so hand out a copy (as _encode_graph does)
+        elif self.device.type == "cuda":
+            # "reduce-overhead" and "max-autotune" run CUDA graph trees: the next compiled call
+            # overwrites their output memory, and the stream engine keeps several keyframes'
+            # embeddings, so hand out a copy (as _encode_graph does; 4 MiB)
             return out.clone(memory_format=torch.contiguous_format)
         return out.contiguous()
 

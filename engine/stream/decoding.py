@@ -8,6 +8,7 @@ thread); ``cv2.resize`` takes 1-2 ms and agrees to 4e-6 (0 mask pixels differ on
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import cv2
@@ -59,6 +60,25 @@ def box_roi(box_xyxy: np.ndarray, input_size: int, grid_hw: tuple[int, int], mar
     if r1 <= r0 or c1 <= c0 or (r0, r1, c0, c1) == (0, gh, 0, gw):
         return None
     return r0, r1, c0, c1
+
+
+def effective_roi_margin(margin: float | None, backend: object, feeds_masks_back: bool) -> float | None:
+    """The upscaling-window margin a stream engine can use: ``margin``, or None (with a warning) when
+    the backend decodes whole masks only (ONNX Runtime, TensorRT, CUDA graphs, compiled torch) or
+    the tracker feeds each decode's low-res logits back as ``mask_input`` (point-capable models):
+    background outside a window would change the next decode everywhere, so it stays exact only
+    where nothing is fed back (box-only models such as LiteMedSAM, or ``use_mask_input=False``)."""
+    if margin is None:
+        return None
+    if margin < 0:
+        raise ValueError(f"roi_margin must be >= 0 (a fraction of the box size) or None, got {margin}")
+    why = ("the backend decodes whole masks only" if not getattr(backend, "supports_roi", False) else
+           "the tracker feeds low-res masks back as mask_input" if feeds_masks_back else None)
+    if why is None:
+        return margin
+    warnings.warn(f"roi_margin={margin:g} is ignored: {why}; masks are upscaled whole (use the eager torch "
+                  "backend, and TrackerConfig(use_mask_input=False) for point-capable models)", stacklevel=3)
+    return None
 
 
 def decode_prompt(

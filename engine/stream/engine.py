@@ -25,7 +25,7 @@ import numpy as np
 from engine.backends.base import Backend
 from engine.models.registry import ModelSpec
 from engine.predictor import Predictor
-from engine.stream.decoding import Decoded, decode_prompt
+from engine.stream.decoding import Decoded, decode_prompt, effective_roi_margin
 from engine.stream.events import HoverEvent, Prompt, PromptEvent, ReleaseEvent, SelectEvent
 from engine.stream.latency import LatencyRecorder
 from engine.stream.object_motion import MotionEstimator, MotionInfo, map_prompt
@@ -51,7 +51,8 @@ class EngineConfig:
     DAVIS blackswan at half the LK time). ``encoder_nice``: the async encoder worker's thread runs
     this much nicer (Linux), so the per-frame work (decoder, motion) wins the cores over the encode.
     ``roi_margin``: box prompts upscale their masks only around the box, grown by this fraction of
-    its size (+2 tokens); exact inside, background outside (``decoding.box_roi``); None: whole."""
+    its size (+2 tokens); exact inside, background outside (``decoding.box_roi``); None: whole.
+    Used only where no mask is fed back (see ``decoding.effective_roi_margin``)."""
 
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
@@ -92,6 +93,7 @@ class StreamEngine:
         self.encoder = AsyncEncoder(self._encode, asynchronous=async_encoder,
                                     nice=self.config.encoder_nice)
         self.tracker = Tracker(self.config.tracker, points_supported=not spec.box_only)
+        self._roi_margin = effective_roi_margin(self.config.roi_margin, backend, self.tracker.feeds_masks_back)
         self.motion_estimator = MotionEstimator(motion, self.config.motion_downscale_to,
                                                 max_corners=self.config.motion_corners)
         self.latency = LatencyRecorder()
@@ -390,7 +392,7 @@ class StreamEngine:
             return prop.decoded
         single_point = prompt.points_xy is not None and len(prompt.points_xy) == 1
         multimask = first and prompt.box_xyxy is None and single_point and not self.spec.box_only
-        return decode_prompt(self.predictor, prompt, mask_input, multimask, cfg.roi_margin)
+        return decode_prompt(self.predictor, prompt, mask_input, multimask, self._roi_margin)
 
     def close(self) -> None:
         """Stop the encoder worker."""

@@ -117,6 +117,7 @@ class _CaptureSource(_Source):
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = fps if 1.0 <= fps <= 1000.0 else 30.0
         self.frame_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.ended_early_at: int | None = None  # frame indices a file gave before breaking off
 
     def _end_of_stream(self, index: int) -> bool:
         return False
@@ -143,6 +144,7 @@ class _CaptureSource(_Source):
                     if failed >= self.max_failed_reads and not self._camera:
                         warnings.warn(f"{self._what} ended at frame {index} after {failed} failed reads; its header "
                                       f"announced {self.frame_count} frames", stacklevel=2)
+                        self.ended_early_at = index
                         return
                     if failed >= self.max_failed_reads:
                         raise SourceError(
@@ -220,7 +222,10 @@ class VideoSource(_CaptureSource):
 
     def __len__(self) -> int:
         """Frames the file's header announces (a failed read inside them is a ``bad`` frame, so a
-        consumer can still write one result per input frame). TypeError when it announces none."""
+        consumer can still write one result per input frame); after the file broke off early (too
+        many failed reads in a row), the indices it gave. TypeError when it announces none."""
+        if self.ended_early_at is not None:
+            return min(self.ended_early_at, max(self.frame_count, 0))
         if self.frame_count <= 0:
             raise TypeError(f"{self._what} announces no frame count; read it to the end to count its frames")
         return self.frame_count

@@ -132,7 +132,8 @@ class Tracker:
         least recently issued first. Raises only when all 255 are tracked."""
         if not isinstance(prompt, Prompt):
             raise TypeError(f"expected an engine.stream.events.Prompt, got {type(prompt).__name__}")
-        if object_id is None:
+        auto = object_id is None
+        if auto:
             order = [(self._next_id - 1 + k) % MAX_OBJECT_ID + 1 for k in range(MAX_OBJECT_ID)]
             object_id = next((i for i in order if i not in self._objects), 0)
             if object_id == 0:
@@ -143,7 +144,8 @@ class Tracker:
         if not 1 <= object_id <= MAX_OBJECT_ID:
             raise ValueError(f"object ids must be in 1..{MAX_OBJECT_ID} (they are mask values), got {object_id}")
         self._objects[object_id] = TrackedObject(object_id, prompt)
-        self._next_id = object_id % MAX_OBJECT_ID + 1
+        if auto:
+            self._next_id = object_id % MAX_OBJECT_ID + 1
         return object_id
 
     def refine(self, object_id: int, prompt: Prompt) -> None:
@@ -173,6 +175,12 @@ class Tracker:
 
     def __contains__(self, object_id: object) -> bool:
         return object_id in self._objects
+
+    @property
+    def feeds_masks_back(self) -> bool:
+        """Whether tracking prompts carry the previous low-res logits as ``mask_input``."""
+        use = self.config.use_mask_input
+        return self.points_supported if use is None else bool(use)
 
     # --- per frame ----------------------------------------------------------------------------
     def stamp_prompts(self, frame_index: int, grey: np.ndarray, frame_hw: tuple[int, int]) -> None:
@@ -206,8 +214,7 @@ class Tracker:
             pt = interior_point_xy(obj.mask)
             if pt is not None:
                 points, labels = pt[None], np.ones(1, np.float32)
-        use_mask = self.points_supported if cfg.use_mask_input is None else cfg.use_mask_input
-        mask_input = obj.low_res if use_mask and obj.low_res_keyframe == keyframe_index else None
+        mask_input = obj.low_res if self.feeds_masks_back and obj.low_res_keyframe == keyframe_index else None
         return TrackPrompt(Prompt(points, labels, box, source="mask"), mask_input, "track")
 
     def update(
