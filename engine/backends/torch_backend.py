@@ -18,8 +18,9 @@ Options (``TorchOptions``; ``create_backend(..., torch_options=...)`` passes the
   mode "default". On CPU inductor needs a C++ compiler; without one the backend warns and runs
   eager. Every compiled call is guarded: when one fails (compiling, or a later recompile), that
   part warns once and runs eager from then on; ``describe()`` names the parts that fell back.
-  With "reduce-overhead" the compiled encoder's output lives in CUDA-graph-tree memory that the
-  next compiled call overwrites, so ``encode`` returns a clone (as with ``cuda_graphs``).
+  With "reduce-overhead" or "max-autotune" the compiled encoder's output lives in CUDA-graph-tree
+  memory that the next compiled call overwrites, so a compiled ``encode`` returns a clone (as with
+  ``cuda_graphs``).
   lite_medsam on 2 loaded CPU cores: the first encode (compiling) took 219 s, and dynamo hit its
   recompile limit in TinyViT's ``Conv2dBN.fused`` (one guard per conv shape) and broke the graph
   in ``forward_cl``, so parts of the encoder stayed eager (measured while TinyViT's weight caches
@@ -268,10 +269,10 @@ class TorchBackend:
         if out is None:
             with self._autocast():
                 out = self._encode_eager(x)
-        elif self.device.type == "cuda":
-            # "reduce-overhead" and "max-autotune" run CUDA graph trees: the next compiled call
-            # overwrites their output memory, and the stream engine keeps several keyframes'
-            # embeddings, so hand out a copy (as _encode_graph does; 4 MiB)
+        else:
+            # compiled: "reduce-overhead" and "max-autotune" run CUDA graph trees whose next call
+            # overwrites this output memory, and the stream engine keeps several keyframes'
+            # embeddings, so every compiled encode hands out a copy (as _encode_graph does; 4 MiB)
             return out.clone(memory_format=torch.contiguous_format)
         return out.contiguous()
 
