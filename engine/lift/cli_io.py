@@ -32,14 +32,20 @@ def _wh(hw: tuple[int, ...]) -> str:
     return f"{hw[1]}x{hw[0]}"
 
 
+def _read_unchanged(path: Path, what: str) -> np.ndarray:
+    """An image file as stored (any bit depth, channels as in the file); ``what`` names it in errors."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"cannot decode {what} {path} (corrupt file or unsupported format)")
+    return image
+
+
 def read_depth(path: str | Path, intrinsics: CameraIntrinsics) -> np.ndarray:
     """HxW raw depth (uint16 or float) from an image file, checked against the intrinsics' size."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"depth image not found: {path}")
-    depth = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if depth is None:
-        raise ValueError(f"cannot decode depth image {path} (corrupt file or unsupported format)")
+    depth = _read_unchanged(path, "depth image")
     if depth.ndim != 2:
         raise ValueError(f"depth image {path} has {depth.shape[2]} channels; depth must be one channel "
                          "(16-bit PNG/PGM in raw units, or a float image)")
@@ -66,11 +72,7 @@ def read_color(path: str | Path, depth_hw: tuple[int, int]) -> np.ndarray:
 def read_mask(path: str | Path, depth_hw: tuple[int, int]) -> np.ndarray:
     """HxW bool (nonzero = object) from a single-channel image of the depth image's size."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mask not found: {path}")
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise ValueError(f"cannot decode mask {path} (corrupt file or unsupported format)")
+    mask = _read_unchanged(path, "mask")
     if mask.ndim != 2:
         raise ValueError(f"mask {path} has {mask.shape[2]} channels; save it as a single-channel PNG "
                          "(0 = background, nonzero = object), as `arsel segment` writes")
