@@ -17,6 +17,7 @@ from engine.demo.source import OdometryPoses, SyntheticRGBDSource
 from engine.gaze import DwellSelector, GazeSmoother
 from engine.stream.events import SelectEvent
 from engine.stream.prompt_sources import GazePrompts
+from tests.script_helpers import count_video_frames
 
 o3d = pytest.importorskip("open3d")
 
@@ -237,7 +238,7 @@ def test_demo_camera_without_depth_runs_2d_only(tmp_path: Path, monkeypatch: pyt
     (obj,) = summary["objects"]
     assert obj["method"] == "none" and "lifted_extent_m" not in obj
     assert 5 <= obj["frames_selected"] <= 30 - 18  # selected after the 0.6 s dwell (18 frames at 30 fps)
-    assert _video_frames(tmp_path / "overlay.mp4") == 30 and not list(tmp_path.glob("*.ply"))
+    assert count_video_frames(tmp_path / "overlay.mp4") == 30 and not list(tmp_path.glob("*.ply"))
     assert (tmp_path / "gaze.csv").read_text().count("\n") == 30 + 2  # units line + header + one per frame
 
 
@@ -267,13 +268,6 @@ def test_demo_realsense_path_with_software_camera(tmp_path: Path, monkeypatch: p
     assert 0.18 < obj["lifted_extent_m"][0] < 0.2 + smear_m + 0.01, obj
 
 
-def _video_frames(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    count = 0
-    while cap.read()[0]:
-        count += 1
-    cap.release()
-    return count
 
 
 # Measured, 30 frames, seeds 0-2, 2 shared cores (onnxruntime): the upright box of the fused box is
@@ -297,7 +291,7 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert summary["frames"] == 30 and summary["fps"] > 0 and summary["lifting"] == "tsdf"
     for stage in ("frame", "decode", "encode", "lift", "render", "fusion"):
         assert {"p50_ms", "p95_ms"} <= set(summary["latency_ms"][stage]), stage
-    assert _video_frames(out / "overlay.mp4") >= 30 and summary["overlay_frames"] == 30
+    assert count_video_frames(out / "overlay.mp4") >= 30 and summary["overlay_frames"] == 30
     objects = summary["objects"]
     assert sorted(o["true_object"] for o in objects) == ["ball", "box", "can"], objects
     assert sorted(p.name for p in out.glob("*.ply")) == [f"object_{o['id']}.ply" for o in objects]

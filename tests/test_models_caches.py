@@ -14,14 +14,11 @@ from torch import nn
 
 from engine.models import fast_ops
 from engine.models.common import VersionKey, clear_caches, version_key
-from engine.models.mask_decoder import MaskDecoder
-from engine.models.prompt_encoder import PromptEncoder
 from engine.models.sam import SamModel
 from engine.models.tiny_vit import TinyViT, TinyViTBlock, TinyViTConfig
-from engine.models.transformer import TwoWayTransformer
-from tests.refs import perturb_, randomize_
+from tests.refs import randomize_
+from tests.test_torch_backend import EMBED_HW, SIDE, tiny_model
 
-SIDE, EMBED_HW = 64, (16, 16)
 # Small TinyViT: grids 16 -> 8 -> 4 -> 4, window 7 pads the 8x8 grid (the cropped block path).
 SMALL_TINYVIT = TinyViTConfig(img_size=64, embed_dims=(16, 32, 32, 64), depths=(1, 1, 2, 1),
                               num_heads=(1, 2, 2, 4), window_sizes=(7, 7, 7, 7))
@@ -37,18 +34,7 @@ def small_tinyvit(seed: int) -> TinyViT:
 
 def decoder_model(seed: int) -> SamModel:
     """Prompt encoder + mask decoder at seeded weights (identity image encoder)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = SamModel(
-            nn.Identity(),
-            PromptEncoder(embed_dim=256, image_embedding_size=EMBED_HW, input_image_size=(SIDE, SIDE), mask_in_chans=16),
-            MaskDecoder(
-                num_multimask_outputs=3,
-                transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=512, num_heads=8),
-                transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
-            ),
-        )
-    return perturb_(model, seed)
+    return tiny_model(seed, nn.Identity(), mlp_dim=512)
 
 
 def decode_inputs(seed: int = 0) -> tuple[torch.Tensor, ...]:

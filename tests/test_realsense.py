@@ -7,7 +7,6 @@ test needs a camera (marker ``realsense``; skipped with the reason when none is 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from engine.realsense import (  # noqa: E402
 )
 from engine.stream.sources import FrameSource, SourceError  # noqa: E402
 from engine.types import CameraIntrinsics  # noqa: E402
+from tests.script_helpers import load_script  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 INTR = CameraIntrinsics(64, 48, 50.0, 50.0, 31.5, 23.5, 0.001)
@@ -366,11 +366,7 @@ def test_import_engine_does_not_import_pyrealsense2() -> None:
 
 # --- the demo, headless, on a recording made here ------------------------------------------------
 def _load_demo() -> Any:
-    spec = importlib.util.spec_from_file_location("realsense_lift_demo", REPO / "demos" / "realsense_lift.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("demos/realsense_lift.py", "realsense_lift_demo")
 
 
 def test_demo_headless_lifts_the_sphere_from_a_recording(tmp_path: Path) -> None:

@@ -4,29 +4,21 @@ source is a double (no pyrealsense2 needed), the model the green double of ``tes
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import pytest
 
 from engine.stream.sources import SourceError, SourceStats
 from engine.types import Frame
+from tests.script_helpers import count_video_frames, load_script
 from tests.stream_fakes import green_scene
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _load_demo() -> Any:
-    spec = importlib.util.spec_from_file_location("realsense_lift_demo_io", REPO / "demos" / "realsense_lift.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("demos/realsense_lift.py", "realsense_lift_demo_io")
 
 
 class GappySource:
@@ -63,13 +55,6 @@ def _run(monkeypatch: pytest.MonkeyPatch, src: GappySource, out: Path, *extra: s
     return demo.main(["--headless", "--out", str(out), "--box", "55,35,105,85", *extra], engine)
 
 
-def _video_frames(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    count = 0
-    while cap.read()[0]:
-        count += 1
-    cap.release()
-    return count
 
 
 def test_camera_lost_mid_run_saves_what_was_gathered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -80,7 +65,7 @@ def test_camera_lost_mid_run_saves_what_was_gathered(tmp_path: Path, monkeypatch
     report = json.loads((out / "objects.json").read_text())
     assert report["frames"] == 4 and "RealSense camera disconnected" in report["error"]
     assert report["objects"]["1"]["lift_statuses"] == {"no_depth": 4}
-    assert _video_frames(out / "overlay.mp4") == 4 and (out / "overlay_last.png").is_file()
+    assert count_video_frames(out / "overlay.mp4") == 4 and (out / "overlay_last.png").is_file()
 
 
 def test_lift_every_counts_processed_frames_not_camera_indices(tmp_path: Path,

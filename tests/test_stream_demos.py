@@ -8,20 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 
 from tests.refs import medsam_checkpoint
+from tests.script_helpers import count_video_frames
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _frames(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
-    return n
 
 
 def _run(args: list[str]) -> str:
@@ -38,7 +31,7 @@ def test_live_select_headless(tmp_path: Path) -> None:
     (line,) = [ln for ln in stdout.splitlines() if ln.startswith("frame   2")]
     area = re.search(r"objects 1 mask px (\d+)", line)
     assert area is not None and int(area.group(1)) > 0, line  # the click on the centre selected something
-    assert _frames(out) == 3
+    assert count_video_frames(out) == 3
 
 
 def test_gaze_replay_headless(tmp_path: Path) -> None:
@@ -49,4 +42,4 @@ def test_gaze_replay_headless(tmp_path: Path) -> None:
     stdout = _run(["demos/gaze_replay.py", "synthetic:25", str(gaze), "--out", str(out),
                    "--checkpoint", str(medsam_checkpoint())])
     assert "25 frames, 1 gaze selections" in stdout, stdout
-    assert _frames(out) == 25
+    assert count_video_frames(out) == 25

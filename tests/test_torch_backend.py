@@ -44,15 +44,17 @@ class TinyEncoder(nn.Module):
         return self.net(x)
 
 
-def tiny_model(seed: int = 0) -> SamModel:
+def tiny_model(seed: int = 0, encoder: nn.Module | None = None, mlp_dim: int = 2048) -> SamModel:
+    """The real prompt encoder + mask decoder at seeded weights on a 16x16 embedding, behind
+    ``encoder`` (default ``TinyEncoder``: 64x64 images)."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = SamModel(
-            TinyEncoder(),
+            encoder if encoder is not None else TinyEncoder(),
             PromptEncoder(embed_dim=256, image_embedding_size=EMBED_HW, input_image_size=(SIDE, SIDE), mask_in_chans=16),
             MaskDecoder(
                 num_multimask_outputs=3,
-                transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+                transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=mlp_dim, num_heads=8),
                 transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
             ),
         )
