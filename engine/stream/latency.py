@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import cv2
@@ -21,12 +21,6 @@ import numpy as np
 FRAME_STAGES = ("capture", "motion", "decode", "postprocess", "frame")
 HUD_SAMPLES = 300  # the HUD's p50/p95 cover each stage's last 300 samples: ~1 ms a frame for six
 # stages (2 busy shared cores), where the full 10,000-sample windows cost 4-8 ms
-
-
-def percentile_ms(values: Iterable[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) of ``values`` (ms), NaN when empty."""
-    arr = np.fromiter(values, dtype=np.float64)
-    return float(np.percentile(arr, q)) if arr.size else float("nan")
 
 
 class LatencyRecorder:
