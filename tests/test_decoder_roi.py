@@ -12,7 +12,7 @@ import pytest
 from engine.backends.torch_backend import TorchBackend
 from engine.models.mask_decoder import ROI_FILL
 from engine.stream.decoding import box_roi
-from tests.test_torch_backend import EMBED_HW, SIDE, image, prompts, tiny_model
+from tests.test_torch_backend import SIDE, image, prompts, tiny_model
 
 
 @pytest.fixture(scope="module")
