@@ -226,10 +226,11 @@ def test_predictor_over_ort_matches_torch_on_truck(medsam_backends, data_dir: Pa
         want = ref.predict(box_xyxy=boxes, multimask_output=multimask)
         assert np.abs(got.low_res_logits - want.low_res_logits).max() <= FP32_TOLERANCE
         assert np.abs(got.scores - want.scores).max() <= FP32_TOLERANCE
-        if multimask:  # 2 of 19M pixels have |logit| < 1e-7 here and may fall either side of 0
-            _assert_masks_agree(got.logits, want.logits)
-        else:
-            assert np.array_equal(got.masks, want.masks)
+        # Pixels whose |logit| is within float rounding of 0 (a handful of 6.5M here) may fall either
+        # side of the threshold; every other pixel must agree.
+        _assert_masks_agree(got.logits, want.logits)
+        differ = got.masks != want.masks
+        assert differ.sum() <= 1e-5 * differ.size, int(differ.sum())
     assert ours.backend.describe().runtime == "onnxruntime"
 
 

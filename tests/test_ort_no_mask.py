@@ -141,6 +141,40 @@ def test_pair_files_record_the_decoder_sha256(exported) -> None:  # noqa: ANN001
         assert props == {CONTRACT_SHA256_KEY: digest}
 
 
+def _const_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    for init in graph.initializer:
+        if init.name == name:
+            return onnx.numpy_helper.to_array(init)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return onnx.numpy_helper.to_array(node.attribute[0].t)
+    return None
+
+
+@pytest.mark.parametrize("which", ["contract", "prompt graph"])
+def test_decoder_graphs_avoid_slow_onnx_patterns(exported, which: str) -> None:  # noqa: ANN001
+    """Softmax only over the last axis (ONNX Runtime transposes around any other axis: ~4x slower
+    on the (B, 8, Nt, 4096) image->token scores), no multiply by a constant 1 (the ONNX spelling of
+    baddbmm's alpha/beta: extra passes over (B, 4096, 256)), and no Gather copy of an image-side
+    input in the prompt graph."""
+    _, folder = exported
+    path = folder / "m_decoder.onnx" if which == "contract" else no_mask_paths(folder / "m_decoder.onnx")[1]
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    graph = model.graph
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.value_info, *graph.input, *graph.output]}
+    softmaxes = [n for n in graph.node if n.op_type == "Softmax"]
+    assert softmaxes
+    for node in softmaxes:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        assert axis in (-1, ranks[node.input[0]] - 1), f"{node.name}: softmax over axis {axis}"
+    for node in graph.node:
+        if node.op_type == "Mul":
+            consts = [_const_value(graph, i) for i in node.input]
+            assert not any(c is not None and c.size == 1 and float(c) == 1.0 for c in consts), node.name
+    inputs = {i.name for i in graph.input}
+    assert not [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] in inputs and n.input[0].startswith("side_")]
+
+
 def test_a_failing_pair_export_warns_and_leaves_no_files(exported, tmp_path: Path,  # noqa: ANN001
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     model, folder = exported
