@@ -334,6 +334,28 @@ def test_decode_reuse_and_hover_preview() -> None:
     assert eng.step(Frame(6, 6, rgb)).hover is None
 
 
+def test_reused_decodes_book_no_upsampling_time() -> None:
+    """A reused decode costs only the prompt mapping: its stored upsampling time is not subtracted
+    from the decode stage (that gave negative decode times) nor added to post-processing again."""
+    import dataclasses
+
+    rgb, disc = green_scene(seed=4)
+    eng = StreamEngine(FakeSegmenter(), fake_spec(), KeyframePolicy(interval=10), config=EngineConfig(reuse_decode_px=3.0))
+    obj = eng.add_object(Prompt.box(_box_of(disc)))
+    eng.step(Frame(0, 0, rgb))
+    eng.encoder.wait_idle()
+    eng.step(Frame(1, 1, rgb))
+    tracked = eng.tracker.get(obj)
+    kf, key, dec = tracked.decode_cache
+    tracked.decode_cache = (kf, key, dataclasses.replace(dec, upsample_ms=1e4))  # a stored decode with a huge upsampling time
+    before = eng.stats.decodes_reused
+    for i in range(2, 5):
+        eng.step(Frame(i, i, rgb))
+    assert eng.stats.decodes_reused - before == 3
+    assert min(eng.latency.stage("decode")) >= 0.0
+    assert max(eng.latency.stage("postprocess")) < 1e3
+
+
 def test_async_encoder_worker_runs_nicer() -> None:
     import os
     import threading

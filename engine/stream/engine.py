@@ -359,9 +359,10 @@ class StreamEngine:
         key = prompt_key(prompt)
         cached = None if obj is None else obj.decode_cache
         tol = self.config.reuse_decode_px
-        if (tol > 0 and tp.mode == "track" and cached is not None and cached[0] == kf.frame_index
+        reused = (tol > 0 and tp.mode == "track" and cached is not None and cached[0] == kf.frame_index
                 and (tp.mask_input is None or tp.mask_input is cached[2].low_res) and cached[1].shape == key.shape
-                and float(np.max(np.abs(cached[1] - key))) <= tol):
+                and float(np.max(np.abs(cached[1] - key))) <= tol)
+        if reused:
             dec = cached[2]  # same keyframe, (almost) the same prompt there: the same answer
             self.stats.decodes_reused += 1
         else:
@@ -369,7 +370,7 @@ class StreamEngine:
             if obj is not None:
                 obj.decode_cache = None if dec is None else (kf.frame_index, key, dec)
         t1 = time.perf_counter()
-        upsample_ms = 0.0 if dec is None else dec.upsample_ms
+        upsample_ms = 0.0 if dec is None or reused else dec.upsample_ms  # a reused decode upsampled nothing now
         timings["decode"] += (t1 - t0) * 1e3 - upsample_ms  # prompt mapping + decoder
         timings["postprocess"] += upsample_ms
         if dec is None:
