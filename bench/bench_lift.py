@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.host import describe_host  # noqa: E402
 from engine.lift import lift  # noqa: E402
 from engine.types import CameraIntrinsics  # noqa: E402
 
@@ -93,6 +94,7 @@ def main() -> None:
     if real is not None:
         cases.append(("slambook2 200x150", *real))
     load = os.getloadavg()[0]
+    print(describe_host())
     print(
         f"lift, 640x480 frame, median of {args.repeats} runs, {os.environ['OMP_NUM_THREADS']} threads, "
         f"{os.cpu_count()} cores, load average {load:.1f} (numbers inflate when load > cores)"

@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.host import describe_host  # noqa: E402
 from engine.backends.torch_backend import TorchBackend  # noqa: E402
 from engine.models.registry import get_spec, load_model  # noqa: E402
 from engine.predictor import Predictor  # noqa: E402
@@ -131,6 +132,7 @@ def main() -> None:
            else np.random.default_rng(0).integers(0, 255, (1200, 1800, 3), dtype=np.uint8))
     tmp = Path(__import__("tempfile").mkdtemp())
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(describe_host())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, image {rgb.shape[1]}x{rgb.shape[0]}, "
           f"load avg {load:.1f}; median ms of {args.repeats} (encoder) / {args.dec_repeats} (decoder) runs, "
           "ours and reference interleaved; ratio = ours / reference (targets: encoder <= 1.0, decoder <= 0.5)")

@@ -32,10 +32,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.host import describe_host  # noqa: E402
 from engine.backends.torch_backend import TorchBackend  # noqa: E402
 from engine.models.registry import get_spec, load_model  # noqa: E402
 from engine.stream.engine import EngineConfig, StreamEngine  # noqa: E402
-from engine.stream.evaluate import CachingBackend, box_of, davis_annotations, evaluate_davis  # noqa: E402
+from engine.stream.evaluate import CachingBackend, box_of, davis_annotations, evaluate_davis, jaccard  # noqa: E402
 from engine.stream.events import Prompt  # noqa: E402
 from engine.stream.latency import LatencyRecorder  # noqa: E402
 from engine.stream.results import EngineStats  # noqa: E402
@@ -94,18 +95,22 @@ def davis_table(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def stream_640x480(folder: Path, n: int) -> list[np.ndarray]:
+def stream_640x480(folder: Path, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``n`` frames (RGB uint8 480x640) played forwards then backwards, and each frame's ground-truth mask."""
     files = folder_images(folder)
     imgs = [cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), (640, 480), interpolation=cv2.INTER_AREA)
             for p in files]
+    truth = [cv2.resize(a.astype(np.uint8), (640, 480), interpolation=cv2.INTER_NEAREST) > 0
+             for a in davis_annotations(folder)]
     order = list(range(len(imgs))) + list(range(len(imgs) - 2, 0, -1))  # ping-pong keeps motion continuous
-    return [imgs[order[i % len(order)]] for i in range(n)]
+    picks = [order[i % len(order)] for i in range(n)]
+    return [imgs[i] for i in picks], [truth[i] for i in picks]
 
 
 def throughput(folder: Path, n: int, async_encoder: bool, interval: int, runtime: str,
                reuse_px: float = 0.0, roi_margin: float | None = None) -> dict[str, Any]:
-    frames = stream_640x480(folder, n)
-    gt0 = cv2.resize(davis_annotations(folder)[0].astype(np.uint8), (640, 480), interpolation=cv2.INTER_NEAREST) > 0
+    frames, truth = stream_640x480(folder, n)
+    gt0 = truth[0]
     eng = StreamEngine(_backend(runtime), get_spec("lite_medsam"), KeyframePolicy(interval=interval),
                        motion="homography", async_encoder=async_encoder, config=EngineConfig(reuse_decode_px=reuse_px, roi_margin=roi_margin))
     eng.add_object(Prompt.box(box_of(gt0)))
@@ -116,16 +121,17 @@ def throughput(folder: Path, n: int, async_encoder: bool, interval: int, runtime
     eng.latency = LatencyRecorder()
     eng.stats = EngineStats()  # the timed run's counters only
     t0 = time.perf_counter()
-    with_mask = 0
-    for res in eng.run(ArraySource(frames)):  # a frame counts when an object was found there
+    with_mask, js = 0, []
+    for i, res in enumerate(eng.run(ArraySource(frames))):  # a frame counts when an object was found there
         with_mask += any(r.status == "ok" and r.mask.any() for r in res.objects)
+        js.append(jaccard(res.objects[0].mask, truth[i]) if res.objects else 0.0)
     wall = time.perf_counter() - t0
     eng.close()
     st = eng.latency.summary()
     mode = f"{runtime}, {'async' if async_encoder else 'sync'} k{interval}"
     mode += f", reuse {reuse_px:g} px" if reuse_px else ""
     mode += f", roi {roi_margin:g}" if roi_margin is not None else ""
-    return {"mode": mode, "frames": n, "fps": round(n / wall, 2),
+    return {"mode": mode, "frames": n, "fps": round(n / wall, 2), "mean_j": round(float(np.mean(js)), 4),
             "frames_with_mask": with_mask, "frame_p50_ms": st["frame"]["p50_ms"], "frame_p95_ms": st["frame"]["p95_ms"],
             "decode_p50_ms": st["decode"]["p50_ms"], "motion_p50_ms": st["motion"]["p50_ms"],
             "postprocess_p50_ms": st["postprocess"]["p50_ms"],
@@ -155,7 +161,8 @@ def main() -> int:
     if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 2:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:2])
     torch.set_num_threads(1)  # one intra-op thread per engine thread (decoder, encoder worker)
-    out: dict[str, Any] = {"cores": len(os.sched_getaffinity(0)), "torch_threads": 1}
+    out: dict[str, Any] = {"host": describe_host(), "cores": len(os.sched_getaffinity(0)), "torch_threads": 1}
+    print(out["host"], flush=True)
     if not args.skip_davis:
         print(f"DAVIS {args.davis.name} (LiteMedSAM, box propagation):", flush=True)
         out["davis"] = davis_table(args.davis)
@@ -170,7 +177,7 @@ def main() -> int:
                      for reuse in (0.0, args.reuse_px)]
         out["throughput"] = rows
         print(f"\nThroughput, 640x480, {out['cores']} cores, LiteMedSAM:")
-        print(_table(rows, ["mode", "fps", "frames_with_mask", "frame_p50_ms", "frame_p95_ms", "decode_p50_ms",
+        print(_table(rows, ["mode", "fps", "mean_j", "embedding_age_mean", "frames_with_mask", "frame_p50_ms", "frame_p95_ms", "decode_p50_ms",
                             "motion_p50_ms", "postprocess_p50_ms", "encode_p50_ms", "keyframes",
                             "encode_requests_dropped_busy", "decodes_reused"]))
     if args.json:
