@@ -141,6 +141,38 @@ def test_pair_files_record_the_decoder_sha256(exported) -> None:  # noqa: ANN001
         assert props == {CONTRACT_SHA256_KEY: digest}
 
 
+class _CountingSession:
+    def __init__(self, inner) -> None:  # noqa: ANN001
+        self.inner, self.runs = inner, 0
+
+    def run(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        self.runs += 1
+        return self.inner.run(*args, **kwargs)
+
+
+def test_image_side_cache_trusts_only_frozen_embeddings(exported) -> None:  # noqa: ANN001
+    """``encode`` returns a read-only embedding whose image side is computed once; a writeable
+    embedding changed in place between decodes is compared by value and recomputed."""
+    _, folder = exported
+    backend = _backend(folder)
+    side = _CountingSession(backend._no_mask[0])
+    backend._no_mask = (side, backend._no_mask[1])
+    emb = backend.encode(np.zeros((1, 3, SIDE, SIDE), np.float32))
+    assert not emb.flags.writeable
+    p = _no_mask_prompts(1)
+    first = backend.decode(emb, **p)
+    backend.decode(emb, **p)
+    assert side.runs == 1
+    mutable = np.random.default_rng(1).standard_normal((1, 256, 64, 64)).astype(np.float32)
+    backend.decode(mutable, **p)
+    mutable *= 0.5  # same object, new values
+    got = backend.decode(mutable, **p)
+    assert side.runs == 3
+    for g, want in zip(got, _contract_outputs(backend, mutable, p)):
+        assert np.abs(g - want).max() <= FP32_TOLERANCE
+    assert np.array_equal(backend.decode(emb, **p)[1], first[1]) and side.runs == 4
+
+
 def _const_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
     for init in graph.initializer:
         if init.name == name:
