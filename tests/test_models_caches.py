@@ -140,3 +140,29 @@ def test_dense_pe_data_edit_then_clear_caches() -> None:
         torch.testing.assert_close(
             model.prompt_encoder.get_dense_pe(), other.prompt_encoder.get_dense_pe(), atol=0, rtol=0
         )
+
+
+@pytest.mark.parametrize("strip_bytes", [1, 6000, 20000, 1 << 40])
+def test_mbconv_strips_match_the_whole_block(monkeypatch: pytest.MonkeyPatch, strip_bytes: int) -> None:
+    """Eager CPU MBConv in row strips (1-row halo for the depthwise conv) equals the whole block,
+    with strips of 1, 2 and 7 of 13 rows (uneven last strip), and leaves its input unchanged."""
+    from engine.models.tiny_vit import MBConv
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        block = MBConv(8, 4.0)
+    randomize_(block, 3)
+    block.eval()
+    x = torch.randn(2, 13, 11, 8)
+    before = x.clone()
+    calls = []
+    whole = MBConv._block
+    monkeypatch.setattr(MBConv, "_block", lambda self, t: calls.append(t.shape[1]) or whole(self, t))
+    with torch.no_grad():
+        want = whole(block, x)
+        monkeypatch.setattr(MBConv, "STRIP_BYTES", strip_bytes)
+        got = block(x)
+    rows = max(1, strip_bytes // (2 * 11 * 32 * 4))
+    assert len(calls) == -(-13 // rows) if rows < 13 else calls == [13]
+    assert torch.allclose(got, want, rtol=0, atol=1e-6), float((got - want).abs().max())
+    assert torch.equal(x, before)
