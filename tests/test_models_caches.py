@@ -166,3 +166,8 @@ def test_mbconv_strips_match_the_whole_block(monkeypatch: pytest.MonkeyPatch, st
     assert len(calls) == -(-13 // rows) if rows < 13 else calls == [13]
     assert torch.allclose(got, want, rtol=0, atol=1e-6), float((got - want).abs().max())
     assert torch.equal(x, before)
+    if strip_bytes == 1:  # training mode (BatchNorm on batch statistics) never splits the batch's rows
+        calls.clear()
+        with torch.no_grad():
+            block.train()(x)
+        assert calls == [13]
