@@ -171,6 +171,17 @@ def test_image_side_cache_trusts_only_frozen_embeddings(exported) -> None:  # no
     for g, want in zip(got, _contract_outputs(backend, mutable, p)):
         assert np.abs(g - want).max() <= FP32_TOLERANCE
     assert np.array_equal(backend.decode(emb, **p)[1], first[1]) and side.runs == 4
+    owned = np.random.default_rng(2).standard_normal((1, 256, 64, 64)).astype(np.float32)
+    owned.flags.writeable = False  # frozen: owns its memory
+    backend.decode(owned, **p)
+    backend.decode(owned, **p)
+    assert side.runs == 5
+    owned.flags.writeable = True  # thawed and changed in place: no longer trusted by identity
+    owned *= 0.5
+    got = backend.decode(owned, **p)
+    assert side.runs == 6
+    for g, want in zip(got, _contract_outputs(backend, owned, p)):
+        assert np.abs(g - want).max() <= FP32_TOLERANCE
 
 
 def _const_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:

@@ -144,7 +144,7 @@ class OrtBackend:
         trt_ep = "TensorrtExecutionProvider" in self.decoder.get_providers()
         self.max_batch: int | None = TRT_EP_MAX_BATCH if trt_ep else None
         self._no_mask = self._no_mask_sessions(spin) if no_mask_graphs and not self.on_gpu else None
-        self._side_cache: tuple[np.ndarray, np.ndarray, list[np.ndarray]] | None = None  # (array, values, side)
+        self._side_cache: tuple[np.ndarray, list[np.ndarray]] | None = None  # (frozen array or copy, side)
         self.device = f"cuda:{self._device_id()}" if self.on_gpu else "cpu"
         self._precision = _onnx_precision(self.encoder_path)
 
@@ -176,18 +176,20 @@ class OrtBackend:
     def _image_side(self, embedding: np.ndarray) -> list[np.ndarray]:
         """The no-mask image side of ``embedding``, recomputed only when its values change.
 
-        A frozen array (read-only and owning its memory, as ``encode`` returns) that is the cached
-        one is a hit without comparing its 4 MB of values (~0.4 ms a decode); others compare by value.
+        A frozen array (read-only, its memory its own or ONNX Runtime's, as ``encode`` returns) is
+        kept as is and hits by identity without comparing its 4 MB of values (~0.4 ms a decode);
+        the same array no longer frozen misses; any other array is compared by value with the kept
+        one (a copy when the embedding was not frozen).
         """
         cached = self._side_cache
         if cached is not None and (
-            (embedding is cached[0] and _frozen(embedding)) or np.array_equal(cached[1], embedding)
+            _frozen(embedding) if embedding is cached[0] else np.array_equal(cached[0], embedding)
         ):
-            return cached[2]
+            return cached[1]
         from trt.export_no_mask import IMAGE_SIDE_OUTPUTS
 
         side = self._no_mask[0].run(list(IMAGE_SIDE_OUTPUTS), {DECODER_INPUTS[0]: embedding})
-        self._side_cache = (embedding, embedding if _frozen(embedding) else embedding.copy(), side)
+        self._side_cache = (embedding if _frozen(embedding) else embedding.copy(), side)
         return side
 
     def _device_id(self) -> int:
