@@ -46,6 +46,7 @@ from engine.models.registry import build_model, get_spec, load_model  # noqa: E4
 from trt.export import realistic_prompts  # noqa: E402
 
 STAGES = ("encode", "decode 1pt", "decode 16pt", "decode 4x")
+SETTLE_S = 0.05  # pause after every timed run (see interleaved_times)
 
 
 def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, settle_s: float = 0.0) -> dict[str, list[float]]:
@@ -95,7 +96,7 @@ def _prompts(side: int) -> dict[str, dict[str, np.ndarray]]:
 
 
 def bench_model(backends: dict[str, Any], side: int, pixel_norm: str, enc_repeats: int,
-                dec_repeats: int, settle_s: float = 0.05) -> dict[str, dict[str, float]]:
+                dec_repeats: int, settle_s: float = SETTLE_S) -> dict[str, dict[str, float]]:
     """``{backend label: {stage: median ms}}`` for one model, backends interleaved per repeat."""
     from engine.transforms import preprocess
 
@@ -145,7 +146,7 @@ def main() -> None:
     ap.add_argument("--enc-repeats", type=int, default=5)
     ap.add_argument("--dec-repeats", type=int, default=20)
     ap.add_argument("--threads", type=int, default=physical_cores())
-    ap.add_argument("--settle", type=float, default=0.05, help="seconds of pause after every timed run")
+    ap.add_argument("--settle", type=float, default=SETTLE_S, help="seconds of pause after every timed run")
     ap.add_argument("--variants", action="store_true", help="also time other ONNX Runtime settings")
     ap.add_argument("--torch-options", action="store_true",
                     help="also time torch with channels_last=True and with compile=True (inductor; slow first call)")
