@@ -146,7 +146,7 @@ def test_dense_pe_data_edit_then_clear_caches() -> None:
 def test_mbconv_strips_match_the_whole_block(monkeypatch: pytest.MonkeyPatch, strip_bytes: int) -> None:
     """Eager CPU MBConv in row strips (1-row halo for the depthwise conv) equals the whole block,
     with strips of 1, 2 and 7 of 13 rows (uneven last strip), and leaves its input unchanged."""
-    from engine.models.tiny_vit import MBConv
+    from engine.models.tiny_vit_convs import MBConv
 
     with torch.random.fork_rng():
         torch.manual_seed(0)

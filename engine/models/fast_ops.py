@@ -104,6 +104,15 @@ class Conv2dBN(nn.Module):
         shape = self.c.weight.shape[:2] if self.pointwise else self.c.weight.shape
         return flat[:n].view(shape), flat[n:]
 
+    def forward_nchw(self, x: Tensor) -> Tensor:
+        """``(B, C_in, H, W)`` -> ``(B, C_out, H', W')`` with the folded BN in eval mode (one conv)."""
+        if self.training:
+            return self.bn(self.c(x))
+        weight, bias = self.fused()
+        c = self.c
+        weight = weight.reshape(c.weight.shape)
+        return F.conv2d(x, weight, bias, c.stride, c.padding, 1, c.groups)
+
     def forward_cl(self, x: Tensor) -> Tensor:
         """``(B, H, W, C_in)`` -> ``(B, H', W', C_out)`` (channels-last in and out)."""
         if self.training:

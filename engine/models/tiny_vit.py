@@ -6,25 +6,26 @@ for MobileSAM, 1x1 stride 1 for LiteMedSAM), an MBConv stage, then windowed-atte
 learned per-offset ``attention_biases``, patch-merging convs between stages (stride 1 into the
 last stage), and a conv neck to 256 channels.
 
-BatchNorm runs with its running statistics (call ``eval()``). CPU speed (measured interleaved with
-mobilesam-mirror's TinyViT, medians, 2 shared cores under load; encoder time ours / reference,
-1 thread | 2 threads): original port 0.94-1.05 | 0.99-1.05; with all of the below 0.62-0.64 | 0.57-0.61:
-* every stage works on channels-last ``(B, H, W, C)`` grids: 1x1 convs are one 2-D ``addmm``,
-  depthwise convs run on oneDNN's channels-last kernels (177 vs 283 ms for the 256x256x256
-  MBConv depthwise, 1 thread), and the NCHW<->token transposes / window copies mostly vanish;
-* eval-mode BN is folded into the convs (cached fused weights, keyed on the source tensors'
-  identity and version counters, ``engine.models.fast_ops``; training mode runs the real BN) -
-  saves the ~8% ``native_batch_norm``;
+BatchNorm runs with its running statistics (call ``eval()``). Eager CPU speed (interleaved with
+mobilesam-mirror's TinyViT, 2 shared cores; ours / reference at 1 | 2 threads): original port
+0.94-1.05 | 0.99-1.05, with all of the below 0.62-0.64 | 0.57-0.61:
+* channels-last ``(B, H, W, C)`` grids: 1x1 convs are one 2-D ``addmm``, depthwise convs use
+  oneDNN's channels-last kernels (177 vs 283 ms for the 256x256x256 MBConv depthwise, 1 thread);
+* eval-mode BN folded into the convs (cached, keyed on the sources' identity and version counters,
+  ``engine.models.fast_ops``): saves the ~8% ``native_batch_norm``;
 * attention is matmul + in-place bias + softmax with the gathered bias and the q-scale (folded
-  into the qkv weight) cached - SDPA's float-mask path spent ~5% in isneginf/all/where;
-* GELU and residual adds run in place on fresh intermediates (no grad, no tracing/compiling;
-  a block's input is never written): ``gelu`` 145 ms -> ``gelu_`` 31 ms on a 67 MB tensor, the
-  rest being page faults of a fresh allocation;
-* qkv runs on the unpadded grid (padded tokens get the constant ``qkv(norm.bias)``);
-* the MBConv stage (256x256 grids, 4x expansion: 67 MB intermediates) runs in row strips of
-  ~8 MB (``MBConv.STRIP_BYTES``, same results): encoder 552 -> 485 ms (LiteMedSAM) and
-  585 -> 508 ms (MobileSAM) on 2 AVX-512 cores, 962 -> 828 / 1033 -> 865 ms on 1. Chunking the
-  attention stages' MLPs the same way did not help (-3 % to +3 %).
+  into the qkv weight) cached; SDPA's float-mask path spent ~5% in isneginf/all/where;
+* in-place GELU and residual adds on fresh intermediates (``gelu`` 145 -> ``gelu_`` 31 ms on a
+  67 MB tensor); qkv on the unpadded grid (padded tokens get the constant ``qkv(norm.bias)``);
+* the MBConv stage (67 MB intermediates) runs in ~8 MB row strips (``MBConv.STRIP_BYTES``):
+  encoder 552 -> 485 ms (LiteMedSAM), 585 -> 508 ms (MobileSAM) on 2 AVX-512 cores. Chunked
+  MLPs did not help (-3 % to +3 %).
+Under ``torch.onnx.export`` the layout differs, same function: stem, MBConv stage and patch
+merging run channels-first and the blocks' MLPs as 1x1 convs (``forward_nchw``), which ONNX
+Runtime's NCHWc conv kernels run faster than channels-last Gemm + bias (MBConv block 69 vs 108 ms,
+layer-1 MLP 36 vs 46 ms; whole LiteMedSAM encoder ~1.2x -> ~1.0x torch eager, 2 cores). Strips
+did not help ONNX Runtime (63 vs 57 ms per MBConv block).
+The stem, MBConv stage and patch merging live in ``engine.models.tiny_vit_convs``.
 Parameter and buffer names equal MobileSAM's / LiteMedSAM's ``TinyViT`` so the released
 checkpoints load with a strict key match (``with_head`` adds MobileSAM's unused classifier head).
 """
@@ -39,6 +40,7 @@ from torch import Tensor, nn
 
 from engine.models.common import sam_neck
 from engine.models.fast_ops import Conv2dBN, add, cached, fast_path, gelu, linear
+from engine.models.tiny_vit_convs import ConvLayer, PatchEmbed, PatchMerging
 from engine.models.vit import check_encoder_input
 
 __all__ = ["TinyViT", "TinyViTConfig", "lite_medsam_encoder", "mobile_sam_encoder"]
@@ -117,73 +119,6 @@ class TinyViTConfig:
         return self.stage_resolutions()[-1]
 
 
-class PatchEmbed(nn.Module):
-    """Stem ``Conv2d_BN -> GELU -> Conv2d_BN``: ``(B, S, S, C_in)`` -> ``(B, S', S', D0)`` (channels-last)."""
-
-    def __init__(self, cfg: TinyViTConfig) -> None:
-        super().__init__()
-        dim, k, s = cfg.embed_dims[0], cfg.stem_kernel, cfg.stem_stride
-        self.seq = nn.Sequential(Conv2dBN(cfg.in_chans, dim // 2, k, s), nn.GELU(), Conv2dBN(dim // 2, dim, k, s))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.seq[2].forward_cl(gelu(self.seq[0].forward_cl(x)))
-
-
-class MBConv(nn.Module):
-    """Inverted residual: 1x1 expand, 3x3 depthwise, 1x1 project, residual, GELU. ``(B, H, W, C)``.
-
-    Eager CPU inference runs it in horizontal strips (1-row halo for the depthwise conv, so the
-    result is the same): the expanded ``(B, rows, W, 4C)`` intermediate then stays near
-    ``STRIP_BYTES`` instead of 67 MB at 256x256x256, and the block runs ~1.9x faster (memory-bound).
-    """
-
-    STRIP_BYTES = 8 << 20
-
-    def __init__(self, dim: int, expand_ratio: float) -> None:
-        super().__init__()
-        hidden = int(dim * expand_ratio)
-        self.conv1 = Conv2dBN(dim, hidden)
-        self.act1 = nn.GELU()
-        self.conv2 = Conv2dBN(hidden, hidden, kernel=3, groups=hidden)
-        self.act2 = nn.GELU()
-        self.conv3 = Conv2dBN(hidden, dim, bn_weight_init=0.0)
-        self.act3 = nn.GELU()
-
-    def _block(self, x: Tensor) -> Tensor:
-        y = self.conv3.forward_cl(gelu(self.conv2.forward_cl(gelu(self.conv1.forward_cl(x)))))
-        return gelu(add(y, x))
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, h, w, _ = x.shape
-        row_bytes = b * w * self.conv1.c.out_channels * x.element_size()
-        rows = max(1, self.STRIP_BYTES // max(1, row_bytes))
-        if self.training or not (fast_path() and x.device.type == "cpu") or rows >= h:  # train BN: batch stats
-            return self._block(x)
-        out = torch.empty_like(x)
-        for r0 in range(0, h, rows):
-            r1 = min(h, r0 + rows)
-            a, z = max(0, r0 - 1), min(h, r1 + 1)  # halo rows feed the depthwise conv at the seams
-            out[:, r0:r1] = self._block(x[:, a:z])[:, r0 - a : r1 - a]
-        return out
-
-
-class PatchMerging(nn.Module):
-    """1x1 conv, depthwise 3x3 conv of ``stride``, 1x1 conv (GELU between): ``(B, H, W, C)`` ->
-    ``(B, H', W', out_dim)`` (channels-last grids)."""
-
-    def __init__(self, side: int, dim: int, out_dim: int, stride: int) -> None:
-        super().__init__()
-        self.side = side
-        self.act = nn.GELU()
-        self.conv1 = Conv2dBN(dim, out_dim)
-        self.conv2 = Conv2dBN(out_dim, out_dim, kernel=3, stride=stride, groups=out_dim)
-        self.conv3 = Conv2dBN(out_dim, out_dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = gelu(self.conv2.forward_cl(gelu(self.conv1.forward_cl(x))))
-        return self.conv3.forward_cl(x)
-
-
 class Attention(nn.Module):
     """Multi-head attention on ``window x window`` windows (pre-norm, learned offset biases).
 
@@ -245,6 +180,11 @@ class NormMlp(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.onnx.is_in_onnx_export():  # as 1x1 convs (the export layout, module docstring)
+            y = self.norm(x).permute(0, 3, 1, 2)
+            y = F.conv2d(F.gelu(F.conv2d(y, self.fc1.weight[:, :, None, None], self.fc1.bias)),
+                         self.fc2.weight[:, :, None, None], self.fc2.bias)
+            return y.permute(0, 2, 3, 1)
         return linear(gelu(linear(self.norm(x), self.fc1.weight, self.fc1.bias)), self.fc2.weight, self.fc2.bias)
 
 
@@ -302,21 +242,6 @@ class TinyViTBlock(nn.Module):
         return add(self.mlp(x), x)
 
 
-class ConvLayer(nn.Module):
-    """Stage 0: MBConv blocks, then patch merging; channels-last ``(B, H, W, C)`` grids."""
-
-    def __init__(self, cfg: TinyViTConfig, side: int) -> None:
-        super().__init__()
-        dim = cfg.embed_dims[0]
-        self.blocks = nn.ModuleList(MBConv(dim, cfg.mbconv_expand_ratio) for _ in range(cfg.depths[0]))
-        self.downsample = PatchMerging(side, dim, cfg.embed_dims[1], cfg.merge_strides[0])
-
-    def forward(self, x: Tensor) -> Tensor:
-        for block in self.blocks:
-            x = block(x)
-        return self.downsample(x)
-
-
 class BasicLayer(nn.Module):
     """Attention stage ``i``: TinyViT blocks, then patch merging unless it is the last (channels-last grids)."""
 
@@ -333,7 +258,11 @@ class BasicLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         for block in self.blocks:
             x = block(x)
-        return x if self.downsample is None else self.downsample(x)
+        if self.downsample is None:
+            return x
+        if torch.onnx.is_in_onnx_export():
+            return self.downsample.forward_nchw(x.permute(0, 3, 1, 2))
+        return self.downsample(x)
 
 
 class TinyViT(nn.Module):
@@ -375,8 +304,11 @@ class TinyViT(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, 3, S, S)`` float -> ``(B, 256, R, R)`` float; ``ValueError`` on another shape."""
         check_encoder_input(x, self.config.in_chans, self.config.img_size)
-        x = self.patch_embed(x.permute(0, 2, 3, 1).contiguous())  # channels-last from the stem on
-        for layer in self.layers:
+        if torch.onnx.is_in_onnx_export():  # conv stages channels-first (the export layout, module docstring)
+            x = self.layers[0].forward_nchw(self.patch_embed.forward_nchw(x))
+        else:
+            x = self.layers[0](self.patch_embed(x.permute(0, 2, 3, 1).contiguous()))  # channels-last from here
+        for layer in self.layers[1:]:
             x = layer(x)
         return self._neck(x)
 
