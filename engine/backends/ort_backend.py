@@ -6,9 +6,11 @@ sequential execution, all graph optimisations. CUDA (and TensorRT) execution pro
 when the installed onnxruntime has them and the device asks for CUDA; the embedding then stays
 on the GPU between ``encode`` and ``decode`` (I/O binding).
 
-Measured on 2 AVX2 cores, load avg ~2 (bench/bench_backends.py): LiteMedSAM encoder 1753 -> 853 ms,
-decoder 78 -> 43 ms per prompt; MobileSAM encoder 6.5 s -> 0.94 s, decoder 84 -> 44 ms (torch eager
--> ORT). ORT_ENABLE_ALL matters (basic level: decoder 166 ms); BatchNorm is already folded into
+Measured with bench/bench_backends.py on 2 AVX-512 cores (README host B'), ORT vs our torch eager
+vs the official code: LiteMedSAM encoder 859 / 1101 / 1622 ms, MobileSAM 857 / 951 / 1829 ms
+(TinyViT's conv stages and MLPs export as channels-first convs for ORT's NCHWc kernels,
+``engine.models.tiny_vit``; 1.2x torch before); decoder one click 27 / 33 / 114 ms.
+ORT_ENABLE_ALL matters (basic level: decoder 166 ms on host A); BatchNorm is already folded into
 the convolutions by the exporter; a pre-optimised model file is not cached because sessions open in
 0.3-0.5 s. When other work shares the cores, ``threads=1`` or ``spin=False`` can beat the default.
 
