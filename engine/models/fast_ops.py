@@ -115,11 +115,7 @@ class Conv2dBN(nn.Module):
 
     def forward_cl(self, x: Tensor) -> Tensor:
         """``(B, H, W, C_in)`` -> ``(B, H', W', C_out)`` (channels-last in and out)."""
-        if self.training:
-            return self.bn(self.c(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
-        weight, bias = self.fused()
-        if self.pointwise:  # 1x1 conv as a matmul on channels-last tokens
-            return linear(x, weight, bias)
-        c = self.c
+        if self.pointwise and not self.training:  # 1x1 conv as a matmul on channels-last tokens
+            return linear(x, *self.fused())
         # channels-last input: oneDNN returns channels-last, so the permute back is a free view
-        return F.conv2d(x.permute(0, 3, 1, 2), weight, bias, c.stride, c.padding, 1, c.groups).permute(0, 2, 3, 1)
+        return self.forward_nchw(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)

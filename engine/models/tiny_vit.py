@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from engine.models.common import sam_neck
 from engine.models.fast_ops import Conv2dBN, add, cached, fast_path, gelu, linear
-from engine.models.tiny_vit_convs import ConvLayer, PatchEmbed, PatchMerging
+from engine.models.tiny_vit_convs import ConvLayer, PatchEmbed, PatchMerging, export_layout
 from engine.models.vit import check_encoder_input
 
 __all__ = ["TinyViT", "TinyViTConfig", "lite_medsam_encoder", "mobile_sam_encoder"]
@@ -180,7 +180,7 @@ class NormMlp(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.onnx.is_in_onnx_export():  # as 1x1 convs (the export layout, module docstring)
+        if export_layout():  # as 1x1 convs
             y = self.norm(x).permute(0, 3, 1, 2)
             y = F.conv2d(F.gelu(F.conv2d(y, self.fc1.weight[:, :, None, None], self.fc1.bias)),
                          self.fc2.weight[:, :, None, None], self.fc2.bias)
@@ -260,7 +260,7 @@ class BasicLayer(nn.Module):
             x = block(x)
         if self.downsample is None:
             return x
-        if torch.onnx.is_in_onnx_export():
+        if export_layout():
             return self.downsample.forward_nchw(x.permute(0, 3, 1, 2))
         return self.downsample(x)
 
@@ -304,7 +304,7 @@ class TinyViT(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, 3, S, S)`` float -> ``(B, 256, R, R)`` float; ``ValueError`` on another shape."""
         check_encoder_input(x, self.config.in_chans, self.config.img_size)
-        if torch.onnx.is_in_onnx_export():  # conv stages channels-first (the export layout, module docstring)
+        if export_layout():  # conv stages channels-first
             x = self.layers[0].forward_nchw(self.patch_embed.forward_nchw(x))
         else:
             x = self.layers[0](self.patch_embed(x.permute(0, 2, 3, 1).contiguous()))  # channels-last from here

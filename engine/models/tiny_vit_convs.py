@@ -17,7 +17,13 @@ from engine.models.fast_ops import Conv2dBN, add, fast_path, gelu
 if TYPE_CHECKING:
     from engine.models.tiny_vit import TinyViTConfig
 
-__all__ = ["ConvLayer", "MBConv", "PatchEmbed", "PatchMerging"]
+__all__ = ["ConvLayer", "MBConv", "PatchEmbed", "PatchMerging", "export_layout"]
+
+
+def export_layout() -> bool:
+    """Whether TinyViT runs its export layout (``torch.onnx.export``: conv stages channels-first,
+    block MLPs as 1x1 convs; see ``engine.models.tiny_vit``) instead of the eager channels-last one."""
+    return torch.onnx.is_in_onnx_export()
 
 
 class PatchEmbed(nn.Module):
@@ -61,7 +67,7 @@ class MBConv(nn.Module):
         return gelu(add(y, x))
 
     def forward_nchw(self, x: Tensor) -> Tensor:
-        """The block on a channels-first ``(B, C, H, W)`` grid (exported graphs, see ``TinyViT``)."""
+        """The block on a channels-first ``(B, C, H, W)`` grid (``export_layout``)."""
         y = self.conv3.forward_nchw(F.gelu(self.conv2.forward_nchw(F.gelu(self.conv1.forward_nchw(x)))))
         return F.gelu(y + x)
 
