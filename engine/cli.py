@@ -11,48 +11,21 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 
-class UsageError(ValueError):
-    """Bad command-line input; printed as one line, exit status 2."""
+# The shared pieces live in the leaf ``engine.cli_common``; the old names stay importable from here.
+from engine.cli_common import (UsageError, add_model_args, build_predictor, parse_box, parse_floats, parse_points,
+                               run_verb)
 
+_floats = parse_floats
+_add_model_args = add_model_args
+_predictor = build_predictor
 
-def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise UsageError(f"{what} {text!r} must be comma-separated numbers") from None
-    if len(vals) not in n:
-        raise UsageError(f"{what} {text!r} must have {' or '.join(map(str, n))} values")
-    return vals
-
-
-def parse_points(items: Sequence[str] | None) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """``["X,Y[,LABEL]", ...]`` -> points ``(N, 2)`` float32 and labels ``(N,)`` (default 1)."""
-    if not items:
-        return None, None
-    rows = [_floats(t, (2, 3), "--point") for t in items]
-    pts = np.array([r[:2] for r in rows], dtype=np.float32)
-    labels = np.array([r[2] if len(r) == 3 else 1.0 for r in rows], dtype=np.float32)
-    if not np.all(np.isin(labels, (0.0, 1.0))):
-        raise UsageError("--point LABEL must be 1 (foreground) or 0 (background)")
-    return pts, labels
-
-
-def parse_box(text: str | None) -> np.ndarray | None:
-    """``"X0,Y0,X1,Y1"`` -> ``(4,)`` float32."""
-    return None if text is None else np.array(_floats(text, (4,), "--box"), dtype=np.float32)
-
-
-def _predictor(args: argparse.Namespace):  # noqa: ANN202 - lazy import keeps `arsel --help` fast
-    from engine.predictor import Predictor
-
-    return Predictor.from_name(args.model, Path(args.checkpoint) if args.checkpoint else None, args.device,
-                               args.backend)
+__all__ = ["UsageError", "build_parser", "main", "parse_box", "parse_points"]
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -76,7 +49,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if points is None and box is None:
         raise UsageError("give a prompt: --point X,Y[,LABEL] (repeatable) and/or --box X0,Y0,X1,Y1")
     rgb = load_rgb(args.image)
-    predictor = _predictor(args)
+    predictor = build_predictor(args)
     predictor.set_image(rgb)
     pred = predictor.predict(points, labels, box, multimask_output=args.multimask)
     best = int(np.argmax(pred.scores[0]))
@@ -116,7 +89,7 @@ def cmd_everything(args: argparse.Namespace) -> int:
 
     cfg = AutoMaskConfig(points_per_side=args.points_per_side)  # bad flags fail before the model loads
     rgb = load_rgb(args.image)
-    predictor = _predictor(args)
+    predictor = build_predictor(args)
     t0 = time.perf_counter()
     predictor.set_image(rgb)
     masks = generate_masks(predictor, cfg, progress=True)
@@ -144,14 +117,6 @@ def cmd_weights_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_model_args(p: argparse.ArgumentParser, default: str = "lite_medsam") -> None:
-    p.add_argument("--model", default=default, help=f"registered model name (default {default}; see `arsel models`)")
-    p.add_argument("--checkpoint", help="checkpoint path (default: resolved, see `arsel models`)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt", "auto"),
-                   help="runtime (default torch; onnxruntime/tensorrt export ONNX into the cache on first use)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arsel", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("segment", help="segment one image from point/box prompts")
     p.add_argument("image", help="image file, or sample:cat / sample:coffee (scikit-image data)")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--point", action="append", metavar="X,Y[,LABEL]", help="1 = foreground (default), 0 = background")
     p.add_argument("--box", metavar="X0,Y0,X1,Y1")
     p.add_argument("--multimask", action="store_true", help="decode 3 candidates, keep the best-scoring")
@@ -173,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("everything", help="segment everything (automatic mask generation)")
     p.add_argument("image")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--points-per-side", type=int, default=16)
     p.add_argument("--out", required=True, help="output folder: one PNG per mask + masks.json + overlay.jpg")
     p.set_defaults(func=cmd_everything)
@@ -200,13 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
-    try:
-        return func(args)
-    except (ValueError, FileNotFoundError, OSError, RuntimeError, ImportError) as exc:
-        print(f"arsel {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_verb(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

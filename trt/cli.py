@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from engine.cli_common import add_checkpoint_arg
+
 
 def cmd_export(args: argparse.Namespace) -> int:
     from trt.export import export_model
@@ -50,7 +52,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 
 def _model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="registered model name (see `arsel models`)")
-    p.add_argument("--checkpoint", help="checkpoint path (default: resolved, see `arsel models`)")
+    add_checkpoint_arg(p)
 
 
 def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.cli_common import UsageError, add_model_args, verb_main
+
 DEFAULT_FRAMES = 150
 EXIT_INPUT_FAILED = 1
 
@@ -41,12 +43,10 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: a new arsel-demo-<timestamp> folder here)")
     p.add_argument("--frames", type=int, default=None,
                    help=f"frames to process (default {DEFAULT_FRAMES} synthetic; real input: 300)")
-    p.add_argument("--model", default="lite_medsam", help="registered model name (default lite_medsam)")
-    p.add_argument("--checkpoint", help="checkpoint path (default: resolved, see `arsel models`)")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
-                   help="runtime (default auto: TensorRT on a CUDA --device when installed, else onnxruntime "
-                        "when installed, else torch)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu; --backend tensorrt needs cuda)")
+    add_model_args(p, model_help="registered model name (default lite_medsam)", backend_default="auto",
+                   device_help="cpu or cuda[:N] (default cpu; --backend tensorrt needs cuda)",
+                   backend_help="runtime (default auto: TensorRT on a CUDA --device when installed, else "
+                                "onnxruntime when installed, else torch)")
     p.add_argument("--keyframe-interval", type=int, default=5, metavar="K", help="encode every K frames (default 5)")
     p.add_argument("--seed", type=int, default=0, help="scene noise and gaze seed (synthetic)")
     p.add_argument("--no-video", action="store_true", help="skip overlay.mp4")
@@ -56,7 +56,6 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from engine.cli import UsageError
     from engine.demo.pipeline import DemoConfig
 
     kind = ("realsense" if args.realsense else "bag" if args.bag
@@ -129,16 +128,7 @@ def _cm(extent_m: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry (``python -m engine.demo.cli ...``), same flags as ``arsel demo``."""
-    from engine.cli import UsageError
-
-    parser = argparse.ArgumentParser(prog="arsel")
-    add_demo_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["demo", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except (UsageError, ValueError, FileNotFoundError, OSError, RuntimeError, ImportError) as exc:
-        print(f"arsel demo: error: {exc}", file=sys.stderr)
-        return 2
+    return verb_main(add_demo_parser, "demo", argv)
 
 
 if __name__ == "__main__":
