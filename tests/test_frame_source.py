@@ -47,7 +47,7 @@ def test_open_source_dispatches_to_a_registered_kind(monkeypatch: pytest.MonkeyP
     monkeypatch.setitem(fs._KINDS, "const", SourceKind(  # noqa: SLF001
         "const", lambda t: t.startswith("const:"), lambda t, realtime=False: _Constant(int(t[6:])), "'const:N'", 5))
     assert len(list(open_source("const:4"))) == 3  # frame 1 is bad
-    with pytest.raises(FileNotFoundError, match=r"is not a camera index, 'const:N', .* or a video file"):
+    with pytest.raises(FileNotFoundError, match=r"is not 'const:N', a camera index, .* or a video file"):
         open_source("nothing-here")
 
 
