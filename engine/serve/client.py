@@ -127,7 +127,7 @@ class StreamClient:
 
         self.ws = connect(self.url, additional_headers=_headers(self.token), max_size=None,
                           open_timeout=self.timeout_s)
-        self.ws.send(_hello(self.client, self.mask_encoding))
+        self._send(_hello(self.client, self.mask_encoding))
         while self.state.welcome is None:
             self._recv_one(self.timeout_s)
         return self.state.welcome
@@ -137,26 +137,29 @@ class StreamClient:
         return self.state.errors
 
     def send_frame(self, frame_id: int, rgb: np.ndarray, **kwargs: Any) -> None:
-        self.ws.send(encode_frame(frame_id, rgb, **kwargs))
+        self._send(encode_frame(frame_id, rgb, **kwargs))
 
     def send_raw(self, message: str | bytes) -> None:
-        self.ws.send(message)
+        self._send(message)
 
     def prompt(self, frame_id: int, action: str = "add", box: Any = None, points: Any = None,
                object_id: int | None = None) -> None:
-        self.ws.send(_prompt(frame_id, action, box, points, object_id))
+        self._send(_prompt(frame_id, action, box, points, object_id))
 
     def gaze(self, t_ns: int, x: float, y: float, confidence: float = 1.0, kind: str = "gaze") -> None:
-        self.ws.send(json.dumps({"type": kind, "t_ns": int(t_ns), "x": float(x), "y": float(y),
+        self._send(json.dumps({"type": kind, "t_ns": int(t_ns), "x": float(x), "y": float(y),
                                  "confidence": float(confidence)}))
 
     def ping(self) -> dict[str, Any]:
         """Round trip a ping; returns the pong with ``t3`` (client receive, ns) added."""
         n = len(self.state.pongs)
-        self.ws.send(json.dumps({"type": "ping", "t0": time.time_ns()}))
+        self._send(json.dumps({"type": "ping", "t0": time.time_ns()}))
         while len(self.state.pongs) == n:
             self._recv_one(self.timeout_s)
         return {**self.state.pongs[-1], "t3": time.time_ns()}
+
+    def _send(self, message: str | bytes) -> None:
+        self.ws.send(message)
 
     def _recv_one(self, timeout_s: float | None) -> dict[str, Any]:
         msg = decode_message(self.ws.recv(timeout=timeout_s))
