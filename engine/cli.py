@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (add_export_parser, add_build_engine_parser, add_track_parser, add_lift_parser,
                 add_fuse_parser, add_calibrate_parser, add_demo_parser):
         add(sub)
+    from engine.serve.cli import add_serve_parser  # arsel serve: the arsel.v1 stream server
+
+    add_serve_parser(sub)
     return parser
 
 
