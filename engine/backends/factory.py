@@ -69,7 +69,7 @@ def onnx_files(model_name: str, checkpoint: Path | None, cache_dir: Path | None 
     folder = cache_dir / "onnx" / f"{model_name}-{digest[:16]}-v{EXPORT_FORMAT}"
     encoder, decoder = folder / f"{model_name}_encoder.onnx", folder / f"{model_name}_decoder.onnx"
     if not (encoder.is_file() and decoder.is_file() and (folder / f"{model_name}_export.json").is_file()):
-        from trt.export import export_model
+        from engine.export.onnx_export import export_model
 
         export_model(model_name, folder, ckpt)
     return encoder, decoder
