@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from engine.cli_common import UsageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm")
 
@@ -57,8 +58,6 @@ def add_calibrate_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _usage(msg: str) -> Exception:
-    from engine.cli import UsageError
-
     return UsageError(msg)
 
 

@@ -119,9 +119,13 @@ def load_intrinsics(path: str | Path, depth_scale_m: float | None = None) -> Cam
     if not path.is_file():
         raise FileNotFoundError(f"intrinsics file not found: {path}")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a UTF-8 JSON text file (byte {exc.start}); give an intrinsics JSON") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to be intrinsics") from None
     return intrinsics_from_dict(data, str(path), depth_scale_m)
 
 

@@ -175,10 +175,10 @@ def image_file(path: str | Path, what: str = "image") -> Path:
 def image_hw(name: str, hw: tuple[int, ...]) -> None:
     """A frame size the models can take: each side >= 8 px, <= 16384 px, aspect ratio <= 20."""
     h, w = int(hw[0]), int(hw[1])
+    if max(h, w) / max(1, min(h, w)) > MAX_IMAGE_ASPECT:
+        raise InputError(f"{name} is {w}x{h} px, an aspect ratio over {MAX_IMAGE_ASPECT:g}:1; crop it first")
     if min(h, w) < MIN_IMAGE_SIDE_PX or max(h, w) > MAX_IMAGE_SIDE_PX:
         raise InputError(f"{name} is {w}x{h} px; each side must be {MIN_IMAGE_SIDE_PX}..{MAX_IMAGE_SIDE_PX} px")
-    if max(h, w) / min(h, w) > MAX_IMAGE_ASPECT:
-        raise InputError(f"{name} is {w}x{h} px, an aspect ratio over {MAX_IMAGE_ASPECT:g}:1; crop it first")
 
 
 # ---------------------------------------------------------------------------- depth and camera

@@ -10,14 +10,38 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from engine.cli_common import add_checkpoint_arg
+
+
+MIN_OPSET = 17  # LayerNormalization; the exported graphs are checked at 17 and newer
+
+
+def _check_opset(opset: int) -> None:
+    """``--opset`` within what this model's graphs and the installed torch exporter support."""
+    from torch.onnx import _constants
+
+    from engine.validate import number
+
+    top = int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(_constants, "ONNX_MAX_OPSET", 20)))
+    number("--opset", opset, lo=MIN_OPSET, hi=top, integer=True, hint=f" (supported: {MIN_OPSET}..{top}; default 17)")
+
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from engine.atomic import AtomicOutputs
+    from engine.models.registry import get_spec
+    from engine.validate import output_dir
+    from engine.weights import resolve
     from trt.export import export_model
 
-    result = export_model(args.model, Path(args.out), Path(args.checkpoint) if args.checkpoint else None,
-                          opset=args.opset, fp16=args.fp16)
-    print(f"{result.encoder_path}: max |onnx - torch| {result.encoder_max_abs_diff:.2e}")
-    print(f"{result.decoder_path}: max |onnx - torch| {result.decoder_max_abs_diff:.2e}")
+    get_spec(args.model)
+    _check_opset(args.opset)
+    out = Path(args.out)
+    output_dir("--out", out)
+    ckpt = resolve(args.model, Path(args.checkpoint) if args.checkpoint else None)  # a missing file fails here
+    with AtomicOutputs() as outs:  # the encoder, decoder and export.json appear together, or not at all
+        result = export_model(args.model, outs.folder(out), ckpt, opset=args.opset, fp16=args.fp16)
+    print(f"{out / result.encoder_path.name}: max |onnx - torch| {result.encoder_max_abs_diff:.2e}")
+    print(f"{out / result.decoder_path.name}: max |onnx - torch| {result.decoder_max_abs_diff:.2e}")
     print(f"weights sha256 {result.model_sha256}")
     return 0
 
@@ -50,7 +74,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 
 def _model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="registered model name (see `arsel models`)")
-    p.add_argument("--checkpoint", help="checkpoint path (default: resolved, see `arsel models`)")
+    add_checkpoint_arg(p)
 
 
 def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:

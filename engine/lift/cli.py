@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.cli_common import add_model_args, build_predictor, parse_box, parse_points
 from engine.lift.cli_io import (
     FrameReads,
     _usage,
@@ -76,9 +77,7 @@ def add_lift_parser(subparsers: Any) -> argparse.ArgumentParser:
     sel.add_argument("--point", action="append", metavar="X,Y[,LABEL]",
                      help="segment from this point (box-only models get box proposals around it); the first "
                           "foreground point also picks the 3D cluster to keep")
-    from engine.cli import _add_model_args
-
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--max-depth-m", type=float, default=10.0, help="ignore depth beyond this (default 10)")
     p.add_argument("--erode-px", type=int, default=2, help="mask erosion against flying pixels (default 2)")
     p.add_argument("--out", required=True, metavar="OBJECT.ply", help="object point cloud (binary PLY, colours)")
@@ -145,11 +144,9 @@ def _vec(a: Any) -> list[float] | None:
 # ---------------------------------------------------------------------------- lift
 def _segment(args: argparse.Namespace, rgb: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
     """Mask (HxW bool) from --box / --point with the model, and its report fields."""
-    from engine.cli import _predictor, parse_box, parse_points
-
     points, labels = parse_points(args.point)
     box = parse_box(args.box)
-    predictor = _predictor(args)
+    predictor = build_predictor(args)
     predictor.set_image(rgb)
     info: dict[str, Any] = {"model": args.model, "timings_ms": {"encode": predictor.encode_ms}}
     if box is None and predictor.spec.box_only:
@@ -172,13 +169,10 @@ def _segment(args: argparse.Namespace, rgb: np.ndarray) -> tuple[np.ndarray, dic
 
 def _selection(args: argparse.Namespace, rgb: np.ndarray) -> tuple[np.ndarray, tuple[float, float] | None, dict]:
     """(mask, cluster prompt pixel or None, report fields) from --mask / --box / --point."""
-    from engine.cli import parse_points
-
     if args.mask and args.box:
         raise _usage("give --mask or --box, not both (--point may go with either)")
     if not (args.mask or args.box or args.point):
         raise _usage("give a selection: --mask M.png, --box X0,Y0,X1,Y1 or --point X,Y")
-    from engine.cli import parse_box
     from engine.validate import box_xyxy, points_xy
 
     points, labels = parse_points(args.point)

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine.cli_common import UsageError
 from engine.stream.sources import _natural_key
 from engine.types import CameraIntrinsics
 from engine.validate import depth_units
@@ -24,8 +25,6 @@ COLOR_DIRS = ("color", "rgb", "image")
 
 
 def _usage(msg: str) -> Exception:
-    from engine.cli import UsageError
-
     return UsageError(msg)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-# Wire into ``engine/cli.py``'s ``build_parser``:  add_track_parser(sub)
+from engine.cli_common import UsageError, add_model_args, parse_box, parse_floats, verb_main
 
 
 def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -39,11 +39,9 @@ def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
     prompt.add_argument("--gaze", metavar="GAZE.csv",
                         help="gaze recording (timestamp_ns,x,y,confidence): a dwell selects")
     prompt.add_argument("--gaze-offset-ms", type=float, help="gaze time minus frame time (default: align starts)")
-    p.add_argument("--model", default="lite_medsam", help="registered model name (default lite_medsam)")
-    p.add_argument("--checkpoint", help="checkpoint path (default: resolved, see `arsel models`)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt", "auto"),
-                   help="runtime of encoder and decoder (default torch; onnxruntime/tensorrt export on first use)")
+    add_model_args(p, model_help="registered model name (default lite_medsam)",
+                   backend_help="runtime of encoder and decoder (default torch; onnxruntime/tensorrt export on "
+                                "first use)")
     key = p.add_mutually_exclusive_group()
     key.add_argument("--keyframe-interval", type=int, metavar="K", help="encode every K frames (default 5)")
     key.add_argument("--keyframe", metavar="auto|K", help="'auto' (motion/score driven) or an interval K")
@@ -66,8 +64,6 @@ def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _usage(msg: str) -> Exception:
-    from engine.cli import UsageError
-
     return UsageError(msg)
 
 
@@ -87,7 +83,6 @@ def _policy(args: argparse.Namespace) -> Any:
 
 def _prompts(args: argparse.Namespace, frame_hw: tuple[int, int] | None) -> list[Any]:
     """The CLI's box/point prompts, checked against the first frame's size (when known)."""
-    from engine.cli import _floats, parse_box
     from engine.stream.events import Prompt
     from engine.validate import box_xyxy, points_xy
 
@@ -96,7 +91,7 @@ def _prompts(args: argparse.Namespace, frame_hw: tuple[int, int] | None) -> list
         raise _usage("give one kind of prompt: --box X0,Y0,X1,Y1 or --point X,Y (repeatable), or --gaze GAZE.csv")
     prompts = [Prompt.box(box_xyxy("--box", parse_box(b), frame_hw), source="cli") for b in args.box or []]
     for t in args.point or []:
-        (x, y), = points_xy("--point", [_floats(t, (2,), "--point")], frame_hw).tolist()
+        (x, y), = points_xy("--point", [parse_floats(t, (2,), "--point")], frame_hw).tolist()
         prompts.append(Prompt.point(x, y, source="cli"))
     return prompts
 
@@ -363,16 +358,7 @@ def _metrics(args: argparse.Namespace, engine: Any, source: Any, writer: _Writer
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Standalone entry (``python -m engine.stream.track_cli ...``), same flags as ``arsel track``."""
-    from engine.cli import UsageError
-
-    parser = argparse.ArgumentParser(prog="arsel")
-    add_track_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["track", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except (UsageError, ValueError, FileNotFoundError, OSError, RuntimeError) as exc:
-        print(f"arsel track: error: {exc}", file=sys.stderr)
-        return 2
+    return verb_main(add_track_parser, "track", argv)
 
 
 if __name__ == "__main__":
