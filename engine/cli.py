@@ -149,7 +149,8 @@ def _add_model_args(p: argparse.ArgumentParser, default: str = "lite_medsam") ->
     p.add_argument("--checkpoint", help="checkpoint path (default: resolved, see `arsel models`)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt", "auto"),
-                   help="runtime (default torch; onnxruntime/tensorrt export ONNX into the cache on first use)")
+                   help="runtime (default torch; onnxruntime/tensorrt export ONNX into the cache on first use; "
+                        "tensorrt is not yet verified on a GPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:

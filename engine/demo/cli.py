@@ -45,7 +45,7 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint path (default: resolved, see `arsel models`)")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
                    help="runtime (default auto: TensorRT on a CUDA --device when installed, else onnxruntime "
-                        "when installed, else torch)")
+                        "when installed, else torch; tensorrt is not yet verified on a GPU)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu; --backend tensorrt needs cuda)")
     p.add_argument("--keyframe-interval", type=int, default=5, metavar="K", help="encode every K frames (default 5)")
     p.add_argument("--seed", type=int, default=0, help="scene noise and gaze seed (synthetic)")

@@ -43,7 +43,8 @@ def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint path (default: resolved, see `arsel models`)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt", "auto"),
-                   help="runtime of encoder and decoder (default torch; onnxruntime/tensorrt export on first use)")
+                   help="runtime of encoder and decoder (default torch; onnxruntime/tensorrt export on first use; "
+                        "tensorrt is not yet verified on a GPU)")
     key = p.add_mutually_exclusive_group()
     key.add_argument("--keyframe-interval", type=int, metavar="K", help="encode every K frames (default 5)")
     key.add_argument("--keyframe", metavar="auto|K", help="'auto' (motion/score driven) or an interval K")
