@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.skip_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 (hooks)
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -292,7 +292,7 @@ class StreamEngine:
 
     def _encode(self, rgb: np.ndarray, frame_index: int) -> Embedding:
         """Encoder worker body: touches the backend only (never the decoder's predictor state)."""
-        x, input_hw = preprocess(rgb, self.spec.input_size, self.spec.pixel_norm)  # type: ignore[arg-type]
+        x, input_hw = preprocess(rgb, self.spec.input_size, self.spec.pixel_norm, self.spec.resize)  # type: ignore[arg-type]
         return Embedding(self.predictor.backend.encode(x), (rgb.shape[0], rgb.shape[1]), input_hw, frame_index)
 
     # --- per object -------------------------------------------------------------------------------
