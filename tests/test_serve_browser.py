@@ -505,3 +505,25 @@ def test_3d_figures_are_shown_when_a_result_has_them(page: Any) -> None:
                                "return document.querySelector('#objects .chip[data-object-id=\"200\"]').textContent",
                                msg)
     assert "(0.10, -0.20, 1.50) m" in text and "1.52 m away" in text and "0.30 x 0.20 x 0.10 m" in text, text
+
+
+@pytest.mark.parametrize(("page_url", "token", "expected"), [
+    ("http://127.0.0.1:8765/?token=abc", "abc", "ws://127.0.0.1:8765/v1/stream?token=abc"),
+    ("https://10.0.0.5:8765/", "", "wss://10.0.0.5:8765/v1/stream"),
+    ("https://host.example/arsel/?x=1#h", "t/+ =", "wss://host.example/arsel/v1/stream?token=t%2F%2B+%3D"),
+])
+def test_stream_url_follows_the_page(page: Any, page_url: str, token: str, expected: str) -> None:
+    """wss:// for an https page (a headset's browser needs it for the camera), the token in the query."""
+    got = page.execute_async_script(
+        "const done = arguments[2]; import('./static/wire.js').then(m => done(m.streamUrl(arguments[0], "
+        "arguments[1])))", page_url, token)
+    assert got == expected
+
+
+def test_page_without_the_token_says_so(page: Any, server: str) -> None:
+    """Runs last: it leaves the shared page on a session the server refused."""
+    page.get(server.split("?")[0])
+    status = wait_for(page, "const s = document.getElementById('status').textContent; "
+                            "return s.includes('unauthorized') && s", "the unauthorized message", 30)
+    assert "?token=" in status
+    assert page.execute_script("return arsel.session.stats.results") == 0

@@ -3,6 +3,7 @@
 // &inflight=1 (frames in flight, at most the server's max_inflight), &camera=user|environment.
 
 import { Session } from "./session.js";
+import { nowNs } from "./wire.js";
 import { MaskLayer, MarksLayer, colorOf, figures3d } from "./view.js";
 import { PointerInput } from "./input.js";
 import { decodeMask, rleCounts } from "./rle.js";
@@ -281,7 +282,7 @@ function clearAll() {
 // ---------------------------------------------------------------- mouse as gaze
 function sendGaze(confidence) {
   if (!ui.hover) return;
-  session.sendText({ type: "cursor", t_ns: Math.round((performance.timeOrigin + performance.now()) * 1e6),
+  session.sendText({ type: "cursor", t_ns: nowNs(),
     x: r1(ui.hover[0]), y: r1(ui.hover[1]), confidence });
   ui.lastGazeAt = performance.now();
   ui.gazeActive = confidence > 0;
