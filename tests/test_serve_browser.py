@@ -1,10 +1,12 @@
 """Real browser: the page at ``GET /`` in headless Chromium against ``arsel serve`` (LiteMedSAM).
 
 Chromium's fake camera plays a Y4M clip written at test time from real DAVIS blackswan frames
-(640x480, played forward then back so it loops without a jump). The test drags a box around the
-swan, clicks, shift-clicks, uses the pointer as gaze, removes and clears, and checks what the page
-drew against what the server sent: the mask layer's pixels against the result's COCO RLE decoded by
-pycocotools, the HUD's round trip, and every prompt the page sent against the arsel.v1 schema.
+(640x480, played forward then back so it loops without a jump; the track label names the clip).
+The tests drag a box around the swan, click, shift-click, use the pointer as gaze, remove and clear,
+tap and touch-drag in a phone-sized window, and check what the page drew against what the server
+sent: the mask layer's pixels against the result's COCO RLE decoded by pycocotools (IoU >= 0.95,
+over the very frame the result names), the HUD's round trip, and every prompt against the arsel.v1
+schema. One module-scoped server and browser serve all tests; the screenshot lands in tmp_path.
 Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them) and selenium; skips
 with the reason where they are missing, except in CI (``ARSEL_REQUIRE_DATA=1``), where it fails.
 """
@@ -23,7 +25,7 @@ import tempfile
 import time
 import urllib.request
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -410,7 +412,8 @@ def test_click_shift_click_remove_gaze_and_clear(page: Any, server: str) -> None
     # remove the selected object; the others stay
     page.find_element("id", "remove").click()
     assert (last_prompt(page)["action"], last_prompt(page)["object_id"]) == ("remove", point_id)
-    wait_for(page, "return !(arsel.ui.drawn?.objects ?? []).some(o => o.id === arguments[0])", "the removal", 30, point_id)
+    wait_for(page, "return !(arsel.ui.drawn?.objects ?? []).some(o => o.id === arguments[0])", "the removal", 30,
+             point_id)
 
     # mouse as gaze: dwelling on a spot selects it (the server's dwell), without a click
     ids = page.execute_script("return (arsel.ui.drawn?.objects ?? []).map(o => o.id)")

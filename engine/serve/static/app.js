@@ -10,6 +10,7 @@ import { decodeMask, rleCounts } from "./rle.js";
 
 const STALE_RESULT_MS = 2500;  // no result for this long: show the live camera, drop the overlay
 const GAZE_EVERY_MS = 33;
+const PENDING_ADD_MS = 20000;  // an "add" whose object has not appeared by then selects nothing
 const HUD_EVERY_MS = 250;
 
 const params = new URLSearchParams(location.search);
@@ -36,7 +37,8 @@ const maskLayer = new MaskLayer(el.masks);
 const marksLayer = new MarksLayer(el.marks);
 
 const ui = {
-  frameW: 0, frameH: 0, trackLabel: "", cameraError: "", stream: null, videoFrames: 0, sentVideoFrame: -1,
+  frameW: 0, frameH: 0, trackLabel: "", cameraError: "", stream: null,
+  videoFrames: 0, sentVideoFrame: -1, countingFrames: false,  // camera frames seen / last sent
   displayed: null,  // {frame_id, bitmap}: the frame of the newest result drawn
   showingLive: true,  // the view shows the live camera (live toggle, or no recent result)
   drawn: null,  // {frame_id, objects}: what the mask layer shows now
@@ -53,6 +55,7 @@ const session = new Session({
   },
   onResult,
   onError: (msg) => {
+    if (ui.pendingAdd && msg.frame_id === ui.pendingAdd.frame_id) ui.pendingAdd = null;  // the add was refused
     ui.errors.push(msg);
     if (ui.errors.length > 50) ui.errors.shift();
     setStatus(`server: ${msg.code}: ${msg.message}`);
@@ -68,7 +71,7 @@ function setStatus(text) {
 function setConn(ok, text) {
   el.conn.textContent = ok ? "● live" : "● offline";
   el.conn.className = ok ? "ok" : "bad";
-  if (text) setStatus(text);
+  if (text) setStatus(ui.cameraError || text);  // a camera problem stays on screen
 }
 
 function onClose(ev) {
@@ -109,7 +112,8 @@ async function startCamera() {
   ui.trackLabel = ui.stream.getVideoTracks()[0].label;
   el.video.srcObject = ui.stream;
   await el.video.play().catch(() => {});
-  if (el.video.requestVideoFrameCallback) {
+  if (el.video.requestVideoFrameCallback && !ui.countingFrames) {
+    ui.countingFrames = true;
     const onFrame = () => {
       ui.videoFrames++;
       el.video.requestVideoFrameCallback(onFrame);
@@ -149,11 +153,13 @@ function fit() {
 function onResult(msg, frame) {
   ui.lastResultAt = performance.now();
   const before = new Set(ui.drawn ? ui.drawn.objects.map((o) => o.id) : []);
+  if (ui.pendingAdd && performance.now() - ui.pendingAdd.at > PENDING_ADD_MS) ui.pendingAdd = null;
   if (ui.pendingAdd) {
     const born = msg.objects.find((o) => o.status === "new" && !before.has(o.id));
     if (born) {
       ui.selectedId = born.id;
-      ui.prompts.set(born.id, ui.pendingAdd);
+      const { at, ...prompt } = ui.pendingAdd;
+      ui.prompts.set(born.id, prompt);
       ui.pendingAdd = null;
     }
   }
@@ -235,7 +241,7 @@ function onPoint(x, y, label) {
   if (id === null) {
     if (label === 0) return setStatus("a background point refines the selected object: select one first");
     const prompt = { frame_id: fid, points: [pt], box: null };
-    if (sendPrompt({ ...prompt, action: "add" })) ui.pendingAdd = prompt;
+    if (sendPrompt({ ...prompt, action: "add" })) ui.pendingAdd = { ...prompt, at: performance.now() };
   } else {
     // refine replaces the object's prompt: keep this frame's points; on a newer frame, start from
     // the object's current box there (or its old points when it has no mask) plus the new point.
@@ -258,7 +264,7 @@ function onBox(box) {
   if (fid === null) return setStatus("wait for the first result before prompting");
   if (box[2] - box[0] < 4 || box[3] - box[1] < 4) return;
   const prompt = { frame_id: fid, points: [], box: box.map(r1) };
-  if (sendPrompt({ ...prompt, action: "add" })) ui.pendingAdd = prompt;
+  if (sendPrompt({ ...prompt, action: "add" })) ui.pendingAdd = { ...prompt, at: performance.now() };
   drawMarks();
 }
 
@@ -320,7 +326,7 @@ function pump() {
   if (!updateFrameSize() || !session.canSend()) return;
   if (el.video.requestVideoFrameCallback && ui.videoFrames === ui.sentVideoFrame) return;  // same camera frame
   ui.sentVideoFrame = ui.videoFrames;
-  session.sendFrame(el.video, ui.frameW, ui.frameH);
+  session.sendFrame(el.video, ui.frameW, ui.frameH).catch((err) => setStatus(`capture failed: ${err}`));
 }
 
 function tick() {
@@ -375,7 +381,8 @@ new ResizeObserver(fit).observe(el.wrap);
 // result and the frame it shows (read in one call, so they always belong together).
 window.arsel = {
   cfg, ui, session, colorOf, decodeMask, rleCounts,
-  shown: () => ui.displayed && !ui.showingLive && { frame_id: ui.displayed.frame_id, view: el.view.toDataURL("image/png") },
+  shown: () => ui.displayed && !ui.showingLive &&
+    { frame_id: ui.displayed.frame_id, view: el.view.toDataURL("image/png") },
   overlay: () => ui.drawn && { frame_id: ui.drawn.frame_id, objects: ui.drawn.objects,
     png: el.masks.toDataURL("image/png"), width: el.masks.width, height: el.masks.height,
     shown_frame_id: ui.displayed && !ui.showingLive ? ui.displayed.frame_id : null,
