@@ -108,51 +108,72 @@ def clip(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Clip:
 
 
 # ---------------------------------------------------------------------------- the real server
+class ServerProcess:
+    """``arsel serve`` started in a subprocess; ``url`` waits (once) until ``/healthz`` answers, so the
+    model loads while the clip is written and Chromium starts."""
+
+    def __init__(self, cmd: list[str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("w+")
+        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The page URL ``arsel serve`` prints (``http://127.0.0.1:PORT/?token=...``)."""
+        if self._url is None:
+            self._url = self._wait_for_url(timeout_s=120.0)
+        return self._url
+
+    @property
+    def base(self) -> str:
+        return self.url.split("?")[0]
+
+    def _wait_for_url(self, timeout_s: float) -> str:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            if self.proc.poll() is not None:
+                pytest.fail(f"arsel serve exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            m = re.search(r"open (http://127\.0\.0\.1:\d+/\S*)", self.log_path.read_text())
+            if m:
+                try:
+                    with urllib.request.urlopen(m.group(1).split("?")[0] + "healthz", timeout=2) as r:
+                        if json.load(r)["status"] == "ok":
+                            return m.group(1)
+                except OSError:
+                    pass
+            time.sleep(0.2)
+        pytest.fail(f"arsel serve did not come up in {timeout_s:.0f} s:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> str:
+        """Stop the server; returns its log."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._log.close()
+        return self.log_path.read_text()
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``arsel serve`` (LiteMedSAM, torch, a token) on 127.0.0.1 and a free port; yields the page URL.
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """``arsel serve`` (LiteMedSAM, torch, a token) on 127.0.0.1 and a free port.
 
     Synchronous keyframes: on two busy cores the async encoder can leave the embedding tens of frames
     old, and the masks then say more about the tracker than about the page."""
     _need(importlib.util.find_spec("fastapi") is not None and importlib.util.find_spec("uvicorn") is not None,
           "fastapi/uvicorn not installed (pip install 'arsel[serve]')")
-    log_path = tmp_path_factory.mktemp("server") / "serve.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1", "--port", "0",
            "--model", "lite_medsam", "--token", TOKEN, "--idle-timeout", "120", "--sync-encoder"]
-    with log_path.open("w+") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-        try:
-            url = _wait_for_url(proc, log_path, timeout_s=120.0)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-    text = log_path.read_text()
-    assert "Traceback" not in text, f"the server logged an exception:\n{text[-3000:]}"
-
-
-def _wait_for_url(proc: subprocess.Popen, log_path: Path, timeout_s: float) -> str:
-    """The ``open http://...`` URL ``arsel serve`` prints, once ``/healthz`` answers."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if proc.poll() is not None:
-            pytest.fail(f"arsel serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        m = re.search(r"open (http://127\.0\.0\.1:\d+/\S*)", log_path.read_text())
-        if m:
-            base = m.group(1).split("?")[0]
-            try:
-                with urllib.request.urlopen(base + "healthz", timeout=2) as r:
-                    if json.load(r)["status"] == "ok":
-                        return m.group(1)
-            except OSError:
-                pass
-        time.sleep(0.2)
-    pytest.fail(f"arsel serve did not come up in {timeout_s:.0f} s:\n{log_path.read_text()[-3000:]}")
+    srv = ServerProcess(cmd, tmp_path_factory.mktemp("server") / "serve.log")
+    try:
+        yield srv
+    finally:
+        log = srv.stop()
+    assert "Traceback" not in log, f"the server logged an exception:\n{log[-3000:]}"
 
 
 # ---------------------------------------------------------------------------- the browser
@@ -198,15 +219,18 @@ def wait_for(driver: Any, script: str, what: str, timeout_s: float = 30.0, *args
             return value
         time.sleep(0.1)
     logs = [e["message"] for e in driver.get_log("browser")][-20:]
-    status = driver.execute_script("return document.getElementById('status').textContent")
+    state = driver.execute_script(
+        "return {status: document.getElementById('status').textContent, selected: arsel.ui.selectedId, "
+        "pending: arsel.ui.pendingAdd, errors: arsel.ui.errors, results: arsel.session.stats.results, "
+        "last: arsel.ui.history.slice(-5).map(r => [r.frame_id, r.objects.map(o => [o.id, o.status, o.bbox_xyxy])])}")
     pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what} (last value {value!r}); "
-                f"page status {status!r}; console: {logs}")
+                f"page state {state}; console: {logs}")
 
 
 @pytest.fixture(scope="module")
-def page(browser: Any, server: str) -> Any:
-    """The page open on the server, camera running and results arriving."""
-    browser.get(server)
+def page(server: ServerProcess, browser: Any) -> Any:
+    """The page open on the server (token in its URL), camera running and results arriving."""
+    browser.get(server.url)
     wait_for(browser, "return window.arsel && arsel.session.welcome", "the server's welcome", 60)
     wait_for(browser, "return arsel.session.stats.results >= 3", "three results", 60)
     return browser
@@ -388,7 +412,7 @@ def test_box_drag_draws_the_servers_mask_and_the_hud(page: Any, clip: Clip, tmp_
     assert later["frame_id"] > snap["frame_id"]
 
 
-def test_click_shift_click_remove_gaze_and_clear(page: Any, server: str) -> None:
+def test_click_shift_click_remove_gaze_and_clear(page: Any, server: ServerProcess) -> None:
     before = set(page.execute_script("return (arsel.ui.drawn?.objects ?? []).map(o => o.id)"))
     # "new object", then a click: an object from a foreground point on the displayed frame
     page.find_element("id", "new").click()
@@ -437,7 +461,7 @@ def test_click_shift_click_remove_gaze_and_clear(page: Any, server: str) -> None
     for msg in prompts:
         check("prompt", msg)
     assert page.execute_script("return arsel.ui.errors") == []
-    with urllib.request.urlopen(server.split("?")[0] + "healthz", timeout=5) as r:
+    with urllib.request.urlopen(server.base + "healthz", timeout=5) as r:
         assert json.load(r)["exceptions"] == 0
 
 
@@ -523,9 +547,9 @@ def test_stream_url_follows_the_page(page: Any, page_url: str, token: str, expec
     assert got == expected
 
 
-def test_page_without_the_token_says_so(page: Any, server: str) -> None:
+def test_page_without_the_token_says_so(page: Any, server: ServerProcess) -> None:
     """Runs last: it leaves the shared page on a session the server refused."""
-    page.get(server.split("?")[0])
+    page.get(server.base)
     status = wait_for(page, "const s = document.getElementById('status').textContent; "
                             "return s.includes('unauthorized') && s", "the unauthorized message", 30)
     assert "?token=" in status

@@ -10,7 +10,7 @@ import { decodeMask, rleCounts } from "./rle.js";
 
 const STALE_RESULT_MS = 2500;  // no result for this long: show the live camera, drop the overlay
 const GAZE_EVERY_MS = 33;
-const PENDING_ADD_MS = 20000;  // an "add" whose object has not appeared by then selects nothing
+const PENDING_ADD_MS = 30000;  // an "add" whose object has not appeared by then selects nothing
 const HUD_EVERY_MS = 250;
 
 const params = new URLSearchParams(location.search);
@@ -43,6 +43,7 @@ const ui = {
   showingLive: true,  // the view shows the live camera (live toggle, or no recent result)
   drawn: null,  // {frame_id, objects}: what the mask layer shows now
   history: [],  // the last 30 results drawn: {frame_id, objects}
+  lastIds: new Set(),  // object ids of the newest result
   lastResultAt: 0, selectedId: null, pendingAdd: null, prompts: new Map(), promptsSent: [], errors: [],
   dragBox: null, hover: null, lastGazeAt: 0, gazeActive: false, lastHudAt: 0, retryMs: 1000,
 };
@@ -76,6 +77,7 @@ function setConn(ok, text) {
 
 function onClose(ev) {
   ui.prompts.clear();
+  ui.lastIds = new Set();
   ui.selectedId = null;
   ui.pendingAdd = null;
   if (ev.code === 4401) {
@@ -152,10 +154,11 @@ function fit() {
 // ---------------------------------------------------------------- results
 function onResult(msg, frame) {
   ui.lastResultAt = performance.now();
-  const before = new Set(ui.drawn ? ui.drawn.objects.map((o) => o.id) : []);
+  const before = ui.lastIds;
+  ui.lastIds = new Set(msg.objects.map((o) => o.id));
   if (ui.pendingAdd && performance.now() - ui.pendingAdd.at > PENDING_ADD_MS) ui.pendingAdd = null;
   if (ui.pendingAdd) {
-    const born = msg.objects.find((o) => o.status === "new" && !before.has(o.id));
+    const born = msg.objects.find((o) => !before.has(o.id));  // first seen in this result
     if (born) {
       ui.selectedId = born.id;
       const { at, ...prompt } = ui.pendingAdd;
