@@ -5,8 +5,9 @@ Usage: python bench/bench_serve.py [--seconds 20] [--clients 1 4] [--repeats 1] 
 
 1. Reference: in-process ``StreamEngine.step`` on the same frames (async encoder, keyframe every
    5 frames) paced at 30 fps: median and p95 step time.
-2. One client, then N clients at once (each its own session): every client sends JPEG frames at
-   30 fps without waiting and reads results as they come. Per session: processed fps, send->result
+2. ``arsel serve`` in its own process; one client, then N clients at once (each its own session),
+   each waiting for its first keyframe, then sending JPEG frames at 30 fps without waiting and
+   reading results as they come. Per session: processed fps, send->result
    p50/p95, dropped (server-side), embedding age; overall: fairness (slowest / fastest session fps)
    and the server's overhead over the in-process step at the median (send->result p50 / step p50 - 1).
 Targets (issue #12): one client >= 20 fps, p95 <= 80 ms, overhead <= 15 %; four clients >= 5 fps
@@ -57,18 +58,21 @@ def reference(engines: Any, frames: list[np.ndarray], box: list[float], seconds:
     steps, ages = [], []
     try:
         eng.add_object(Prompt.box(box))
-        t_start, i = time.perf_counter(), 0
+        eng.step(Frame(0, time.time_ns(), frames[0]))
+        eng.encoder.wait_idle()  # timing starts with an embedding, as a live stream's steady state
+        t_start, i = time.perf_counter(), 1
         while time.perf_counter() - t_start < seconds:
             due = t_start + i / FPS
             time.sleep(max(0.0, due - time.perf_counter()))
             t0 = time.perf_counter()
-            res = eng.step(Frame(i, time.time_ns(), frames[i % len(frames)]))
+            res = eng.step(Frame(i, time.time_ns(), frames[i % len(frames)]))  # index = frame_id
             steps.append((time.perf_counter() - t0) * 1e3)
             ages.append(res.embedding_age_frames)
             i += 1
     finally:
         eng.close()
     warm = steps[len(steps) // 10:]
+    assert res.status == "ok", "the engine has no embedding: the encoder never finished"
     return {"frames": len(steps), "step_p50_ms": _pct(warm, 50), "step_p95_ms": _pct(warm, 95),
             "embedding_age_p50": _pct(ages, 50)}
 
@@ -92,10 +96,20 @@ async def _client(url: str, jpegs: list[bytes], box: list[float], seconds: float
                     got.append(time.perf_counter())
                     last.update(msg)
 
+        i = 0  # frames at 2 fps until results come on a keyframe: then the clock starts
+        while True:
+            await ws.send(_with_id(jpegs[i % len(jpegs)], i))
+            i += 1
+            msg = json.loads(await ws.recv())
+            while msg["type"] != "result":
+                msg = json.loads(await ws.recv())
+            if msg["keyframe_id"] >= 0:
+                break
+            await asyncio.sleep(0.5)
         task = asyncio.create_task(reader())
-        t_start, i = time.perf_counter(), 0
+        t_start, first = time.perf_counter(), i
         while time.perf_counter() - t_start < seconds:
-            await asyncio.sleep(max(0.0, t_start + i / FPS - time.perf_counter()))
+            await asyncio.sleep(max(0.0, t_start + (i - first) / FPS - time.perf_counter()))
             sent[i] = time.perf_counter()
             await ws.send(_with_id(jpegs[i % len(jpegs)], i))
             i += 1
@@ -103,7 +117,7 @@ async def _client(url: str, jpegs: list[bytes], box: list[float], seconds: float
         task.cancel()
     warm_lat = lat[len(lat) // 10:]
     span = (got[-1] - got[len(got) // 10]) if len(got) > 10 else float("nan")
-    return {"sent": i, "results": len(lat), "fps": (len(got) - len(got) // 10 - 1) / span if span > 0 else 0.0,
+    return {"sent": i - first, "results": len(lat), "fps": (len(got) - len(got) // 10 - 1) / span if span > 0 else 0.0,
             "latency_p50_ms": _pct(warm_lat, 50), "latency_p95_ms": _pct(warm_lat, 95),
             "dropped": last.get("dropped", 0), "embedding_age_p50": _pct(ages, 50),
             "server_total_ms_last": last.get("latency_ms", {}).get("server_total")}
@@ -118,17 +132,37 @@ def _with_id(frame_msg: bytes, frame_id: int) -> bytes:
     return pack(header, bytes(blob))
 
 
-def served_run(engines: Any, frames: list[np.ndarray], box: list[float], clients: int,
-               seconds: float) -> dict[str, Any]:
-    from engine.serve.app import create_app
-    from engine.serve.cli import BackgroundServer
+def served_run(frames: list[np.ndarray], box: list[float], clients: int, seconds: float,
+               args: argparse.Namespace) -> dict[str, Any]:
+    """``arsel serve`` in its own process (as deployed), ``clients`` sessions from this one."""
+    import os
+    import re
+    import subprocess
 
     jpegs = [encode_frame(0, f, encoding="jpeg", jpeg_quality=85) for f in frames]
-    with BackgroundServer(create_app(engines, max_sessions=clients + 1)) as srv:
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": str(args.threads)}
+    cmd = [sys.executable, "-c", "import sys, torch; torch.set_num_threads(int(sys.argv[1])); "
+           "from engine.cli import main; sys.exit(main(sys.argv[2:]))", str(args.threads), "serve", "--port", "0",
+           "--keyframe-interval", str(args.keyframe_interval), "--max-sessions", str(clients + 1)]
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        port = re.search(r"127\.0\.0\.1:(\d+)/", line)
+        if port is None:
+            raise RuntimeError(f"arsel serve did not start: {line!r}")
+        url = f"ws://127.0.0.1:{port.group(1)}/v1/stream"
+
         async def all_clients() -> list[dict[str, Any]]:
-            return await asyncio.gather(*[_client(srv.ws_url, jpegs, box, seconds) for _ in range(clients)])
+            return await asyncio.gather(*[_client(url, jpegs, box, seconds) for _ in range(clients)])
 
         sessions = asyncio.run(all_clients())
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
     fps = [s["fps"] for s in sessions]
     return {"clients": clients, "sessions": sessions, "fps_min": min(fps), "fps_max": max(fps),
             "fairness": min(fps) / max(fps) if max(fps) > 0 else 0.0}
@@ -157,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.repeats):
         run: dict[str, Any] = {"reference": reference(engines, frames, box, args.seconds)}
         for n in args.clients:
-            run[f"clients_{n}"] = served_run(engines, frames, box, n, args.seconds)
+            run[f"clients_{n}"] = served_run(frames, box, n, args.seconds, args)
         one = run.get("clients_1")
         if one:
             s = one["sessions"][0]

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.cli_common import UsageError, add_model_args
 from engine.serve.protocol import Limits
 
 INSTALL_HINT = "arsel serve needs FastAPI and uvicorn: pip install 'arsel[serve]'"
@@ -28,11 +29,7 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("serve", help="serve the arsel.v1 stream protocol to headsets and browsers")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need --token)")
     p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 = any free port)")
-    p.add_argument("--model", default="lite_medsam", help="registered model name (default lite_medsam)")
-    p.add_argument("--checkpoint", help="checkpoint path (default: resolved, see `arsel models`)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt", "auto"),
-                   help="runtime of encoder and decoder (default torch)")
+    add_model_args(p, backend_help="runtime of encoder and decoder (default torch)")
     key = p.add_mutually_exclusive_group()
     key.add_argument("--keyframe-interval", type=int, metavar="K", help="encode every K frames (default 5)")
     key.add_argument("--keyframe", metavar="auto|K", help="'auto' (motion/score driven) or an interval K")
@@ -52,8 +49,6 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _usage(msg: str) -> Exception:
-    from engine.cli import UsageError
-
     return UsageError(msg)
 
 
