@@ -106,6 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                             ws_max_size=ws_max_size(limits), ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key)
     server = uvicorn.Server(config)
     sock = config.bind_socket()
+    sock.listen(config.backlog)  # connections from the moment the URL is printed wait, not fail
     scheme = "https" if args.tls_cert else "http"
     port = sock.getsockname()[1]
     host = args.host if ":" not in args.host else f"[{args.host}]"
