@@ -22,7 +22,6 @@ still fused and written, and ``summary.json`` says why it stopped under ``"error
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
