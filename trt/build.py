@@ -1,4 +1,4 @@
-"""TensorRT engine builder for the encoder/decoder ONNX of ``trt.export`` (TensorRT >= 10).
+"""TensorRT engine builder for the encoder/decoder ONNX of ``engine.export`` (TensorRT >= 10).
 
 An engine is only valid for the ONNX file, TensorRT version and GPU it was built with, so every
 engine is cached under a name holding all of them (plus precision and the decoder profile) and a
@@ -8,7 +8,7 @@ foreign one (other TensorRT version or GPU) is rebuilt, or refused with an error
 
 Precision: "fp32"; "fp16" (TensorRT 10: fp16 kernels with normalisation/softmax/reduce layers held
 in fp32 by ``OBEY_PRECISION_CONSTRAINTS`` -- a fully fp16 SAM encoder overflows in LayerNorm;
-TensorRT 11, which dropped weak typing, builds the mixed-precision ONNX of ``trt.export``'s fp16
+TensorRT 11, which dropped weak typing, builds the mixed-precision ONNX of ``engine.export``'s fp16
 conversion instead); "int8" (encoder only; TensorRT 10 entropy calibration on images of
 ``calib_dir``, preprocessed with ``engine.transforms.preprocess``, fp16 fallback).
 """
@@ -316,12 +316,12 @@ def _mixed_fp16_copy(onnx_path: Path, out_dir: Path) -> Path:
     """Mixed-precision copy of an fp32 ONNX for strongly typed TensorRT (11+), made once per file."""
     import shutil
 
-    from trt.export import _convert_fp16
+    from engine.export.onnx_export import convert_fp16
 
     target = out_dir / f"{onnx_path.stem}_mixed_fp16.onnx"
     if not target.is_file() or target.stat().st_mtime < onnx_path.stat().st_mtime:
         shutil.copyfile(onnx_path, target)
-        _convert_fp16(target)
+        convert_fp16(target)
     return target
 
 

@@ -81,7 +81,7 @@ def onnx_files(model_name: str, checkpoint: Path | None, cache_dir: Path | None 
         if reason is None:
             return encoder, decoder
         warn_rebuild(f"cached ONNX export {folder}", reason)
-    from trt.export import export_model
+    from engine.export.onnx_export import export_model
 
     tmp = folder.with_name(f".{folder.name}.part-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
