@@ -94,6 +94,8 @@ ROWS = [
     Row("ex-ckpt-missing", "export lite_medsam --out {o}/x --checkpoint {kit}/none.pth", 2, "does not exist"),
     Row("be-model-unknown", "build-engine nosuch --out {o}/e", 2, "nosuch"),
     Row("be-no-tensorrt", "build-engine lite_medsam --out {o}/e", 2, "TensorRT"),
+    Row("be-out-file", "build-engine lite_medsam --out {afile_txt}", 2, "not a folder"),
+    Row("be-int8-missing", "build-engine lite_medsam --out {o}/e --int8 {kit}/none", 2, "--int8"),
     # ---------------------------------------------------------------- track
     Row("tr-no-prompt", TR, 2, "give one kind of prompt"),
     Row("tr-two-kinds", TR + " --box 1,1,9,9 --point 3,3", 2, "give one kind of prompt"),
