@@ -22,7 +22,6 @@ still fused and written, and ``summary.json`` says why it stopped under ``"error
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -251,7 +250,9 @@ class Demo:
         """Fuse every object, write the PLYs and ``summary.json``; returns the summary."""
         objects = [self._object_summary(log) for log in sorted(self.objects.values(), key=lambda o: o.object_id)]
         summary = self._summary([o for o in objects if o is not None])
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        from engine.validate import json_text
+
+        (self.out / "summary.json").write_text(json_text(summary))  # strict JSON: NaN becomes null
         return summary
 
     def _object_summary(self, log: ObjectLog) -> dict[str, Any] | None:

@@ -125,14 +125,14 @@ def _first_frame_hw(source: Any) -> tuple[int, int] | None:
 
 
 def _gaze_replay(args: argparse.Namespace, frame_hw: tuple[int, int] | None) -> Any:
-    """The gaze replay of ``--gaze``, read and checked now (before the model loads), or None."""
+    """The gaze replay of ``--gaze``, read and checked now (before the model loads); None without
+    ``--gaze`` or when the frame size is not known yet (then :func:`_events` reads it on the first frame)."""
     if not args.gaze:
         return None
     from engine.stream.prompt_sources import GazeReplay
 
     if frame_hw is None:
-        raise _usage("--gaze needs a source whose frame size is known before reading it (a video file, "
-                     "a folder of frames or synthetic)")
+        return None  # a source that tells its size only with its first frame: read the CSV then
     offset = None if args.gaze_offset_ms is None else int(-args.gaze_offset_ms * 1e6)
     return GazeReplay.from_csv(args.gaze, frame_hw, offset_ns=offset)
 
@@ -187,7 +187,7 @@ def cmd_track(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         wait_first = engine.encoder.asynchronous and not _is_live(source)
         try:  # the camera/file is released and the encoder worker stopped whatever happens
-            events = _events(engine, prompts, replay)
+            events = _Events(args, prompts, replay)
             for res, frame in _loop(engine, source, events, args.max_frames):
                 writer.write(res, frame, engine)
                 if wait_first:  # offline input: the first keyframe before the next frame, not masks left empty
@@ -203,8 +203,8 @@ def cmd_track(args: argparse.Namespace) -> int:
             engine.close()
             source.close()
         metrics = _metrics(args, engine, source, writer, time.perf_counter() - t0)
-        if replay is not None:
-            metrics["gaze"] = replay.stats()
+        if events.replay is not None:
+            metrics["gaze"] = events.replay.stats()
         (tmp / "metrics.json").write_text(json_text(metrics))
     print(f"{out}: {writer.count} masks, {metrics['fps']:.1f} fps, keyframes {metrics['keyframes_total']}, "
           f"frame p95 {metrics['stages'].get('frame', {}).get('p95_ms', float('nan')):.0f} ms")
@@ -227,19 +227,23 @@ def _is_live(source: Any) -> bool:
                                                 and getattr(source, "bag", None) is None)
 
 
-def _events(engine: Any, prompts: list[Any], replay: Any) -> Any:
-    """``events(frame)`` callback: the CLI prompts on the first frame, or gaze replay."""
-    state = {"first": True}
+class _Events:
+    """``events(frame)`` callback: the CLI prompts on the first frame, or gaze replay (read on the
+    first frame when the source's size was not known before; ``replay`` keeps its counters)."""
 
-    def events(frame: Any) -> list[Any]:
+    def __init__(self, args: argparse.Namespace, prompts: list[Any], replay: Any) -> None:
+        self.args, self.prompts, self.replay = args, prompts, replay
+        self.first = True
+
+    def __call__(self, frame: Any) -> list[Any]:
         from engine.stream.events import SelectEvent
 
-        if replay is None:
-            first, state["first"] = state["first"], False
-            return [SelectEvent(p, None, frame.timestamp_ns) for p in prompts] if first else []
-        return replay.events_until(frame.timestamp_ns)
-
-    return events
+        if not self.args.gaze:
+            first, self.first = self.first, False
+            return [SelectEvent(p, None, frame.timestamp_ns) for p in self.prompts] if first else []
+        if self.replay is None:
+            self.replay = _gaze_replay(self.args, frame.rgb.shape[:2])
+        return self.replay.events_until(frame.timestamp_ns)
 
 
 def _loop(engine: Any, source: Any, events: Any, max_frames: int | None) -> Any:
