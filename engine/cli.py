@@ -1,6 +1,6 @@
 """The ``arsel`` command line.
 
-Verbs: ``models``, ``segment``, ``everything``, ``weights fetch``, ``export``, ``build-engine``,
+Verbs: ``doctor``, ``models``, ``segment``, ``everything``, ``weights fetch``, ``export``, ``build-engine``,
 ``track``, ``lift``, ``fuse``, ``calibrate intrinsics``, ``calibrate gaze``, ``demo``. Each verb's flags
 are the contract users' scripts depend on (see the README).
 """
@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list models, their input size, prompt kinds and weights")
     p.set_defaults(func=cmd_models)
 
+    p = sub.add_parser("doctor", help="what arsel sees: torch build, GPU, runtimes, cameras, weights, extras")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+    p.set_defaults(func=lambda a: __import__("engine.doctor").doctor.run(a.json))
+
     p = sub.add_parser("segment", help="segment one image from point/box prompts")
     p.add_argument("image", help="image file, or sample:cat / sample:coffee (scikit-image data)")
     add_model_args(p)
@@ -161,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (add_export_parser, add_build_engine_parser, add_track_parser, add_lift_parser,
                 add_fuse_parser, add_calibrate_parser, add_demo_parser):
         add(sub)
+    from engine.serve.cli import add_serve_parser  # arsel serve: the arsel.v1 stream server
+
+    add_serve_parser(sub)
     return parser
 
 

@@ -63,7 +63,8 @@ def test_every_backend_flag_offers_the_factory_backends() -> None:
     verbs = _subparsers(build_parser())
     with_backend = {prog: a.choices for prog, p in verbs.items() for a in p._actions  # noqa: SLF001
                     if "--backend" in a.option_strings}
-    assert set(with_backend) == {"arsel segment", "arsel everything", "arsel track", "arsel lift", "arsel demo"}
+    assert set(with_backend) == {"arsel segment", "arsel everything", "arsel track", "arsel lift", "arsel demo",
+                                "arsel serve"}
     assert all(tuple(c) == BACKENDS for c in with_backend.values()), with_backend
 
 

@@ -134,7 +134,7 @@ def test_calibration_images(tmp_path: Path) -> None:
 
 def test_missing_tensorrt_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    with pytest.raises(ImportError, match=r"pip install arsel\[trt\]"):
+    with pytest.raises(ImportError, match=r"pip install 'arsel\[trt\]'"):
         import_tensorrt()
 
 

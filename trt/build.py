@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from engine.contract import DECODER_INPUTS, EMBED_DIM, EMBED_HW, LOW_RES_HW
+from engine.extras import require
 
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -36,13 +37,7 @@ class EngineMismatchError(RuntimeError):
 
 def import_tensorrt() -> Any:
     """``import tensorrt`` (version >= 10) or raise ``ImportError`` saying how to install it."""
-    try:
-        import tensorrt
-    except ImportError:
-        raise ImportError(
-            "TensorRT is not installed: pip install arsel[trt] (needs an NVIDIA GPU and driver); "
-            "or use the onnxruntime backend"
-        ) from None
+    tensorrt = require("trt", "tensorrt", what="TensorRT (NVIDIA GPU and driver; or use the onnxruntime backend)")
     if int(tensorrt.__version__.split(".")[0]) < 10:
         raise ImportError(f"TensorRT {tensorrt.__version__} is too old: pip install 'arsel[trt]' (tensorrt >= 10)")
     return tensorrt

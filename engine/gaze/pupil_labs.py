@@ -42,22 +42,18 @@ from typing import Any
 
 import numpy as np
 
+from engine.extras import require
 from engine.gaze.samples import GazeSample
 
 STAT_KINDS = (
     "received", "accepted", "not_worn", "malformed", "out_of_order", "overflow",
     "timeouts", "device_errors", "disconnects",
 )  # fmt: skip
-INSTALL_HINT = "pip install pupil-labs-realtime-api (or pip install 'arsel[gaze]')"
 
 
 def import_simple_api() -> Any:
     """``pupil_labs.realtime_api.simple``, or an ImportError saying how to install it."""
-    try:
-        from pupil_labs.realtime_api import simple
-    except ImportError as exc:
-        raise ImportError(f"the Pupil Labs gaze source needs the real-time API: {INSTALL_HINT} ({exc})") from exc
-    return simple
+    return require("gaze", "pupil_labs.realtime_api.simple", what="the Pupil Labs gaze source")
 
 
 def datum_to_sample(datum: Any) -> GazeSample | str:
