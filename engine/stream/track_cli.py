@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from engine.cli_common import UsageError, add_model_args, parse_box, parse_floats, verb_main
+from engine.threads import apply_threads, engine_threads
 from engine.video import VideoWriter
 
 
@@ -93,18 +93,14 @@ def _prompts(args: argparse.Namespace) -> list[Any]:
 
 
 def _threads(args: argparse.Namespace) -> int | None:
-    """Threads per engine thread. Encoder and decoder each run their own intra-op pool: half the
-    cores each avoids oversubscription (2 shared cores, torch: decode 200 ms with 1 thread vs
-    1300 ms with 2 while other work runs)."""
+    """Threads per engine thread (``engine.threads``): set with --threads or --async-encoder, else
+    the runtime's default (None)."""
     if args.threads is not None and args.threads < 1:
         raise _usage(f"--threads must be >= 1, got {args.threads}")
     if args.threads is None and not args.async_encoder:
         return None
-    threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
-    if args.backend == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
+    threads = engine_threads(args.threads)
+    apply_threads(args.backend, threads)
     return threads
 
 
