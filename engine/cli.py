@@ -8,7 +8,6 @@ are the contract users' scripts depend on (see the README).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -18,8 +17,8 @@ import numpy as np
 
 
 # The shared pieces live in the leaf ``engine.cli_common``; the old names stay importable from here.
-from engine.cli_common import (UsageError, add_model_args, build_predictor, parse_box, parse_floats, parse_points,
-                               run_verb)
+from engine.cli_common import (UsageError, add_debug_arg, add_model_args, build_predictor, parse_box, parse_floats,
+                               parse_points, run_verb)
 
 _floats = parse_floats
 _add_model_args = add_model_args
@@ -41,25 +40,27 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from engine.atomic import AtomicOutputs
     from engine.imageio import draw_overlay, load_rgb, save_mask_png, save_rgb
     from engine.transforms import mask_to_box_xyxy
+    from engine.validate import IMAGE_SUFFIXES, box_xyxy, json_text, output_file, points_xy
 
     points, labels = parse_points(args.point)
     box = parse_box(args.box)
     if points is None and box is None:
         raise UsageError("give a prompt: --point X,Y[,LABEL] (repeatable) and/or --box X0,Y0,X1,Y1")
+    output_file("--out", args.out, IMAGE_SUFFIXES)
+    output_file("--overlay", args.overlay, IMAGE_SUFFIXES)
+    output_file("--logits", args.logits, (".npy",))
+    output_file("--json", args.json, (".json",))
     rgb = load_rgb(args.image)
+    box = None if box is None else box_xyxy("--box", box, rgb.shape[:2])
+    points = None if points is None else points_xy("--point", points, rgb.shape[:2])
     predictor = build_predictor(args)
     predictor.set_image(rgb)
     pred = predictor.predict(points, labels, box, multimask_output=args.multimask)
     best = int(np.argmax(pred.scores[0]))
     mask, logits = pred.masks[0, best], pred.logits[0, best]  # type: ignore[index]
-    save_mask_png(args.out, mask)
-    if args.logits:
-        Path(args.logits).parent.mkdir(parents=True, exist_ok=True)
-        np.save(args.logits, logits.astype(np.float32))
-    if args.overlay:
-        save_rgb(args.overlay, draw_overlay(rgb, [mask], points, labels, box))
     bbox = mask_to_box_xyxy(mask)
     report = {
         "image": str(args.image),
@@ -75,9 +76,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
         "postprocess_ms": round(pred.timings_ms["postprocess_ms"], 2),
         "backend": predictor.backend.describe().runtime,
     }
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
+    with AtomicOutputs() as outs:  # mask, logits, overlay and JSON appear together, or none of them
+        save_mask_png(outs.file(args.out), mask)
+        if args.logits:
+            np.save(outs.file(args.logits), logits.astype(np.float32))
+        if args.overlay:
+            save_rgb(outs.file(args.overlay), draw_overlay(rgb, [mask], points, labels, box))
+        if args.json:
+            outs.file(args.json).write_text(json_text(report))
     print(f"{args.out}: score {report['score']:.3f}, area {report['area_px']} px, "
           f"encode {report['encode_ms']:.0f} ms, decode {report['decode_ms']:.1f} ms")
     return 0
@@ -85,16 +91,29 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_everything(args: argparse.Namespace) -> int:
     from engine.amg import AutoMaskConfig, generate_masks
-    from engine.imageio import draw_overlay, load_rgb, save_mask_png, save_rgb
+    from engine.atomic import AtomicOutputs
+    from engine.imageio import load_rgb
+    from engine.validate import number, output_dir
 
+    number("--points-per-side", args.points_per_side, lo=1, hi=MAX_POINTS_PER_SIDE, integer=True,
+           hint=" (a grid of N x N point prompts; default 16)")
+    output_dir("--out", args.out)
     cfg = AutoMaskConfig(points_per_side=args.points_per_side)  # bad flags fail before the model loads
     rgb = load_rgb(args.image)
     predictor = build_predictor(args)
     t0 = time.perf_counter()
     predictor.set_image(rgb)
     masks = generate_masks(predictor, cfg, progress=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with AtomicOutputs() as outs:  # the masks, overlay and masks.json appear together, or not at all
+        _write_everything(args, outs.folder(args.out), rgb, masks, time.perf_counter() - t0)
+    print(f"{args.out}: {len(masks)} masks in {time.perf_counter() - t0:.2f} s")
+    return 0
+
+
+def _write_everything(args: argparse.Namespace, out: Path, rgb: np.ndarray, masks: list, seconds: float) -> None:
+    from engine.imageio import draw_overlay, save_mask_png, save_rgb
+    from engine.validate import json_text
+
     records = []
     for i, m in enumerate(masks):
         name = f"mask_{i:03d}.png"
@@ -103,22 +122,27 @@ def cmd_everything(args: argparse.Namespace) -> int:
                         "predicted_iou": m.predicted_iou, "stability_score": m.stability_score})
     save_rgb(out / "overlay.jpg", draw_overlay(rgb, [m.mask for m in masks]))
     summary = {"image": str(args.image), "model": args.model, "num_masks": len(masks),
-               "seconds": round(time.perf_counter() - t0, 2), "masks": records}
-    (out / "masks.json").write_text(json.dumps(summary, indent=2))
-    print(f"{out}: {len(masks)} masks in {summary['seconds']} s")
-    return 0
+               "seconds": round(seconds, 2), "masks": records}
+    (out / "masks.json").write_text(json_text(summary))
 
 
 def cmd_weights_fetch(args: argparse.Namespace) -> int:
-    from engine.weights import fetch
+    from engine.validate import output_dir
+    from engine.weights import fetch, source
 
+    source(args.name)  # an unknown name fails before any folder is touched
+    output_dir("--dir", args.dir)
     path = fetch(args.name, Path(args.dir) if args.dir else None)
     print(path)
     return 0
 
 
+MAX_POINTS_PER_SIDE = 128  # 16,384 point prompts; beyond that the grid alone fills the memory
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arsel", description=__doc__.splitlines()[0])
+    add_debug_arg(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("models", help="list models, their input size, prompt kinds and weights")

@@ -20,6 +20,7 @@ import numpy as np
 from engine.backends.factory import BACKENDS
 
 EXIT_USAGE = 2
+EXIT_INTERNAL = 1
 # What a verb may raise for bad input or an unusable environment: printed as one line, exit status 2.
 # UsageError is a ValueError; FileNotFoundError and PermissionError are OSErrors.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError, ImportError)
@@ -87,21 +88,44 @@ def build_predictor(args: argparse.Namespace) -> Any:
                                args.backend)
 
 
+def add_debug_arg(p: argparse.ArgumentParser) -> None:
+    """``--debug``: let errors show their Python traceback."""
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+
+
 def run_verb(args: argparse.Namespace, verb: str | None = None) -> int:
     """Run ``args.func(args)``; a ``USER_ERRORS`` exception becomes ``arsel VERB: error: ...`` on
-    stderr and exit status 2, without a traceback. ``verb`` defaults to ``args.command``."""
+    stderr and exit status 2, any other exception one line with a hint to re-run with ``--debug``
+    and exit status 1, both without a traceback (``--debug`` re-raises: the traceback shows).
+    ``verb`` defaults to ``args.command``."""
     func: Callable[[argparse.Namespace], int] = args.func
+    name = verb or args.command
     try:
         return func(args)
     except USER_ERRORS as exc:
-        print(f"arsel {verb or args.command}: error: {exc}", file=sys.stderr)
+        if getattr(args, "debug", False):
+            raise
+        print(f"arsel {name}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - the guard: an unexpected error is one line, not a traceback
+        if getattr(args, "debug", False):
+            raise
+        print(f"arsel {name}: internal error: {type(exc).__name__}: {_one_line(exc)} (a bug: re-run as "
+              f"`arsel --debug {name} ...` for the traceback and report it)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's message on one line, at most 1000 characters (no pages of library output)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 1000 else text[:997] + "..."
 
 
 def verb_main(add_parser: Callable[[Any], argparse.ArgumentParser], verb: str,
               argv: Sequence[str] | None = None) -> int:
     """Standalone entry of one verb (``python -m MODULE ...``) with the flags of ``arsel VERB``."""
     parser = argparse.ArgumentParser(prog="arsel")
+    add_debug_arg(parser)
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args([verb, *(sys.argv[1:] if argv is None else argv)])
     return run_verb(args, verb)

@@ -38,12 +38,15 @@ def test_run_verb_turns_user_errors_into_one_line_and_exit_2(exc: Exception, cap
     assert capsys.readouterr().err == "arsel segment: error: bad flag\n"
 
 
-def test_run_verb_lets_programming_errors_through() -> None:
+def test_run_verb_turns_programming_errors_into_one_line_unless_debug(capsys: pytest.CaptureFixture) -> None:
     def bug(_args: argparse.Namespace) -> int:
         raise TypeError("a bug, not bad input")
 
+    assert run_verb(argparse.Namespace(func=bug, command="x"), "x") == 1
+    err = capsys.readouterr().err
+    assert "TypeError: a bug, not bad input" in err and "--debug" in err and "Traceback" not in err
     with pytest.raises(TypeError):
-        run_verb(argparse.Namespace(func=bug, command="x"), "x")
+        run_verb(argparse.Namespace(func=bug, command="x", debug=True), "x")
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

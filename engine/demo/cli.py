@@ -67,6 +67,8 @@ def _config(args: argparse.Namespace) -> Any:
         raise UsageError(f"--frames must be >= 2, got {frames}")
     if args.keyframe_interval < 1:
         raise UsageError(f"--keyframe-interval must be >= 1 (1 = every frame), got {args.keyframe_interval}")
+    if args.camera is not None and args.camera < 0:
+        raise UsageError(f"--camera must be a camera index >= 0, got {args.camera}")
     if args.backend == "tensorrt" and not args.device.startswith("cuda"):
         raise UsageError(f"--backend tensorrt runs on a CUDA GPU: add --device cuda (got --device {args.device})")
     return DemoConfig(frames=frames, model=args.model, backend=args.backend, device=args.device,
@@ -77,9 +79,10 @@ def _config(args: argparse.Namespace) -> Any:
 
 def _out_dir(args: argparse.Namespace) -> Path:
     if args.out:
+        from engine.validate import output_dir
+
         out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise FileExistsError(f"--out {out} is a file; give a folder")
+        output_dir("--out", out)
         return out
     out = Path(f"arsel-demo-{time.strftime('%Y%m%d-%H%M%S')}")
     k = 1
@@ -91,9 +94,12 @@ def _out_dir(args: argparse.Namespace) -> Path:
 def cmd_demo(args: argparse.Namespace) -> int:
     from engine.demo.pipeline import run_demo
 
+    from engine.atomic import AtomicOutputs
+
     config = _config(args)
     out = _out_dir(args)
-    summary = run_demo(config, out, progress=not args.quiet)
+    with AtomicOutputs() as outs:  # the demo's files appear together when it ends, or not at all
+        summary = run_demo(config, outs.folder(out), progress=not args.quiet)
     print(format_summary(summary, out))
     return EXIT_INPUT_FAILED if summary.get("error") else 0
 

@@ -14,13 +14,35 @@ from engine.cli_common import add_checkpoint_arg
 __all__ = ["add_export_parser", "add_model_arg", "cmd_export"]
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from engine.export.onnx_export import export_model
+MIN_OPSET = 17  # LayerNormalization; the exported graphs are checked at 17 and newer
 
-    result = export_model(args.model, Path(args.out), Path(args.checkpoint) if args.checkpoint else None,
-                          opset=args.opset, fp16=args.fp16)
-    print(f"{result.encoder_path}: max |onnx - torch| {result.encoder_max_abs_diff:.2e}")
-    print(f"{result.decoder_path}: max |onnx - torch| {result.decoder_max_abs_diff:.2e}")
+
+def _check_opset(opset: int) -> None:
+    """``--opset`` within what this model's graphs and the installed torch exporter support."""
+    from torch.onnx import _constants
+
+    from engine.validate import number
+
+    top = int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(_constants, "ONNX_MAX_OPSET", 20)))
+    number("--opset", opset, lo=MIN_OPSET, hi=top, integer=True, hint=f" (supported: {MIN_OPSET}..{top}; default 17)")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from engine.atomic import AtomicOutputs
+    from engine.export.onnx_export import export_model
+    from engine.models.registry import get_spec
+    from engine.validate import output_dir
+    from engine.weights import resolve
+
+    get_spec(args.model)
+    _check_opset(args.opset)
+    out = Path(args.out)
+    output_dir("--out", out)
+    ckpt = resolve(args.model, Path(args.checkpoint) if args.checkpoint else None)  # a missing file fails here
+    with AtomicOutputs() as outs:  # the encoder, decoder and export.json appear together, or not at all
+        result = export_model(args.model, outs.folder(out), ckpt, opset=args.opset, fp16=args.fp16)
+    print(f"{out / result.encoder_path.name}: max |onnx - torch| {result.encoder_max_abs_diff:.2e}")
+    print(f"{out / result.decoder_path.name}: max |onnx - torch| {result.decoder_max_abs_diff:.2e}")
     print(f"weights sha256 {result.model_sha256}")
     return 0
 
