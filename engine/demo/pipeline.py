@@ -22,7 +22,6 @@ still fused and written, and ``summary.json`` says why it stopped under ``"error
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -96,13 +95,11 @@ def build_engine(config: DemoConfig) -> Any:
     intra-op thread pool of half the cores for each of the encoder worker and the decoder."""
     from engine.stream.engine import StreamEngine
     from engine.stream.scheduler import KeyframePolicy
+    from engine.threads import apply_threads, engine_threads
 
     backend = _backend(config.backend, config.device)
-    threads = max(1, (os.cpu_count() or 2) // 2)
-    if backend == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
+    threads = engine_threads()
+    apply_threads(backend, threads)
     return StreamEngine.from_name(
         config.model, Path(config.checkpoint) if config.checkpoint else None, config.device, backend=backend,
         threads=threads,
