@@ -54,15 +54,16 @@ def to_frame(logits: np.ndarray, matrix: np.ndarray | None, frame_hw: tuple[int,
 
 def score_decoded(decoded: Decoded, exp: Expectation, config: GuardConfig, matrix: np.ndarray | None,
                   frame_hw: tuple[int, int], threshold: float, outside_logit: float,
-                  min_iou: float | None = None) -> Candidate:
+                  min_iou: float | None = None, rgb: np.ndarray | None = None) -> Candidate:
     """A decode (keyframe geometry) as a current-frame candidate checked against ``exp``."""
     mask = to_frame(decoded.logits, matrix, frame_hw, threshold, outside_logit)
-    return Candidate(mask, decoded.score, decoded.low_res, check(mask, exp, config, min_iou))
+    return Candidate(mask, decoded.score, decoded.low_res, check(mask, exp, config, min_iou, rgb))
 
 
 def batched_candidates(predictor: Predictor, boxes_key_xyxy: np.ndarray, exp: Expectation, config: GuardConfig,
                        matrix: np.ndarray | None, frame_hw: tuple[int, int], threshold: float,
-                       outside_logit: float, min_iou: float | None = None) -> tuple[list[Candidate], float]:
+                       outside_logit: float, min_iou: float | None = None,
+                       rgb: np.ndarray | None = None) -> tuple[list[Candidate], float]:
     """Decode ``(K, 4)`` keyframe boxes in one call; every mask upsampled, warped and checked.
     Returns the candidates and the decoder's time (ms)."""
     emb, spec = predictor.embedding, predictor.spec
@@ -72,5 +73,5 @@ def batched_candidates(predictor: Predictor, boxes_key_xyxy: np.ndarray, exp: Ex
         t0 = time.perf_counter()
         logits = upsample_logits(low[k], emb.input_hw, emb.original_hw, spec.input_size)
         dec = Decoded(logits, low[k], float(iou[k]), decoder_ms / len(iou), (time.perf_counter() - t0) * 1e3)
-        out.append(score_decoded(dec, exp, config, matrix, frame_hw, threshold, outside_logit, min_iou))
+        out.append(score_decoded(dec, exp, config, matrix, frame_hw, threshold, outside_logit, min_iou, rgb))
     return out, decoder_ms

@@ -320,7 +320,7 @@ class StreamEngine:
             prompt_motion = self._prompt_motion(obj, kf, motion, frame.index, timings) if tp.mode == "user" else None
             result, low_res = self._decode_prompt(tp, obj, kf, motion, frame, timings, prompt_motion)
             if exp is not None and result.status == "ok":
-                chk = guards.check(result.mask, exp, self.config.guard)
+                chk = guards.check(result.mask, exp, self.config.guard, rgb=frame.rgb)
                 result = replace(result, area_ratio=chk.area_ratio)
                 if not chk.passed:
                     result, low_res = self._correct(obj, tp, exp, kf, motion, frame, timings)
@@ -334,7 +334,7 @@ class StreamEngine:
             if self.tracker.update(obj, result.mask, result.score, low_res, kf.frame_index) != "ok":
                 return MaskResult(obj.object_id, frame.index, kf.frame_index, np.zeros(frame_hw, bool),
                                   result.score, "lost", None, motion, result.area_ratio)
-            self._fold_guard(obj, tp, exp, result.mask, frame.index, kf, motion)
+            self._fold_guard(obj, tp, exp, result.mask, frame, kf, motion)
             return MaskResult(obj.object_id, frame.index, kf.frame_index, result.mask, result.score, result.status,
                               obj.box_xyxy, motion, result.area_ratio)
         finally:
@@ -350,8 +350,8 @@ class StreamEngine:
         return guard_steps.correct(self, obj, tp, exp, kf, motion, frame, timings, reacquire)
 
     def _fold_guard(self, obj: TrackedObject, tp: TrackPrompt, exp: guards.Expectation | None, mask: np.ndarray,
-                    frame_index: int, kf: Keyframe, motion: MotionInfo) -> None:
-        guard_steps.fold(self, obj, tp, exp, mask, frame_index, kf, motion)
+                    frame: Frame, kf: Keyframe, motion: MotionInfo) -> None:
+        guard_steps.fold(self, obj, tp, exp, mask, frame, kf, motion)
 
     def _prompt_motion(
         self, obj: TrackedObject, kf: Keyframe, motion: MotionInfo, frame_index: int, timings: dict

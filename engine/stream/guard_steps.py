@@ -66,7 +66,7 @@ def _candidates(engine: Any, obj: TrackedObject, tp: TrackPrompt, exp: Expectati
         if not boxes:
             return []
         out, decoder_ms = batched_candidates(engine.predictor, np.stack(boxes), exp, cfg, matrix, frame_hw,
-                                 ecfg.mask_threshold, ecfg.outside_logit, min_iou)
+                                 ecfg.mask_threshold, ecfg.outside_logit, min_iou, frame.rgb)
         timings["decode"] += decoder_ms
         timings["postprocess"] += (time.perf_counter() - t0) * 1e3 - decoder_ms
         return out
@@ -84,7 +84,7 @@ def _candidates(engine: Any, obj: TrackedObject, tp: TrackPrompt, exp: Expectati
     res, low_res = engine._decode_prompt(prompt, None, kf, motion, frame, timings)
     if not res.found:
         return []
-    return [Candidate(res.mask, res.score, low_res, guards.check(res.mask, exp, cfg, min_iou))]
+    return [Candidate(res.mask, res.score, low_res, guards.check(res.mask, exp, cfg, min_iou, frame.rgb))]
 
 
 def correct(engine: Any, obj: TrackedObject, tp: TrackPrompt, exp: Expectation, kf: Keyframe,
@@ -106,15 +106,16 @@ def correct(engine: Any, obj: TrackedObject, tp: TrackPrompt, exp: Expectation, 
 
 
 def fold(engine: Any, obj: TrackedObject, tp: TrackPrompt, exp: Expectation | None, mask: np.ndarray,
-         frame_index: int, kf: Keyframe, motion: MotionInfo) -> None:
+         frame: Frame, kf: Keyframe, motion: MotionInfo) -> None:
     """Fold an accepted mask into ``obj``'s guard state (a first find starts it: the anchor is the
     user's first foreground point if the mask covers it, else the mask's interior point)."""
     cfg = engine.config.guard
     if not cfg.enabled:
         return
     key_to_frame = _key_to_frame(motion)
+    rgb, frame_index = frame.rgb, frame.index
     if obj.guard is not None and exp is not None:
-        guards.accept(obj.guard, exp, mask, frame_index, engine._small, kf.frame_index, key_to_frame, cfg)
+        guards.accept(obj.guard, exp, mask, rgb, frame_index, engine._small, kf.frame_index, key_to_frame, cfg)
         return
     anchor = None
     pts, labels = tp.prompt.points_xy, tp.prompt.labels
@@ -124,4 +125,4 @@ def fold(engine: Any, obj: TrackedObject, tp: TrackPrompt, exp: Expectation | No
             anchor = first
     if anchor is None:
         anchor = interior_point_xy(mask)
-    obj.guard = guards.new_state(mask, anchor, frame_index, engine._small, kf.frame_index, key_to_frame)
+    obj.guard = guards.new_state(mask, anchor, rgb, frame_index, engine._small, kf.frame_index, key_to_frame)
