@@ -38,6 +38,9 @@ def expectation(engine: Any, obj: TrackedObject, kf: Keyframe, motion: MotionInf
     st = obj.guard
     if st is None or not engine.config.guard.enabled:
         return None
+    if st.mask.shape != frame_hw or st.grey.shape != engine._small.shape:
+        obj.guard = None  # the stream changed size: the next accepted mask starts afresh
+        return None
     t0 = time.perf_counter()
     if st.keyframe_index == kf.frame_index:
         matrix = _key_to_frame(motion) @ np.linalg.inv(st.key_to_frame)
