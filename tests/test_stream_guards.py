@@ -124,7 +124,7 @@ def test_guard_config_rejects_bad_values(kwargs: dict, match: str) -> None:
 def test_wire_status_maps_every_status() -> None:
     assert set(WIRE_STATUS) >= set(TRACK_STATUSES) | {"no_embedding", "outside"}
     res = MaskResult(1, 0, 0, np.zeros((2, 2), bool), 0.0, "drift_corrected")
-    assert res.found and res.wire_status == "ok"
+    assert res.found and res.wire_status == "tracked"
     assert not MaskResult(1, 0, 0, np.zeros((2, 2), bool), 0.0, "lost").found
 
 

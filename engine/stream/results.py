@@ -14,10 +14,10 @@ from engine.stream.object_motion import MotionInfo
 MaskStatus = Literal["ok", "drift_corrected", "reacquired", "lost", "no_embedding", "outside"]
 FOUND_STATUSES = ("ok", "drift_corrected", "reacquired")  # a mask is reported
 TRACK_STATUSES = ("ok", "drift_corrected", "lost", "reacquired")  # the per-object counters
-# arsel.v1 ``result`` objects carry ``status``: a found mask is "ok" on the wire (the guard's
-# finer word goes in ``track_status``), the rest pass through unchanged.
-WIRE_STATUS: dict[str, str] = {"ok": "ok", "drift_corrected": "ok", "reacquired": "ok", "lost": "lost",
-                               "no_embedding": "no_embedding", "outside": "outside"}
+# arsel.v1 ``result.objects[].status`` (docs/protocol.md: new | tracked | lost; "new" is the
+# session's first result after an ``add``): every status with a mask is "tracked", the rest "lost".
+WIRE_STATUS: dict[str, str] = {"ok": "tracked", "drift_corrected": "tracked", "reacquired": "tracked",
+                               "lost": "lost", "no_embedding": "lost", "outside": "lost"}
 RECENT_KEYFRAMES = 10_000  # keyframe indices kept in EngineStats (a long live session stays bounded)
 
 
