@@ -33,7 +33,7 @@ def render_overlay(frame: Frame, res: Any, gaze_xy: tuple[float, float] | None, 
     """``HxWx3 uint8 RGB``: masks tinted by object id, boxes, gaze dot (grey ring when the eye is
     closed or lost), HUD top-left, each object's live single-view 3D extents bottom-left."""
     masks = res.masks_by_id()
-    boxes = [r.box_xyxy for r in res.objects if r.box_xyxy is not None and r.status == "ok"]
+    boxes = [r.box_xyxy for r in res.objects if r.box_xyxy is not None and r.found]
     img = draw_overlay(frame.rgb, masks, boxes_xyxy=np.array(boxes) if boxes else None)
     h, w = img.shape[:2]
     if gaze_xy is not None:

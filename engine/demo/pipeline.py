@@ -32,8 +32,8 @@ import numpy as np
 
 from engine.demo.objects import ObjectLog, largest_component, upright_box
 from engine.lift import fuse_tsdf, lift, oriented_box, save_ply
-from engine.stream.latency import LatencyRecorder
 from engine.frame_source import SourceError
+from engine.stream.latency import LatencyRecorder, track_status_line
 from engine.types import Frame
 
 InputKind = Literal["synthetic", "realsense", "bag", "camera"]
@@ -212,7 +212,7 @@ class Demo:
         pose, truth = self._pose(frame)
         n_true = 0 if truth is None else int(len(self.source.scene.objects))
         for r in res.objects:
-            if r.status != "ok":
+            if not r.found:
                 continue
             log = self.objects.setdefault(r.object_id, ObjectLog(r.object_id))
             log.frames_selected += 1
@@ -222,7 +222,8 @@ class Demo:
                 self._lift(log, frame, r.mask, pose)
         if self.video is not None:
             t0 = time.perf_counter()
-            self.video.write(frame, res, self.gaze.gaze_xy, self.engine.latency.hud_lines(), self.objects)
+            hud = [*self.engine.latency.hud_lines(), track_status_line(self.engine.stats.track_status)]
+            self.video.write(frame, res, self.gaze.gaze_xy, hud, self.objects)
             self.latency.add("overlay", (time.perf_counter() - t0) * 1e3)
 
     def _lift(self, log: ObjectLog, frame: Frame, mask: np.ndarray, pose: np.ndarray | None) -> None:

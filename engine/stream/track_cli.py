@@ -295,13 +295,13 @@ class _Writer:
 
     def _overlay(self, res: Any, frame: Any, engine: Any) -> None:
         from engine.imageio import draw_overlay
-        from engine.stream.latency import draw_hud
+        from engine.stream.latency import draw_hud, track_status_line
 
         masks = res.masks_by_id()
         boxes = [r.box_xyxy for r in res.objects if r.box_xyxy is not None]
         img = draw_overlay(frame.rgb, masks, boxes_xyxy=np.array(boxes) if boxes else None)
         lines = [f"frame {res.frame_index}  key {res.keyframe_index}  age {res.embedding_age_frames}",
-                 *engine.latency.hud_lines()]
+                 *engine.latency.hud_lines(), track_status_line(engine.stats.track_status)]
         draw_hud(img, lines)
         self.video.write_rgb(img)  # type: ignore[union-attr]
 
@@ -334,6 +334,7 @@ def _metrics(args: argparse.Namespace, engine: Any, source: Any, writer: _Writer
         "keyframe_requests": engine.stats.keyframe_requests,
         "keyframe_requests_dropped_busy": enc.dropped_busy,
         "decodes_reused": engine.stats.decodes_reused,
+        "track_status": dict(engine.stats.track_status),  # object-frames per status (drift guards)
         "dropped_frames": src["dropped"],
         "late_frames": src["late"] + engine.stats.late_frames,
         "late_frames_over_budget": engine.stats.late_frames,
