@@ -6,7 +6,7 @@ several keyframe settings can be compared on one sequence for the price of one s
 
 Three starts per sequence (``START_KINDS``): the ground-truth box of frame 0; an interior point
 (the distance-transform maximum of the frame-0 mask); and a simulated gaze dwell at that point
-(``engine.demo.gaze_sim``: fixation jitter, drift and a blink, through ``engine.gaze.DwellSelector``;
+(``engine.gaze.simulate``: fixation jitter, drift and a blink, through ``engine.gaze.DwellSelector``;
 the selection's point is the prompt). DAVIS protocol: frame 0 (the prompted frame) is not scored.
 """
 
@@ -84,7 +84,7 @@ def gaze_dwell_point(point_xy: np.ndarray, seed: int = 0, fps: float = 30.0) -> 
     """Where a simulated gaze dwell on ``point_xy`` (``(2,)``) selects, float32 ``(2,)``: two
     fixations of ~1 s on the point (jitter, drift, a blink in the second), fed to a default
     ``DwellSelector``; its first selection's point."""
-    from engine.demo.gaze_sim import simulate_gaze
+    from engine.gaze.simulate import simulate_gaze
     from engine.gaze import DwellSelector
     from engine.stream.events import SelectEvent
 
