@@ -48,7 +48,7 @@ from engine.backends.factory import onnx_files  # noqa: E402
 from engine.backends.ort_backend import OrtBackend, physical_cores  # noqa: E402
 from engine.backends.torch_backend import TorchBackend  # noqa: E402
 from engine.models.registry import build_model, get_spec, load_model  # noqa: E402
-from trt.export import realistic_prompts  # noqa: E402
+from engine.export.prompts import realistic_prompts  # noqa: E402
 
 STAGES = ("encode", "decode 1pt", "decode 16pt", "decode 4x")
 SETTLE_S = 0.05  # pause after every timed run (see interleaved_times)

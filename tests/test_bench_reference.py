@@ -15,7 +15,7 @@ from engine.backends.torch_backend import TorchBackend
 from engine.models.registry import build_model, get_spec, load_model
 from engine.transforms import preprocess
 from tests.refs import medsam_checkpoint
-from trt.export import realistic_prompts
+from engine.export.prompts import realistic_prompts
 
 pytest.importorskip("segment_anything.utils.onnx")
 

@@ -35,7 +35,7 @@ import numpy as np
 from engine.demo.objects import ObjectLog, largest_component, upright_box
 from engine.lift import fuse_tsdf, lift, oriented_box, save_ply
 from engine.stream.latency import LatencyRecorder
-from engine.stream.sources import SourceError
+from engine.frame_source import SourceError
 from engine.types import Frame
 
 InputKind = Literal["synthetic", "realsense", "bag", "camera"]

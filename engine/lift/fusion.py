@@ -40,7 +40,10 @@ def read_redwood_log(path: str | Path) -> list[np.ndarray]:
             raise ValueError(f"{path}: pose {k // 5} has a non-numeric entry ({exc})") from exc
         if mat.shape != (4, 4):
             raise ValueError(f"{path}: pose {k // 5} rows must hold 4 numbers each")
-        poses.append(check_pose(mat))
+        try:
+            poses.append(check_pose(mat))
+        except ValueError as exc:
+            raise ValueError(f"{path}: pose {k // 5}: {exc}") from None
     return poses
 
 

@@ -97,12 +97,9 @@ def check_pose(pose: np.ndarray | None) -> np.ndarray | None:
     """Validate an optional 4x4 homogeneous pose; returns it as float64."""
     if pose is None:
         return None
-    pose = np.asarray(pose, dtype=np.float64)
-    if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
-        raise ValueError(f"pose must be a finite 4x4 camera-to-world matrix, got shape {pose.shape}")
-    if not np.allclose(pose[3], [0, 0, 0, 1]):
-        raise ValueError(f"pose's last row must be [0, 0, 0, 1], got {pose[3].tolist()}")
-    return pose
+    from engine.validate import pose as check
+
+    return check("pose (4x4 camera-to-world)", pose)
 
 
 def oriented_box(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

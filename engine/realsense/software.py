@@ -19,7 +19,7 @@ import numpy as np
 
 from engine.realsense.config import DepthFilterConfig
 from engine.realsense.processing import FrameProcessor, import_rs, rs_intrinsics_from
-from engine.stream.sources import _Source
+from engine.frame_source import FrameSource
 from engine.types import CameraIntrinsics, Frame
 
 
@@ -190,7 +190,7 @@ def sphere_scene(index: int, intrinsics: CameraIntrinsics, radius_m: float = 0.1
     return rgb, depth_raw, mask
 
 
-class SyntheticRealSense(_Source):
+class SyntheticRealSense(FrameSource):
     """``count`` frames of :func:`sphere_scene` through a :class:`SoftwareCamera` and a
     :class:`FrameProcessor`: a ``FrameSource`` of aligned RGB-D ``Frame``s with no camera.
 

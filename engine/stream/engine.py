@@ -64,6 +64,7 @@ class EngineConfig:
     encoder_nice: int = 10
     motion_corners: int = 100
     roi_margin: float | None = None
+    max_encoder_errors: int = 3  # keyframe encodes in a row that may fail (counted, skipped) before raising
 
 
 class StreamEngine:
@@ -90,8 +91,8 @@ class StreamEngine:
         self.policy = policy or KeyframePolicy()
         self.motion = motion
         self.config = config or EngineConfig()
-        self.encoder = AsyncEncoder(self._encode, asynchronous=async_encoder,
-                                    nice=self.config.encoder_nice)
+        self.encoder = AsyncEncoder(self._encode, asynchronous=async_encoder, nice=self.config.encoder_nice,
+                                    max_consecutive_errors=self.config.max_encoder_errors)
         self.tracker = Tracker(self.config.tracker, points_supported=not spec.box_only)
         self._roi_margin = effective_roi_margin(self.config.roi_margin, backend, self.tracker.feeds_masks_back)
         self.motion_estimator = MotionEstimator(motion, self.config.motion_downscale_to,

@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-# Wire into ``engine/cli.py``'s ``build_parser``:  add_track_parser(sub)
+from engine.cli_common import UsageError, add_model_args, parse_box, parse_floats, verb_main
 
 
 def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -39,12 +39,9 @@ def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
     prompt.add_argument("--gaze", metavar="GAZE.csv",
                         help="gaze recording (timestamp_ns,x,y,confidence): a dwell selects")
     prompt.add_argument("--gaze-offset-ms", type=float, help="gaze time minus frame time (default: align starts)")
-    p.add_argument("--model", default="lite_medsam", help="registered model name (default lite_medsam)")
-    p.add_argument("--checkpoint", help="checkpoint path (default: resolved, see `arsel models`)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt", "auto"),
-                   help="runtime of encoder and decoder (default torch; onnxruntime/tensorrt export on first use; "
-                        "tensorrt is not yet verified on a GPU)")
+    add_model_args(p, model_help="registered model name (default lite_medsam)",
+                   backend_help="runtime of encoder and decoder (default torch; onnxruntime/tensorrt export on "
+                                "first use)")
     key = p.add_mutually_exclusive_group()
     key.add_argument("--keyframe-interval", type=int, metavar="K", help="encode every K frames (default 5)")
     key.add_argument("--keyframe", metavar="auto|K", help="'auto' (motion/score driven) or an interval K")
@@ -67,8 +64,6 @@ def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _usage(msg: str) -> Exception:
-    from engine.cli import UsageError
-
     return UsageError(msg)
 
 
@@ -86,16 +81,60 @@ def _policy(args: argparse.Namespace) -> Any:
     return KeyframePolicy(mode="interval", interval=k)
 
 
-def _prompts(args: argparse.Namespace) -> list[Any]:
-    from engine.cli import _floats, parse_box
+def _prompts(args: argparse.Namespace, frame_hw: tuple[int, int] | None) -> list[Any]:
+    """The CLI's box/point prompts, checked against the first frame's size (when known)."""
     from engine.stream.events import Prompt
+    from engine.validate import box_xyxy, points_xy
 
     kinds = [k for k in ("box", "point", "gaze") if getattr(args, k)]
     if len(kinds) != 1:
         raise _usage("give one kind of prompt: --box X0,Y0,X1,Y1 or --point X,Y (repeatable), or --gaze GAZE.csv")
-    prompts = [Prompt.box(parse_box(b), source="cli") for b in args.box or []]
-    prompts += [Prompt.point(*_floats(t, (2,), "--point"), source="cli") for t in args.point or []]
+    prompts = [Prompt.box(box_xyxy("--box", parse_box(b), frame_hw), source="cli") for b in args.box or []]
+    for t in args.point or []:
+        (x, y), = points_xy("--point", [parse_floats(t, (2,), "--point")], frame_hw).tolist()
+        prompts.append(Prompt.point(x, y, source="cli"))
     return prompts
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Every numeric flag finite and in range, named in the error (before anything is opened)."""
+    from engine.validate import number, optional_number
+
+    optional_number("--max-frames", args.max_frames, lo=1, integer=True)
+    number("--reuse-decode-px", args.reuse_decode_px, lo=0, hint=" (0: decode every frame)")
+    optional_number("--roi-margin", args.roi_margin, lo=0, hi=100, hint=" (a fraction of the box size, e.g. 0.25)")
+    optional_number("--gaze-offset-ms", args.gaze_offset_ms, lo=-86_400_000, hi=86_400_000,
+                    hint=" (gaze time minus frame time, ms)")
+    optional_number("--threads", args.threads, lo=1, hi=1024, integer=True)
+
+
+def _first_frame_hw(source: Any) -> tuple[int, int] | None:
+    """(height, width) of the source's frames without reading a frame, None when it cannot tell."""
+    files = getattr(source, "files", None)
+    if files:
+        image = cv2.imread(str(files[0]), cv2.IMREAD_UNCHANGED)
+        return None if image is None else (int(image.shape[0]), int(image.shape[1]))
+    frames = getattr(source, "frames_rgb", None)
+    if frames:
+        return int(frames[0].shape[0]), int(frames[0].shape[1])
+    cap = getattr(source, "_cap", None)
+    if cap is not None:
+        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        return (h, w) if h > 0 and w > 0 else None
+    return None
+
+
+def _gaze_replay(args: argparse.Namespace, frame_hw: tuple[int, int] | None) -> Any:
+    """The gaze replay of ``--gaze``, read and checked now (before the model loads), or None."""
+    if not args.gaze:
+        return None
+    from engine.stream.prompt_sources import GazeReplay
+
+    if frame_hw is None:
+        raise _usage("--gaze needs a source whose frame size is known before reading it (a video file, "
+                     "a folder of frames or synthetic)")
+    offset = None if args.gaze_offset_ms is None else int(-args.gaze_offset_ms * 1e6)
+    return GazeReplay.from_csv(args.gaze, frame_hw, offset_ns=offset)
 
 
 def _threads(args: argparse.Namespace) -> int | None:
@@ -115,22 +154,24 @@ def _threads(args: argparse.Namespace) -> int | None:
 
 
 def cmd_track(args: argparse.Namespace) -> int:
+    from engine.atomic import AtomicOutputs
     from engine.stream.engine import EngineConfig, StreamEngine
     from engine.stream.sources import open_source
+    from engine.validate import json_text, output_dir
 
+    _check_numbers(args)
     policy = _policy(args)
-    prompts = _prompts(args)
-    if args.max_frames is not None and args.max_frames < 1:
-        raise _usage(f"--max-frames must be >= 1, got {args.max_frames}")
-    if args.reuse_decode_px < 0:
-        raise _usage(f"--reuse-decode-px must be >= 0, got {args.reuse_decode_px}")
-    if args.roi_margin is not None and args.roi_margin < 0:
-        raise _usage(f"--roi-margin must be >= 0 (a fraction of the box size), got {args.roi_margin}")
-    threads = _threads(args)
     out = Path(args.out)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
+    output_dir("--out", out)
     source = open_source(args.source)  # first: a bad source fails before the model loads
     try:
+        frame_hw = _first_frame_hw(source)
+        if frame_hw is None and hasattr(source, "frame_count") and Path(args.source).is_file():
+            raise ValueError(f"source {args.source}: OpenCV cannot decode it as a video (no frame size); "
+                             "give a video file, a folder of frames or a camera index")
+        prompts = _prompts(args, frame_hw)
+        replay = _gaze_replay(args, frame_hw)
+        threads = _threads(args)
         engine = StreamEngine.from_name(args.model, Path(args.checkpoint) if args.checkpoint else None,
                                         args.device, backend=args.backend, threads=threads, policy=policy,
                                         motion=args.motion, async_encoder=args.async_encoder,
@@ -139,25 +180,32 @@ def cmd_track(args: argparse.Namespace) -> int:
     except BaseException:
         source.close()  # a camera is released even when the model fails to load
         raise
-    writer = _Writer(out, len(prompts) > 1, None if args.no_overlay else source.fps)
-    t0 = time.perf_counter()
-    wait_first = engine.encoder.asynchronous and not _is_live(source)
-    try:  # the camera/file is released and the encoder worker stopped whatever happens
-        events = _events(args, engine, prompts)
-        for res, frame in _loop(engine, source, events, args.max_frames):
-            writer.write(res, frame, engine)
-            if wait_first:  # offline input: the first keyframe before the next frame, not masks left empty
-                engine.encoder.wait_idle()
-                wait_first = False
-        total = _length(source)
-        if args.max_frames is None and total is not None:
-            writer.fill_to(total)  # trailing unreadable frames still get a mask
-    finally:
-        writer.close()
-        engine.close()
-        source.close()
-    metrics = _metrics(args, engine, source, writer, time.perf_counter() - t0)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with AtomicOutputs() as outs:  # masks/, metrics.json, overlay.mp4 appear together, or not at all
+        tmp = outs.folder(out)
+        (tmp / "masks").mkdir()
+        writer = _Writer(tmp, len(prompts) > 1, None if args.no_overlay else source.fps)
+        t0 = time.perf_counter()
+        wait_first = engine.encoder.asynchronous and not _is_live(source)
+        try:  # the camera/file is released and the encoder worker stopped whatever happens
+            events = _events(engine, prompts, replay)
+            for res, frame in _loop(engine, source, events, args.max_frames):
+                writer.write(res, frame, engine)
+                if wait_first:  # offline input: the first keyframe before the next frame, not masks left empty
+                    engine.encoder.wait_idle()
+                    wait_first = False
+            total = _length(source)
+            if args.max_frames is None and total is not None:
+                writer.fill_to(total)  # trailing unreadable frames still get a mask
+            if writer.count == 0:
+                raise ValueError(f"source {args.source} gave no readable frame; nothing was written")
+        finally:
+            writer.close()
+            engine.close()
+            source.close()
+        metrics = _metrics(args, engine, source, writer, time.perf_counter() - t0)
+        if replay is not None:
+            metrics["gaze"] = replay.stats()
+        (tmp / "metrics.json").write_text(json_text(metrics))
     print(f"{out}: {writer.count} masks, {metrics['fps']:.1f} fps, keyframes {metrics['keyframes_total']}, "
           f"frame p95 {metrics['stages'].get('frame', {}).get('p95_ms', float('nan')):.0f} ms")
     return 0
@@ -179,22 +227,17 @@ def _is_live(source: Any) -> bool:
                                                 and getattr(source, "bag", None) is None)
 
 
-def _events(args: argparse.Namespace, engine: Any, prompts: list[Any]) -> Any:
+def _events(engine: Any, prompts: list[Any], replay: Any) -> Any:
     """``events(frame)`` callback: the CLI prompts on the first frame, or gaze replay."""
-    state: dict[str, Any] = {"first": True, "replay": None}
+    state = {"first": True}
 
     def events(frame: Any) -> list[Any]:
         from engine.stream.events import SelectEvent
 
-        if not args.gaze:
+        if replay is None:
             first, state["first"] = state["first"], False
             return [SelectEvent(p, None, frame.timestamp_ns) for p in prompts] if first else []
-        if state["replay"] is None:
-            from engine.stream.prompt_sources import GazeReplay
-
-            offset = None if args.gaze_offset_ms is None else int(-args.gaze_offset_ms * 1e6)
-            state["replay"] = GazeReplay.from_csv(args.gaze, frame.rgb.shape[:2], offset_ns=offset)
-        return state["replay"].events_until(frame.timestamp_ns)
+        return replay.events_until(frame.timestamp_ns)
 
     return events
 
@@ -315,16 +358,7 @@ def _metrics(args: argparse.Namespace, engine: Any, source: Any, writer: _Writer
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Standalone entry (``python -m engine.stream.track_cli ...``), same flags as ``arsel track``."""
-    from engine.cli import UsageError
-
-    parser = argparse.ArgumentParser(prog="arsel")
-    add_track_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["track", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except (UsageError, ValueError, FileNotFoundError, OSError, RuntimeError) as exc:
-        print(f"arsel track: error: {exc}", file=sys.stderr)
-        return 2
+    return verb_main(add_track_parser, "track", argv)
 
 
 if __name__ == "__main__":
