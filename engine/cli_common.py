@@ -63,9 +63,6 @@ def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="checkpoint path (default: resolved, see `arsel models`)")
 
 
-TENSORRT_UNVERIFIED = "tensorrt is not yet verified on a GPU"  # until a measured GPU run exists
-
-
 def add_model_args(
     p: argparse.ArgumentParser,
     default: str = "lite_medsam",
@@ -80,7 +77,8 @@ def add_model_args(
                    help=model_help or f"registered model name (default {default}; see `arsel models`)")
     add_checkpoint_arg(p)
     p.add_argument("--device", default="cpu", help=device_help)
-    p.add_argument("--backend", default=backend_default, choices=BACKENDS, help=f"{backend_help}; {TENSORRT_UNVERIFIED}")
+    p.add_argument("--backend", default=backend_default, choices=BACKENDS,
+                   help=f"{backend_help}; tensorrt is not yet verified on a GPU")
 
 
 def build_predictor(args: argparse.Namespace) -> Any:
