@@ -1,7 +1,8 @@
 """Offline evaluation of the stream engine on DAVIS-layout sequences (mean J = region IoU).
 
 A DAVIS sequence folder holds ``JPEGImages/NNNNN.jpg`` and ``Annotations/NNNNN.png`` (object ids;
-here every non-zero pixel is the object). ``CachingBackend`` memoises encodes by input bytes so
+here every non-zero pixel is the object): the shared ``davis_blackswan/`` and ``davis2016/<seq>/``
+alike. Mean J leaves out frame 0, which carries the prompt (DAVIS protocol). ``CachingBackend`` memoises encodes by input bytes so
 several keyframe settings can be compared on one sequence for the price of one set of encodes.
 """
 
@@ -73,7 +74,10 @@ class CachingBackend:
 
 @dataclass(frozen=True, slots=True)
 class TrackEval:
-    """Per-frame J (float64 ``(N,)``), its mean, keyframes used and the engine's latency summary."""
+    """Per-frame J (float64 ``(N,)``, frame 0 included), keyframes used and the engine's latency summary.
+
+    ``mean_j`` follows the DAVIS protocol: frame 0, which carries the prompt, is left out.
+    """
 
     j_per_frame: np.ndarray
     keyframes: tuple[int, ...]
@@ -81,7 +85,13 @@ class TrackEval:
 
     @property
     def mean_j(self) -> float:
-        return float(np.mean(self.j_per_frame))
+        """Mean J over frames 1..N-1 (DAVIS protocol: the prompted frame 0 excluded); NaN for N < 2."""
+        return float(np.mean(self.j_per_frame[1:])) if len(self.j_per_frame) > 1 else float("nan")
+
+    @property
+    def embedding_age_mean(self) -> float | None:
+        """Mean frames between the keyframe decoded on and the frame (None when never recorded)."""
+        return self.latency.get("embedding_age_frames", {}).get("mean")
 
 
 def evaluate_davis(engine: Any, folder: str | Path, max_frames: int | None = None) -> TrackEval:

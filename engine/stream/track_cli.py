@@ -99,8 +99,7 @@ def _prompts(args: argparse.Namespace) -> list[Any]:
 
 def _threads(args: argparse.Namespace) -> int | None:
     """Threads per engine thread. Encoder and decoder each run their own intra-op pool: half the
-    cores each avoids oversubscription (2 shared cores, torch: decode 200 ms with 1 thread vs
-    1300 ms with 2 while other work runs)."""
+    cores each avoids oversubscription (two pools of all cores fight over them)."""
     if args.threads is not None and args.threads < 1:
         raise _usage(f"--threads must be >= 1, got {args.threads}")
     if args.threads is None and not args.async_encoder:
