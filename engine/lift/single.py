@@ -18,9 +18,9 @@ Pipeline (:func:`lift`), all in the camera frame until the optional pose is appl
    it back to full resolution: a pixel survives when its block's representative does and its
    depth lies within ``eps`` of the representative's.
 
-SOR and DBSCAN run on at most ``max_points`` representatives because on every pixel they cost
-~100x more (``bench/bench_lift.py``, "full-res" column). Centroid, box and the returned points
-are full resolution; the hull volume uses the cluster's representatives.
+SOR and DBSCAN run on at most ``max_points`` representatives: on every pixel the lift costs
+10-100x more (``bench/bench_lift.py``, "full-res"). Centroid, box and the returned points are
+full resolution; the hull volume uses the cluster's representatives.
 """
 
 from __future__ import annotations
@@ -125,8 +125,7 @@ def _empty(status: str, frame: str, cam: np.ndarray, timings: dict[str, float]) 
 
 def _crop_and_erode(mask: np.ndarray, erode_px: int, edge_px: int = 0) -> tuple[np.ndarray, int, int] | None:
     """Crop to the mask's box (padded by ``max(erode_px, edge_px) + 1``) and erode; ``None`` for
-    an empty mask. A mask that erosion would wipe out entirely (thinner than ~2*erode_px) is kept uneroded.
-    """
+    an empty mask. A mask that erosion would wipe out entirely (thinner than ~2*erode_px) stays."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
         return None
