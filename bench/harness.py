@@ -149,6 +149,7 @@ class Run:
         self.bench, self.config, self.notes = bench, dict(config), list(notes)
         self.host = host_info()
         self.started = dt.datetime.now(dt.timezone.utc)
+        self.source = git_commit()  # the code that runs: taken at the start, before anything can change it
         self.rows: list[dict[str, Any]] = []
 
     def add(self, labels: Mapping[str, Any], figures: Mapping[str, Any]) -> None:
@@ -159,7 +160,7 @@ class Run:
         loads = [x for x in (start_load, end_load) if x is not None]
         return {
             "schema": SCHEMA, "bench": self.bench, "date": self.started.isoformat(timespec="seconds"),
-            **git_commit(), "host": self.host, "libraries": library_versions(), "config": self.config,
+            **self.source, "host": self.host, "libraries": library_versions(), "config": self.config,
             "load": {"start": start_load, "end": end_load,
                      "under_load": bool(loads) and max(loads) > 0.5 * self.host["cores"]},
             "notes": self.notes, "rows": self.rows,

@@ -40,15 +40,20 @@ def load_results(folder: Path) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: (r["date"], r["_file"]))
 
 
+def _num(x: float) -> str:
+    """4 significant digits, never in exponent form for the sizes benches report."""
+    return f"{x:.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, dict) and "median" in value:
         if value.get("n", 0) == 0:
             return "-"
         if value["n"] == 1:
-            return f"{value['median']:.4g}"
-        return f"{value['median']:.4g} ({value['p5']:.4g}-{value['p95']:.4g}, {value['n']})"
+            return _num(value["median"])
+        return f"{_num(value['median'])} ({_num(value['p5'])}-{_num(value['p95'])}, {value['n']})"
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return "-" if value != value else _num(value)
     return "-" if value is None else str(value)
 
 
