@@ -16,7 +16,7 @@ does not: this is what a new keyframe costs, and ratios to the reference use it)
 ``decode 1pt`` the same click again (warm); ``decode 16pt`` one prompt of 16 points (warm);
 ``decode 4x`` four prompts (click + pad) in one batched call (warm; ms for the whole call). ``--variants`` adds ONNX Runtime with other session settings;
 ``--torch-options`` adds torch with channels-last and with ``torch.compile`` (compiled in the warm-up).
-A "reference" row runs the official implementation (``bench/reference.py``; off with
+A "reference" row runs the official implementation (``engine.reference.backend``; off with
 ``--no-reference`` or where its test-only packages are missing) at the same weights; its decode
 outputs are checked against ours before timing, and a second table gives ratios to it.
 
@@ -42,12 +42,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import Run, add_mode_args, describe_host, interleaved_ms, spread  # noqa: E402
-from bench.reference import ReferenceBackend  # noqa: E402
 from engine.backends.factory import onnx_files  # noqa: E402
 from engine.backends.ort_backend import OrtBackend, physical_cores  # noqa: E402
 from engine.backends.torch_backend import TorchBackend  # noqa: E402
+from engine.export.prompts import realistic_prompts  # noqa: E402
 from engine.models.registry import build_model, get_spec, load_model  # noqa: E402
-from trt.export import realistic_prompts  # noqa: E402
+from engine.reference.backend import ReferenceBackend  # noqa: E402
 
 STAGES = ("encode", "decode cold", "decode 1pt", "decode 16pt", "decode 4x")
 SETTLE_S = 0.05  # pause after every timed run: parks one runtime's spin-waiting threads before the next runs

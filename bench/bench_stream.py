@@ -2,7 +2,8 @@
 
 Usage: python bench/bench_stream.py [--short] [--davis DIR ...] [--frames 100] [--skip-davis]
                                     [--skip-throughput] [--runtimes torch onnxruntime] [--reuse-px 6]
-                                    [--roi-margin 0.25] [--out FILE.json]
+                                    [--roi-margin 0.25] [--skip-starts] [--starts-seqs DIR ...]
+                                    [--out FILE.json]
 
 Modes: full (default: every DAVIS row on blackswan and the davis2016 sequences car-shadow, dog,
 camel; throughput rows of 100 frames on each sequence); ``--short`` (3 DAVIS rows on blackswan and
@@ -13,7 +14,11 @@ car-shadow; throughput of 60 frames on blackswan, torch only). Writes
    previous mask +5 %): mean J for the encoder on every frame and for a keyframe every 2/5/10
    frames with/without motion compensation, and "auto". J follows the DAVIS protocol: frame 0,
    which carries the prompt, is excluded. Encodes are shared between rows (``CachingBackend``).
-2. Throughput: a 640x480 stream (the DAVIS frames resized, played forwards then backwards), the
+2. Starts (drift guards, issue 18): keyframe 5 + homography, synchronous keyframes: J over frames
+   1.. for the ground-truth box, an interior point and a simulated gaze dwell there; the status
+   counters; the worst area loss within 10 frames while the ground truth's area is stable (+-20 %);
+   then the guards' cost on the first sequence (box start, guards off and on alternated twice).
+3. Throughput: a 640x480 stream (the DAVIS frames resized, played forwards then backwards), the
    process pinned to 2 cores, one torch thread per engine thread, keyframe every 5 frames with the
    async encoder (and the synchronous encoder for comparison). Every fps stands beside its mean J
    (frame 0 excluded) and the mean/max embedding age: an async row whose encodes take longer than
@@ -40,7 +45,16 @@ from bench.harness import Run, add_mode_args, describe_host, spread  # noqa: E40
 from engine.backends.torch_backend import TorchBackend  # noqa: E402
 from engine.models.registry import get_spec, load_model  # noqa: E402
 from engine.stream.engine import EngineConfig, StreamEngine  # noqa: E402
-from engine.stream.evaluate import CachingBackend, box_of, davis_annotations, evaluate_davis, jaccard  # noqa: E402
+from engine.stream.evaluate import (  # noqa: E402
+    START_KINDS,
+    CachingBackend,
+    box_of,
+    davis_annotations,
+    evaluate_davis,
+    jaccard,
+    worst_area_loss,
+)
+from engine.stream.guards import GuardConfig  # noqa: E402
 from engine.stream.events import Prompt  # noqa: E402
 from engine.stream.latency import LatencyRecorder  # noqa: E402
 from engine.stream.results import EngineStats  # noqa: E402
@@ -49,6 +63,7 @@ from engine.stream.sources import ArraySource, folder_images  # noqa: E402
 from engine.types import Frame  # noqa: E402
 from engine.weights import resolve  # noqa: E402
 
+GUARD_COUNTERS = ("ok", "drift_corrected", "lost", "reacquired")
 SHORT_ROWS = ("every frame", "k5 + homography", "k5, no motion")
 DAVIS_ROWS = (  # (name, keyframe policy, motion model, decode-reuse tolerance px, roi margin)
     ("every frame", KeyframePolicy(interval=1), "none"),
@@ -91,16 +106,57 @@ def davis_table(folder: Path, short: bool) -> list[dict[str, Any]]:
         config = EngineConfig(reuse_decode_px=reuse, roi_margin=roi)
         with StreamEngine(backend, spec, policy, motion=motion, config=config) as eng:
             res = evaluate_davis(eng, folder)
-        rows.append({"sequence": folder.name, "config": name, "mean_j": round(res.mean_j, 4),
+        rows.append({"sequence": folder.name, "config": name, "mean_j": round(res.mean_j_after_first, 4),
                      "frames_scored": len(res.j_per_frame) - 1, "embedding_age_mean": res.embedding_age_mean,
                      "keyframes": len(res.keyframes), "decodes_reused": eng.stats.decodes_reused,
                      "decode_ms": spread(eng.latency.stage("decode")), "motion_ms": spread(eng.latency.stage("motion")),
                      "seconds": round(time.perf_counter() - t0, 1)})
-        print(f"  {folder.name:<11} {name:<38} J {res.mean_j:.4f}  keyframes {len(res.keyframes):2d}", flush=True)
+        print(f"  {folder.name:<11} {name:<38} J {res.mean_j_after_first:.4f}  keyframes {len(res.keyframes):2d}", flush=True)
     base = rows[0]["mean_j"]
     for r in rows:
         r["j_vs_every_frame"] = round(r["mean_j"] / base, 3)
     return rows
+
+
+def starts_table(folders: list[Path]) -> list[dict[str, Any]]:
+    """J(1..) per sequence and start (box / point / gaze), status counters, worst area loss."""
+    backend = CachingBackend(_backend())
+    spec = get_spec("lite_medsam")
+    rows = []
+    for folder in folders:
+        for start in START_KINDS:
+            with StreamEngine(backend, spec, KeyframePolicy(interval=5), motion="homography") as eng:
+                res = evaluate_davis(eng, folder, start=start)
+            rows.append({"sequence": folder.name, "start": start, "mean_j_after_first": round(res.mean_j_after_first, 4),
+                         "worst_area_loss_10": round(worst_area_loss(res.area_px, res.truth_area_px), 3),
+                         **dict(eng.stats.track_status),
+                         "decode_p50_ms": res.latency["stages"]["decode"]["p50_ms"]})
+            print(f"  {folder.name:<12} {start:<5} J {res.mean_j_after_first:.4f}  {dict(eng.stats.track_status)}",
+                  flush=True)
+    for r in rows:
+        box = next(b for b in rows if b["sequence"] == r["sequence"] and b["start"] == "box")
+        r["ratio_vs_box"] = round(r["mean_j_after_first"] / box["mean_j_after_first"], 3)
+    return rows
+
+
+def guard_cost(folder: Path, repeats: int = 2) -> list[dict[str, Any]]:
+    """Box start with the guards off and on, alternated ``repeats`` times (shared encodes): decode p50."""
+    backend = CachingBackend(_backend())
+    spec = get_spec("lite_medsam")
+    samples: dict[str, list[float]] = {"off": [], "on": []}
+    rows = []
+    for _ in range(repeats):
+        for name in ("off", "on"):
+            config = EngineConfig(guard=GuardConfig(enabled=name == "on"))
+            with StreamEngine(backend, spec, KeyframePolicy(interval=5), motion="homography", config=config) as eng:
+                res = evaluate_davis(eng, folder)
+            samples[name] += eng.latency.stage("decode")[1:]  # the first decode waits on nothing cached
+            rows.append({"guards": name, "mean_j_after_first": round(res.mean_j_after_first, 4)})
+    p50 = {k: float(np.median(v)) for k, v in samples.items()}
+    out = [{"guards": k, "decode_p50_ms": round(p50[k], 2), "decode_p95_ms": round(float(np.percentile(samples[k], 95)), 2),
+            "decodes": len(samples[k]), "ratio_vs_off": round(p50[k] / p50["off"], 3),
+            "mean_j_after_first": [r["mean_j_after_first"] for r in rows if r["guards"] == k]} for k in ("off", "on")]
+    return out
 
 
 def stream_640x480(folder: Path, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -169,6 +225,9 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=None, help="frames of each throughput stream (100; short 60)")
     ap.add_argument("--skip-davis", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--skip-starts", action="store_true")
+    ap.add_argument("--starts-seqs", type=Path, nargs="+", default=None,
+                    help="DAVIS-layout sequences of the starts table (default: those of --davis)")
     ap.add_argument("--runtimes", nargs="+", default=None,
                     help="backends of the throughput rows (torch onnxruntime; short: torch)")
     ap.add_argument("--reuse-px", type=float, default=6.0, help="decode-reuse tolerance of the extra async row")
@@ -199,6 +258,19 @@ def main() -> int:
                     {k: v for k, v in r.items() if k not in ("sequence", "config")})
         print(_table(davis, ["sequence", "config", "mean_j", "j_vs_every_frame", "embedding_age_mean", "keyframes",
                              "decodes_reused", "decode_ms"]))
+    if not args.skip_starts:
+        print("Starts (box / interior point / gaze dwell), k5 + homography, J over frames 1..:", flush=True)
+        starts = starts_table(args.starts_seqs or seqs)
+        for r in starts:
+            run.add({"table": "starts", "sequence": r["sequence"], "config": r["start"]},
+                    {k: v for k, v in r.items() if k not in ("sequence", "start")})
+        print(_table(starts, ["sequence", "start", "mean_j_after_first", "ratio_vs_box", "worst_area_loss_10",
+                              *GUARD_COUNTERS, "decode_p50_ms"]))
+        cost = guard_cost(seqs[0])
+        for r in cost:
+            run.add({"table": "guard_cost", "sequence": seqs[0].name, "config": f"guards {r['guards']}"},
+                    {k: v for k, v in r.items() if k != "guards"})
+        print(_table(cost, ["guards", "decode_p50_ms", "decode_p95_ms", "decodes", "ratio_vs_off", "mean_j_after_first"]))
     if not args.skip_throughput:
         tseqs = seqs[:1] if args.short else seqs
         rows = [throughput(f, frames, a, 5, rt) for f in tseqs for rt in runtimes for a in (True, False)]

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
+from engine.cli_common import UsageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm")
 
@@ -58,8 +58,6 @@ def add_calibrate_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _usage(msg: str) -> Exception:
-    from engine.cli import UsageError
-
     return UsageError(msg)
 
 
@@ -99,9 +97,16 @@ def expand_images(items: list[str]) -> list[Path]:
 def cmd_calibrate_intrinsics(args: argparse.Namespace) -> int:
     from calibration.intrinsics import calibrate, save_intrinsics
 
+    from engine.atomic import AtomicOutputs
+    from engine.validate import json_text, number, optional_number, output_file
+
     size = parse_size(args.size)
-    if not args.square_m > 0 or args.min_images < 1:
-        raise _usage(f"need --square-m > 0 and --min-images >= 1, got {args.square_m}, {args.min_images}")
+    number("--square-m", args.square_m, lo=0, lo_open=True, hi=10.0, hint=" (square side in metres)")
+    optional_number("--marker-m", args.marker_m, lo=0, lo_open=True, hi=10.0)
+    number("--min-images", args.min_images, lo=1, integer=True)
+    optional_number("--max-image-error-px", args.max_image_error_px, lo=0, lo_open=True)
+    output_file("--out", args.out, (".json",))
+    output_file("--json", args.json, (".json",))
     images = expand_images(args.images)
     res = calibrate(images, args.pattern, size, args.square_m, marker_m=args.marker_m, dictionary=args.dictionary,
                     min_images=args.min_images, max_image_error_px=args.max_image_error_px)
@@ -120,15 +125,14 @@ def cmd_calibrate_intrinsics(args: argparse.Namespace) -> int:
     if args.format == "open3d" and any(i.dist):
         print("arsel calibrate: warning: Open3D intrinsics JSON has no distortion field; undistort images "
               "before using it, or keep --format arsel", file=sys.stderr)
-    with warnings.catch_warnings():
+    with AtomicOutputs() as outs, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the same warning, printed above as one line
-        save_intrinsics(args.out, i, args.format)
-    if args.json:
-        report = {"out": str(args.out), "format": args.format, "rms_px": res.rms_px,
-                  "image_hw": list(res.image_hw), "fx": i.fx, "fy": i.fy, "cx": i.cx, "cy": i.cy,
-                  "dist": list(i.dist), "per_image_error_px": res.per_image_error_px, "rejected": res.rejected}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        save_intrinsics(outs.file(args.out), i, args.format)
+        if args.json:
+            report = {"out": str(args.out), "format": args.format, "rms_px": res.rms_px,
+                      "image_hw": list(res.image_hw), "fx": i.fx, "fy": i.fy, "cx": i.cx, "cy": i.cy,
+                      "dist": list(i.dist), "per_image_error_px": res.per_image_error_px, "rejected": res.rejected}
+            outs.file(args.json).write_text(json_text(report))
     print(f"wrote {args.out} ({args.format})")
     return 0
 
@@ -137,17 +141,21 @@ def cmd_calibrate_gaze(args: argparse.Namespace) -> int:
     from calibration.gaze import calibrate_gaze_csv
     from calibration.intrinsics import load_intrinsics
 
+    from engine.atomic import AtomicOutputs
+    from engine.validate import number, output_file
+
     samples = Path(args.samples)
     if not samples.is_file():
         raise FileNotFoundError(f"gaze samples CSV not found: {samples}")
-    if not args.ransac_px > 0:
-        raise _usage(f"--ransac-px must be > 0, got {args.ransac_px}")
+    number("--ransac-px", args.ransac_px, lo=0, lo_open=True, hint=" (scene pixels)")
+    output_file("--out", args.out, (".json",))
     cam: dict[str, float] = {}
     if args.intrinsics:
         intr = load_intrinsics(args.intrinsics)
         cam = {"fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    m = calibrate_gaze_csv(samples, args.out, args.model, ransac_px=args.ransac_px, seed=args.seed, **cam)
+    with AtomicOutputs() as outs:
+        m = calibrate_gaze_csv(samples, outs.file(args.out), args.model, ransac_px=args.ransac_px, seed=args.seed,
+                               **cam)
     print(f"{args.out}: {m.model} from {m.num_inliers} of {m.num_pairs} pairs (RANSAC inliers within "
           f"{args.ransac_px:g} px)")
     print(f"  residuals: rms {m.rms_px:.3f} px, median {m.median_px:.3f} px, max {m.max_px:.3f} px")

@@ -246,33 +246,42 @@ def read_calibration_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     order: list[int] | None = None
     rows: list[list[float]] = []
-    with path.open(newline="", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a UTF-8 text file (byte {exc.start}); the calibration CSV is text with the "
+                         f"header {','.join(CSV_COLUMNS)}") from None
+    if "\x00" in text:
+        raise ValueError(f"{path}: holds NUL bytes, so it is not a text CSV (header {','.join(CSV_COLUMNS)})")
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
             fields = [f.strip() for f in next(csv.reader([line]))]
-            if order is None:
-                if sorted(fields) != sorted(CSV_COLUMNS):
-                    got = ",".join(fields)
-                    raise ValueError(f"{path}:{lineno}: header must be {','.join(CSV_COLUMNS)}, got {got!r}")
-                order = [fields.index(c) for c in CSV_COLUMNS]
-                continue
-            if len(fields) != len(CSV_COLUMNS):
+        except csv.Error as exc:
+            raise ValueError(f"{path}:{lineno}: not CSV ({exc})") from None
+        if order is None:
+            if sorted(fields) != sorted(CSV_COLUMNS):
+                got = ",".join(fields)
+                raise ValueError(f"{path}:{lineno}: header must be {','.join(CSV_COLUMNS)}, got {got!r}")
+            order = [fields.index(c) for c in CSV_COLUMNS]
+            continue
+        if len(fields) != len(CSV_COLUMNS):
+            raise ValueError(
+                f"{path}:{lineno}: expected {len(CSV_COLUMNS)} fields ({','.join(CSV_COLUMNS)}), got {len(fields)}"
+            )
+        values = []
+        for name, i in zip(CSV_COLUMNS, order):
+            try:
+                value = float(fields[i])
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: {name} must be a number, got {fields[i]!r}") from None
+            if not math.isfinite(value):
                 raise ValueError(
-                    f"{path}:{lineno}: expected {len(CSV_COLUMNS)} fields ({','.join(CSV_COLUMNS)}), got {len(fields)}"
+                    f"{path}:{lineno}: {name} must be finite, got {fields[i]!r}; delete the row of a missed target"
                 )
-            values = []
-            for name, i in zip(CSV_COLUMNS, order):
-                try:
-                    value = float(fields[i])
-                except ValueError:
-                    raise ValueError(f"{path}:{lineno}: {name} must be a number, got {fields[i]!r}") from None
-                if not math.isfinite(value):
-                    raise ValueError(
-                        f"{path}:{lineno}: {name} must be finite, got {fields[i]!r}; delete the row of a missed target"
-                    )
-                values.append(value)
-            rows.append(values)
+            values.append(value)
+        rows.append(values)
     if order is None:
         raise ValueError(f"{path}: no header found; the first line must be {','.join(CSV_COLUMNS)}")
     arr = np.asarray(rows, dtype=np.float64).reshape(-1, 4)

@@ -75,7 +75,7 @@ def intrinsics_from_dict(
         if missing:
             need = ", ".join(OPEN3D_KEYS)
             raise ValueError(f"{source}: missing field {missing[0]!r} (Open3D intrinsics need {need})")
-        return _from_open3d(data, source, 0.001 if depth_scale_m is None else depth_scale_m)
+        return plausible(_from_open3d(data, source, 0.001 if depth_scale_m is None else depth_scale_m), source)
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise ValueError(
@@ -98,9 +98,19 @@ def intrinsics_from_dict(
         dist=tuple(_number(source, f"dist[{i}]", v) for i, v in enumerate(dist)),
     )  # fmt: skip
     try:
-        return CameraIntrinsics(**values)
+        intr = CameraIntrinsics(**values)
     except ValueError as exc:
         raise ValueError(f"{source}: {exc}") from None
+    return plausible(intr, source)
+
+
+def plausible(intr: CameraIntrinsics, source: str = "intrinsics") -> CameraIntrinsics:
+    """``intr`` when its principal point lies near the image and its focal lengths fit its size
+    (``engine.validate.intrinsics``), else ``engine.validate.InputError`` naming ``source``."""
+    from engine.validate import intrinsics as check
+
+    check(source, intr.width, intr.height, intr.fx, intr.fy, intr.cx, intr.cy)
+    return intr
 
 
 def load_intrinsics(path: str | Path, depth_scale_m: float | None = None) -> CameraIntrinsics:
@@ -109,9 +119,13 @@ def load_intrinsics(path: str | Path, depth_scale_m: float | None = None) -> Cam
     if not path.is_file():
         raise FileNotFoundError(f"intrinsics file not found: {path}")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a UTF-8 JSON text file (byte {exc.start}); give an intrinsics JSON") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to be intrinsics") from None
     return intrinsics_from_dict(data, str(path), depth_scale_m)
 
 

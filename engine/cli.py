@@ -1,6 +1,6 @@
 """The ``arsel`` command line.
 
-Verbs: ``models``, ``segment``, ``everything``, ``weights fetch``, ``export``, ``build-engine``,
+Verbs: ``doctor``, ``models``, ``segment``, ``everything``, ``weights fetch``, ``export``, ``build-engine``,
 ``track``, ``lift``, ``fuse``, ``calibrate intrinsics``, ``calibrate gaze``, ``demo``. Each verb's flags
 are the contract users' scripts depend on (see the README).
 """
@@ -8,51 +8,23 @@ are the contract users' scripts depend on (see the README).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 
-class UsageError(ValueError):
-    """Bad command-line input; printed as one line, exit status 2."""
+# The shared pieces live in the leaf ``engine.cli_common``; the old names stay importable from here.
+from engine.cli_common import (UsageError, add_debug_arg, add_model_args, build_predictor, parse_box, parse_floats,
+                               parse_points, run_verb)
 
+_floats = parse_floats
+_add_model_args = add_model_args
+_predictor = build_predictor
 
-def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise UsageError(f"{what} {text!r} must be comma-separated numbers") from None
-    if len(vals) not in n:
-        raise UsageError(f"{what} {text!r} must have {' or '.join(map(str, n))} values")
-    return vals
-
-
-def parse_points(items: Sequence[str] | None) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """``["X,Y[,LABEL]", ...]`` -> points ``(N, 2)`` float32 and labels ``(N,)`` (default 1)."""
-    if not items:
-        return None, None
-    rows = [_floats(t, (2, 3), "--point") for t in items]
-    pts = np.array([r[:2] for r in rows], dtype=np.float32)
-    labels = np.array([r[2] if len(r) == 3 else 1.0 for r in rows], dtype=np.float32)
-    if not np.all(np.isin(labels, (0.0, 1.0))):
-        raise UsageError("--point LABEL must be 1 (foreground) or 0 (background)")
-    return pts, labels
-
-
-def parse_box(text: str | None) -> np.ndarray | None:
-    """``"X0,Y0,X1,Y1"`` -> ``(4,)`` float32."""
-    return None if text is None else np.array(_floats(text, (4,), "--box"), dtype=np.float32)
-
-
-def _predictor(args: argparse.Namespace):  # noqa: ANN202 - lazy import keeps `arsel --help` fast
-    from engine.predictor import Predictor
-
-    return Predictor.from_name(args.model, Path(args.checkpoint) if args.checkpoint else None, args.device,
-                               args.backend)
+__all__ = ["UsageError", "build_parser", "main", "parse_box", "parse_points"]
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -68,25 +40,27 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from engine.atomic import AtomicOutputs
     from engine.imageio import draw_overlay, load_rgb, save_mask_png, save_rgb
     from engine.transforms import mask_to_box_xyxy
+    from engine.validate import IMAGE_SUFFIXES, box_xyxy, json_text, output_file, points_xy
 
     points, labels = parse_points(args.point)
     box = parse_box(args.box)
     if points is None and box is None:
         raise UsageError("give a prompt: --point X,Y[,LABEL] (repeatable) and/or --box X0,Y0,X1,Y1")
+    output_file("--out", args.out, IMAGE_SUFFIXES)
+    output_file("--overlay", args.overlay, IMAGE_SUFFIXES)
+    output_file("--logits", args.logits, (".npy",))
+    output_file("--json", args.json, (".json",))
     rgb = load_rgb(args.image)
-    predictor = _predictor(args)
+    box = None if box is None else box_xyxy("--box", box, rgb.shape[:2])
+    points = None if points is None else points_xy("--point", points, rgb.shape[:2])
+    predictor = build_predictor(args)
     predictor.set_image(rgb)
     pred = predictor.predict(points, labels, box, multimask_output=args.multimask)
     best = int(np.argmax(pred.scores[0]))
     mask, logits = pred.masks[0, best], pred.logits[0, best]  # type: ignore[index]
-    save_mask_png(args.out, mask)
-    if args.logits:
-        Path(args.logits).parent.mkdir(parents=True, exist_ok=True)
-        np.save(args.logits, logits.astype(np.float32))
-    if args.overlay:
-        save_rgb(args.overlay, draw_overlay(rgb, [mask], points, labels, box))
     bbox = mask_to_box_xyxy(mask)
     report = {
         "image": str(args.image),
@@ -102,9 +76,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
         "postprocess_ms": round(pred.timings_ms["postprocess_ms"], 2),
         "backend": predictor.backend.describe().runtime,
     }
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
+    with AtomicOutputs() as outs:  # mask, logits, overlay and JSON appear together, or none of them
+        save_mask_png(outs.file(args.out), mask)
+        if args.logits:
+            np.save(outs.file(args.logits), logits.astype(np.float32))
+        if args.overlay:
+            save_rgb(outs.file(args.overlay), draw_overlay(rgb, [mask], points, labels, box))
+        if args.json:
+            outs.file(args.json).write_text(json_text(report))
     print(f"{args.out}: score {report['score']:.3f}, area {report['area_px']} px, "
           f"encode {report['encode_ms']:.0f} ms, decode {report['decode_ms']:.1f} ms")
     return 0
@@ -112,16 +91,29 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_everything(args: argparse.Namespace) -> int:
     from engine.amg import AutoMaskConfig, generate_masks
-    from engine.imageio import draw_overlay, load_rgb, save_mask_png, save_rgb
+    from engine.atomic import AtomicOutputs
+    from engine.imageio import load_rgb
+    from engine.validate import number, output_dir
 
+    number("--points-per-side", args.points_per_side, lo=1, hi=MAX_POINTS_PER_SIDE, integer=True,
+           hint=" (a grid of N x N point prompts; default 16)")
+    output_dir("--out", args.out)
     cfg = AutoMaskConfig(points_per_side=args.points_per_side)  # bad flags fail before the model loads
     rgb = load_rgb(args.image)
-    predictor = _predictor(args)
+    predictor = build_predictor(args)
     t0 = time.perf_counter()
     predictor.set_image(rgb)
     masks = generate_masks(predictor, cfg, progress=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with AtomicOutputs() as outs:  # the masks, overlay and masks.json appear together, or not at all
+        _write_everything(args, outs.folder(args.out), rgb, masks, time.perf_counter() - t0)
+    print(f"{args.out}: {len(masks)} masks in {time.perf_counter() - t0:.2f} s")
+    return 0
+
+
+def _write_everything(args: argparse.Namespace, out: Path, rgb: np.ndarray, masks: list, seconds: float) -> None:
+    from engine.imageio import draw_overlay, save_mask_png, save_rgb
+    from engine.validate import json_text
+
     records = []
     for i, m in enumerate(masks):
         name = f"mask_{i:03d}.png"
@@ -130,38 +122,39 @@ def cmd_everything(args: argparse.Namespace) -> int:
                         "predicted_iou": m.predicted_iou, "stability_score": m.stability_score})
     save_rgb(out / "overlay.jpg", draw_overlay(rgb, [m.mask for m in masks]))
     summary = {"image": str(args.image), "model": args.model, "num_masks": len(masks),
-               "seconds": round(time.perf_counter() - t0, 2), "masks": records}
-    (out / "masks.json").write_text(json.dumps(summary, indent=2))
-    print(f"{out}: {len(masks)} masks in {summary['seconds']} s")
-    return 0
+               "seconds": round(seconds, 2), "masks": records}
+    (out / "masks.json").write_text(json_text(summary))
 
 
 def cmd_weights_fetch(args: argparse.Namespace) -> int:
-    from engine.weights import fetch
+    from engine.validate import output_dir
+    from engine.weights import fetch, source
 
+    source(args.name)  # an unknown name fails before any folder is touched
+    output_dir("--dir", args.dir)
     path = fetch(args.name, Path(args.dir) if args.dir else None)
     print(path)
     return 0
 
 
-def _add_model_args(p: argparse.ArgumentParser, default: str = "lite_medsam") -> None:
-    p.add_argument("--model", default=default, help=f"registered model name (default {default}; see `arsel models`)")
-    p.add_argument("--checkpoint", help="checkpoint path (default: resolved, see `arsel models`)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt", "auto"),
-                   help="runtime (default torch; onnxruntime/tensorrt export ONNX into the cache on first use)")
+MAX_POINTS_PER_SIDE = 128  # 16,384 point prompts; beyond that the grid alone fills the memory
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arsel", description=__doc__.splitlines()[0])
+    add_debug_arg(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("models", help="list models, their input size, prompt kinds and weights")
     p.set_defaults(func=cmd_models)
 
+    p = sub.add_parser("doctor", help="what arsel sees: torch build, GPU, runtimes, cameras, weights, extras")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+    p.set_defaults(func=lambda a: __import__("engine.doctor").doctor.run(a.json))
+
     p = sub.add_parser("segment", help="segment one image from point/box prompts")
     p.add_argument("image", help="image file, or sample:cat / sample:coffee (scikit-image data)")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--point", action="append", metavar="X,Y[,LABEL]", help="1 = foreground (default), 0 = background")
     p.add_argument("--box", metavar="X0,Y0,X1,Y1")
     p.add_argument("--multimask", action="store_true", help="decode 3 candidates, keep the best-scoring")
@@ -173,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("everything", help="segment everything (automatic mask generation)")
     p.add_argument("image")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--points-per-side", type=int, default=16)
     p.add_argument("--out", required=True, help="output folder: one PNG per mask + masks.json + overlay.jpg")
     p.set_defaults(func=cmd_everything)
@@ -188,25 +181,23 @@ def build_parser() -> argparse.ArgumentParser:
     # Verbs that live beside their code; their modules import heavy libraries only when run.
     from calibration.cli import add_calibrate_parser
     from engine.demo.cli import add_demo_parser
+    from engine.export.cli import add_export_parser
     from engine.lift.cli import add_fuse_parser, add_lift_parser
     from engine.stream.track_cli import add_track_parser
-    from trt.cli import add_build_engine_parser, add_export_parser
+    from trt.cli import add_build_engine_parser
 
     for add in (add_export_parser, add_build_engine_parser, add_track_parser, add_lift_parser,
                 add_fuse_parser, add_calibrate_parser, add_demo_parser):
         add(sub)
+    from engine.serve.cli import add_serve_parser  # arsel serve: the arsel.v1 stream server
+
+    add_serve_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
-    try:
-        return func(args)
-    except (ValueError, FileNotFoundError, OSError, RuntimeError, ImportError) as exc:
-        print(f"arsel {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_verb(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine.validate import image_file, image_hw
+
 SAMPLES = {"cat": "chelsea", "coffee": "coffee", "astronaut": "astronaut"}
 
 # Distinct colours (RGB) for object ids 1, 2, ...
@@ -17,7 +19,11 @@ PALETTE = np.array(
 
 
 def load_rgb(source: str | Path) -> np.ndarray:
-    """Read an image file, or ``sample:NAME`` from scikit-image's bundled data, as HxWx3 uint8 RGB."""
+    """Read an image file, or ``sample:NAME`` from scikit-image's bundled data, as HxWx3 uint8 RGB.
+
+    Raises ``FileNotFoundError``, or ``engine.validate.InputError`` for an empty, truncated or
+    undecodable file and for a size the models cannot take (see ``engine.validate.image_hw``).
+    """
     text = str(source)
     if text.startswith("sample:"):
         name = text.split(":", 1)[1]
@@ -26,12 +32,11 @@ def load_rgb(source: str | Path) -> np.ndarray:
         from skimage import data
 
         return np.ascontiguousarray(getattr(data, SAMPLES[name])()[..., :3])
-    path = Path(text)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+    path = image_file(text)
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError(f"cannot decode {path} as an image (corrupt file or unsupported format)")
+    image_hw(f"image {path}", bgr.shape[:2])
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -15,8 +15,8 @@ from engine.stream.sources import folder_images
 
 def test_mean_j_excludes_the_prompted_frame() -> None:
     ev = TrackEval(np.array([1.0, 0.5, 0.7]), (0,), {"embedding_age_frames": {"mean": 1.5, "max": 3}})
-    assert ev.mean_j == pytest.approx(0.6) and ev.embedding_age_mean == 1.5
-    assert math.isnan(TrackEval(np.array([1.0]), (0,), {}).mean_j)
+    assert ev.mean_j_after_first == pytest.approx(0.6) and ev.embedding_age_mean == 1.5
+    assert math.isnan(TrackEval(np.array([1.0]), (0,), {}).mean_j_after_first)
     assert TrackEval(np.array([1.0]), (0,), {}).embedding_age_mean is None
 
 

@@ -27,18 +27,13 @@ from torch import nn
 from engine.backends.ort_backend import OrtBackend
 from engine.backends.torch_backend import TorchBackend
 from engine.contract import DECODER_INPUTS, DECODER_OUTPUTS
+from engine.export.common import FP32_TOLERANCE, ExportError
+from engine.export.onnx_export import compare_decoder, export_decoder, export_encoder
+from engine.export.prompts import realistic_prompts
 from engine.models.registry import REGISTRY, build_model, get_spec, load_model
 from engine.models.sam import SamModel
 from engine.predictor import Predictor
 from tests.refs import medsam_checkpoint, perturb_
-from trt.export import (
-    FP32_TOLERANCE,
-    ExportError,
-    compare_decoder,
-    export_decoder,
-    export_encoder,
-    realistic_prompts,
-)
 
 PROMPT_SHAPES = [(1, 1), (1, 2), (1, 5), (1, 16), (4, 5), (4, 16)]  # (B, N)
 
@@ -235,11 +230,11 @@ def test_predictor_over_ort_matches_torch_on_truck(medsam_backends, data_dir: Pa
 
 
 def test_factory_reuses_the_cached_export(medsam_export, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    import trt.export
+    import engine.export.onnx_export as onnx_export
     from engine.backends.factory import create_backend
 
     ckpt, cache = medsam_export
-    monkeypatch.setattr(trt.export, "export_model", lambda *a, **k: pytest.fail("re-exported a cached model"))
+    monkeypatch.setattr(onnx_export, "export_model", lambda *a, **k: pytest.fail("re-exported a cached model"))
     assert create_backend("onnxruntime", "lite_medsam", ckpt, cache_dir=cache).describe().precision == "fp32"
 
 
@@ -288,7 +283,8 @@ def test_tensorrt_on_cpu_fails_before_the_export(monkeypatch: pytest.MonkeyPatch
 def test_export_cli_parsers() -> None:
     import argparse
 
-    from trt.cli import add_build_engine_parser, add_export_parser
+    from engine.export.cli import add_export_parser
+    from trt.cli import add_build_engine_parser
 
     parser = argparse.ArgumentParser(prog="arsel")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -166,7 +166,7 @@ def test_real_device_unreachable_is_a_clear_error() -> None:
 def test_missing_package_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("pupil_labs", "pupil_labs.realtime_api", "pupil_labs.realtime_api.simple"):
         monkeypatch.setitem(sys.modules, name, None)  # import of these now raises ImportError
-    with pytest.raises(ImportError, match="pip install pupil-labs-realtime-api"):
+    with pytest.raises(ImportError, match=r"needs the gaze extra: pip install 'arsel\[gaze\]'"):
         PupilLabsGazeReceiver(address="192.168.1.20")
 
 

@@ -20,14 +20,16 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-import trt.export_no_mask as no_mask
+import engine.export.no_mask as no_mask
 from engine.backends.ort_backend import OrtBackend
 from engine.contract import DECODER_OUTPUTS
+from engine.export.common import FP32_TOLERANCE
+from engine.export.no_mask import CONTRACT_SHA256_KEY, export_no_mask_decoder, export_no_mask_pair, no_mask_paths
+from engine.export.onnx_export import export_decoder
+from engine.export.prompts import realistic_prompts
 from engine.models.registry import build_model, get_spec
 from engine.models.sam import SamModel
 from tests.refs import perturb_
-from trt.export import FP32_TOLERANCE, export_decoder, realistic_prompts
-from trt.export_no_mask import CONTRACT_SHA256_KEY, export_no_mask_decoder, export_no_mask_pair, no_mask_paths
 
 SIDE = get_spec("lite_medsam").input_size
 

@@ -134,7 +134,7 @@ def test_calibration_images(tmp_path: Path) -> None:
 
 def test_missing_tensorrt_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    with pytest.raises(ImportError, match=r"pip install arsel\[trt\]"):
+    with pytest.raises(ImportError, match=r"pip install 'arsel\[trt\]'"):
         import_tensorrt()
 
 
@@ -152,9 +152,9 @@ def _require_tensorrt() -> None:
 def medsam_engines(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     _require_tensorrt()
     from engine.backends.ort_backend import OrtBackend
+    from engine.export.onnx_export import export_model
     from tests.refs import medsam_checkpoint
     from trt.build import build_engine
-    from trt.export import export_model
 
     out = tmp_path_factory.mktemp("trt")
     result = export_model("lite_medsam", out, medsam_checkpoint(), progress=False)
@@ -167,7 +167,7 @@ def medsam_engines(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 @pytest.mark.tensorrt
 @pytest.mark.parametrize("precision,logit_tol,min_iou", [("fp32", 2e-2, 0.999), ("fp16", 0.5, 0.98)])
 def test_trt_matches_onnxruntime(medsam_engines, precision: str, logit_tol: float, min_iou: float) -> None:  # noqa: ANN001
-    from trt.export import realistic_prompts
+    from engine.export.prompts import realistic_prompts
     from trt.runtime import TrtBackend
 
     ort_backend, engines = medsam_engines

@@ -17,11 +17,11 @@ import pytest
 import torch
 from torch import nn
 
+from engine.export.common import torch_to_onnx
 from engine.models.fast_ops import Conv2dBN
 from engine.models.tiny_vit import TinyViT
 from tests.refs import randomize_
 from tests.test_models_caches import SMALL_TINYVIT, small_tinyvit
-from trt.export import _export
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -72,7 +72,7 @@ def test_exported_graph_runs_every_conv_and_mlp_as_conv_nodes(tmp_path: Path) ->
     side = SMALL_TINYVIT.img_size
     x = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(8))
     path = tmp_path / "tiny_vit.onnx"
-    _export(_Encoder(model).eval(), (x,), path, 17, input_names=["image"], output_names=["image_embeddings"])
+    torch_to_onnx(_Encoder(model).eval(), (x,), path, 17, input_names=["image"], output_names=["image_embeddings"])
     nodes = onnx.load(str(path)).graph.node
     ops = Counter(node.op_type for node in nodes)
     depths = SMALL_TINYVIT.depths

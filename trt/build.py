@@ -1,4 +1,7 @@
-"""TensorRT engine builder for the encoder/decoder ONNX of ``trt.export`` (TensorRT >= 10).
+"""TensorRT engine builder for the encoder/decoder ONNX of ``engine.export`` (TensorRT >= 10).
+
+Not yet verified on a GPU: building, fp16 and INT8 calibration have only run in CPU unit tests
+(TensorRT mocked) here.
 
 An engine is only valid for the ONNX file, TensorRT version and GPU it was built with, so every
 engine is cached under a name holding all of them (plus precision and the decoder profile) and a
@@ -8,7 +11,7 @@ foreign one (other TensorRT version or GPU) is rebuilt, or refused with an error
 
 Precision: "fp32"; "fp16" (TensorRT 10: fp16 kernels with normalisation/softmax/reduce layers held
 in fp32 by ``OBEY_PRECISION_CONSTRAINTS`` -- a fully fp16 SAM encoder overflows in LayerNorm;
-TensorRT 11, which dropped weak typing, builds the mixed-precision ONNX of ``trt.export``'s fp16
+TensorRT 11, which dropped weak typing, builds the mixed-precision ONNX of ``engine.export``'s fp16
 conversion instead); "int8" (encoder only; TensorRT 10 entropy calibration on images of
 ``calib_dir``, preprocessed with ``engine.transforms.preprocess``, fp16 fallback).
 """
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from engine.contract import DECODER_INPUTS, EMBED_DIM, EMBED_HW, LOW_RES_HW
+from engine.extras import require
 
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -36,13 +40,7 @@ class EngineMismatchError(RuntimeError):
 
 def import_tensorrt() -> Any:
     """``import tensorrt`` (version >= 10) or raise ``ImportError`` saying how to install it."""
-    try:
-        import tensorrt
-    except ImportError:
-        raise ImportError(
-            "TensorRT is not installed: pip install arsel[trt] (needs an NVIDIA GPU and driver); "
-            "or use the onnxruntime backend"
-        ) from None
+    tensorrt = require("trt", "tensorrt", what="TensorRT (NVIDIA GPU and driver; or use the onnxruntime backend)")
     if int(tensorrt.__version__.split(".")[0]) < 10:
         raise ImportError(f"TensorRT {tensorrt.__version__} is too old: pip install 'arsel[trt]' (tensorrt >= 10)")
     return tensorrt
@@ -113,8 +111,27 @@ def sidecar_path(engine_path: Path) -> Path:
 
 
 def write_sidecar(engine_path: Path, key: EngineKey, onnx_path: Path, build_s: float) -> None:
-    meta = {"sidecar_version": SIDECAR_VERSION, **asdict(key), "onnx": str(onnx_path), "build_s": round(build_s, 1)}
-    sidecar_path(engine_path).write_text(json.dumps(meta, indent=2))
+    """Write the engine's sidecar: its ``EngineKey``, the ONNX it came from, and the engine file's
+    size, sha256 and mtime (``engine.artifacts``), checked by :func:`engine_status` before use."""
+    from engine.artifacts import sha256_file
+
+    st = Path(engine_path).stat()
+    meta = {"sidecar_version": SIDECAR_VERSION, **asdict(key), "onnx": str(onnx_path), "build_s": round(build_s, 1),
+            "files": {Path(engine_path).name: {"size": st.st_size, "sha256": sha256_file(engine_path),
+                                               "mtime_ns": st.st_mtime_ns}}}
+    tmp = sidecar_path(engine_path).with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(sidecar_path(engine_path))
+
+
+def engine_integrity(engine_path: Path) -> str | None:
+    """None when the engine file matches the size and sha256 its sidecar recorded, else why not."""
+    from engine.artifacts import verify
+
+    meta = read_sidecar(engine_path) or {}
+    if not isinstance(meta.get("files"), dict):
+        return f"{sidecar_path(engine_path).name} records no size or sha256 (built before they were recorded)"
+    return verify(sidecar_path(engine_path), [Path(engine_path).name])
 
 
 def read_sidecar(engine_path: Path) -> dict[str, Any] | None:
@@ -130,7 +147,8 @@ def engine_status(engine_path: Path, expected: EngineKey) -> tuple[str, str]:
     """``(status, reason)`` of a cached engine against ``expected``.
 
     status: "ok"; "missing" (no engine file); "stale" (no/unreadable sidecar, or another ONNX,
-    precision or profile); "foreign" (built by another TensorRT version or on another GPU).
+    precision or profile); "foreign" (built by another TensorRT version or on another GPU);
+    "corrupt" (size or sha256 differ from those recorded at build time: truncated, zero-byte, changed).
     """
     if not Path(engine_path).is_file():
         return "missing", f"{engine_path} does not exist"
@@ -146,6 +164,9 @@ def engine_status(engine_path: Path, expected: EngineKey) -> tuple[str, str]:
              for field in ("onnx_sha256", "precision", "profile") if meta.get(field) != getattr(expected, field)]
     if stale:
         return "stale", f"{engine_path} is out of date: " + ", ".join(stale)
+    broken = engine_integrity(engine_path)
+    if broken is not None:
+        return "corrupt", broken
     return "ok", ""
 
 
@@ -211,10 +232,16 @@ def build_engine(
         return engine_path
     if status == "foreign" and on_mismatch == "error":
         raise EngineMismatchError(reason + "; rebuild it (on_mismatch='rebuild') or delete the file")
+    if status == "corrupt":
+        from engine.artifacts import warn_rebuild
+
+        warn_rebuild(f"cached TensorRT engine {engine_path.name}", reason)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     plan = _build_serialized(trt, onnx_path, out_dir, str(precision), profile, workspace_gib, calib_dir, pixel_norm)
-    engine_path.write_bytes(plan)
+    tmp = engine_path.with_name(f".{engine_path.name}.part")
+    tmp.write_bytes(plan)
+    tmp.replace(engine_path)  # a reader never sees a half-written engine
     write_sidecar(engine_path, key, onnx_path, time.perf_counter() - t0)
     return engine_path
 
@@ -292,12 +319,12 @@ def _mixed_fp16_copy(onnx_path: Path, out_dir: Path) -> Path:
     """Mixed-precision copy of an fp32 ONNX for strongly typed TensorRT (11+), made once per file."""
     import shutil
 
-    from trt.export import _convert_fp16
+    from engine.export.onnx_export import convert_fp16
 
     target = out_dir / f"{onnx_path.stem}_mixed_fp16.onnx"
     if not target.is_file() or target.stat().st_mtime < onnx_path.stat().st_mtime:
         shutil.copyfile(onnx_path, target)
-        _convert_fp16(target)
+        convert_fp16(target)
     return target
 
 

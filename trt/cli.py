@@ -1,6 +1,6 @@
-"""The ``arsel export`` and ``arsel build-engine`` verbs (wired into ``engine.cli.build_parser``).
+"""The ``arsel build-engine`` verb (wired into ``engine.cli.build_parser``; ``arsel export`` lives in
+``engine.export.cli``).
 
-    arsel export MODEL --out DIR [--checkpoint P] [--opset N] [--fp16]
     arsel build-engine MODEL [--fp16] [--int8 CALIB_DIR] --out DIR [--checkpoint P] [--onnx-dir DIR]
 """
 
@@ -10,24 +10,22 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from engine.export.cli import add_export_parser, add_model_arg, cmd_export
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from trt.export import export_model
-
-    result = export_model(args.model, Path(args.out), Path(args.checkpoint) if args.checkpoint else None,
-                          opset=args.opset, fp16=args.fp16)
-    print(f"{result.encoder_path}: max |onnx - torch| {result.encoder_max_abs_diff:.2e}")
-    print(f"{result.decoder_path}: max |onnx - torch| {result.decoder_max_abs_diff:.2e}")
-    print(f"weights sha256 {result.model_sha256}")
-    return 0
+__all__ = ["add_build_engine_parser", "add_export_parser", "cmd_build_engine", "cmd_export"]
 
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
+    from engine.export.onnx_export import export_model
     from engine.models.registry import get_spec
     from trt.build import build_engine, import_tensorrt
-    from trt.export import export_model
+
+    from engine.validate import output_dir
 
     spec = get_spec(args.model)
+    output_dir("--out", args.out)
+    if args.int8 and not Path(args.int8).is_dir():
+        raise FileNotFoundError(f"--int8 {args.int8}: calibration image folder not found")
     try:
         import_tensorrt()  # fail before a long export, as one line on the command line
     except ImportError as exc:
@@ -48,31 +46,14 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="registered model name (see `arsel models`)")
-    p.add_argument("--checkpoint", help="checkpoint path (default: resolved, see `arsel models`)")
-
-
-def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """``arsel export MODEL --out DIR [--checkpoint P] [--opset N] [--fp16]``."""
-    p = subparsers.add_parser("export", help="export encoder + decoder ONNX, checked against torch")
-    _model_arg(p)
-    p.add_argument("--out", required=True, help="output folder for MODEL_encoder.onnx and MODEL_decoder.onnx")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--fp16", action="store_true",
-                   help="fp16 encoder (norms/softmax kept fp32, float32 I/O); needs onnxconverter-common")
-    p.set_defaults(func=cmd_export)
-    return p
-
-
 def add_build_engine_parser(subparsers: Any) -> argparse.ArgumentParser:
     """``arsel build-engine MODEL [--fp16] [--int8 CALIB_DIR] --out DIR``."""
-    p = subparsers.add_parser("build-engine", help="build TensorRT engines (exports the ONNX first if needed)")
-    _model_arg(p)
+    p = subparsers.add_parser("build-engine", help="build TensorRT engines (not yet verified on a GPU; exports the ONNX first if needed)")
+    add_model_arg(p)
     p.add_argument("--out", required=True, help="engine folder (engines are cached by ONNX hash, TRT version, GPU)")
     p.add_argument("--onnx-dir", help="folder of MODEL_encoder.onnx / MODEL_decoder.onnx (default: --out)")
-    p.add_argument("--fp16", action="store_true", help="fp16 kernels; LayerNorm/softmax/reductions stay fp32")
+    p.add_argument("--fp16", action="store_true", help="fp16 kernels; LayerNorm/softmax/reductions stay fp32 (not yet verified on a GPU)")
     p.add_argument("--int8", metavar="CALIB_DIR", help="int8 encoder calibrated on the images of CALIB_DIR "
-                   "(TensorRT 10; the decoder is built fp16)")
+                   "(TensorRT 10; the decoder is built fp16; not yet verified on a GPU)")
     p.set_defaults(func=cmd_build_engine)
     return p

@@ -1,156 +1,23 @@
-"""The internal no-mask decoder pair that ``OrtBackend`` uses for prompts without masks.
-
-The contract decoder of ``trt.export`` stays the public graph. Next to it ``export_model`` writes
-an image-side graph (``{decoder}_image_side.onnx``: ``image_embeddings`` -> ``IMAGE_SIDE_OUTPUTS``,
-run once per embedding) and a prompt graph (``{decoder}_no_mask.onnx``: ``NO_MASK_INPUTS`` ->
-``iou_predictions, low_res_masks``) without the mask path and the first block's image-side
-projections. Both files carry the sha256 of the contract decoder file they were exported with
-(ONNX ``metadata_props`` key ``CONTRACT_SHA256_KEY``); ``pair_is_current`` checks it, so a pair
-left from another export is never run with this decoder's weights.
-"""
-
-from __future__ import annotations
+"""Deprecated: the no-mask decoder pair moved to ``engine.export.no_mask``. This alias module goes
+away in the next release."""
 
 import warnings
-from pathlib import Path
 
-import numpy as np
-import torch
-from torch import Tensor, nn
-
-from engine.contract import DECODER_INPUTS, DECODER_OUTPUTS, EMBED_DIM, EMBED_HW, LOW_RES_HW
-from engine.models.sam import SamModel
-from trt.export import (
-    DECODER_DYNAMIC_AXES,
-    FP32_TOLERANCE,
-    ExportError,
-    _export,
-    _session,
-    check_onnx,
-    realistic_prompts,
+from engine.export.no_mask import (
+    CONTRACT_SHA256_KEY,
+    IMAGE_SIDE_OUTPUTS,
+    NO_MASK_INPUTS,
+    compare_no_mask_decoder,
+    export_no_mask_decoder,
+    export_no_mask_pair,
+    no_mask_paths,
+    pair_is_current,
 )
 
-IMAGE_SIDE_OUTPUTS = ("side_keys", "side_k", "side_v", "side_q_t")
-NO_MASK_INPUTS = (*IMAGE_SIDE_OUTPUTS, "point_coords", "point_labels")
-CONTRACT_SHA256_KEY = "arsel_contract_decoder_sha256"
+warnings.warn("trt.export_no_mask moved to engine.export.no_mask; import it from there", DeprecationWarning,
+              stacklevel=2)
 
 __all__ = [
     "CONTRACT_SHA256_KEY", "IMAGE_SIDE_OUTPUTS", "NO_MASK_INPUTS", "compare_no_mask_decoder",
     "export_no_mask_decoder", "export_no_mask_pair", "no_mask_paths", "pair_is_current",
 ]
-
-
-def no_mask_paths(decoder_path: Path) -> tuple[Path, Path]:
-    """``(image side, prompt graph)`` paths of the pair for a contract decoder file."""
-    decoder_path = Path(decoder_path)
-    stem = decoder_path.with_suffix("")
-    return Path(f"{stem}_image_side.onnx"), Path(f"{stem}_no_mask.onnx")
-
-
-def pair_is_current(decoder_path: Path, pair_metadata: list[dict[str, str]]) -> bool:
-    """Whether every pair file's metadata names the sha256 of the contract decoder file now at
-    ``decoder_path`` (``pair_metadata``: each file's ``custom_metadata_map``, ONNX Runtime's view
-    of ``metadata_props``). False for files without the key (older exports)."""
-    from engine.weights import sha256_file
-
-    recorded = {meta.get(CONTRACT_SHA256_KEY) for meta in pair_metadata}
-    return None not in recorded and recorded == {sha256_file(Path(decoder_path))}
-
-
-class _ImageSideGraph(nn.Module):
-    def __init__(self, model: SamModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image_embeddings: Tensor) -> tuple[Tensor, ...]:
-        return self.model.decoder_image_side(image_embeddings)
-
-
-class _NoMaskGraph(nn.Module):
-    def __init__(self, model: SamModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, keys: Tensor, k: Tensor, v: Tensor, q_t: Tensor, point_coords: Tensor,
-                point_labels: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model.decode_no_mask((keys, k, v, q_t), point_coords, point_labels)
-
-
-def _stamp(path: Path, props: dict[str, str]) -> None:
-    """Set ``props`` as the ONNX file's ``metadata_props`` (in place)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    onnx.helper.set_model_props(model, props)
-    onnx.save(model, str(path))
-
-
-def export_no_mask_decoder(model: SamModel, decoder_path: Path, opset: int = 17) -> tuple[Path, Path]:
-    """Write the pair next to the finished contract decoder ``decoder_path`` (see ``no_mask_paths``),
-    each file stamped with the decoder file's sha256."""
-    from engine.weights import sha256_file
-
-    side_path, prompt_path = no_mask_paths(decoder_path)
-    gen = torch.Generator().manual_seed(0)
-    emb = torch.randn(1, EMBED_DIM, *EMBED_HW, generator=gen)
-    model = model.eval()
-    _export(_ImageSideGraph(model).eval(), (emb,), side_path, opset,
-            input_names=[DECODER_INPUTS[0]], output_names=list(IMAGE_SIDE_OUTPUTS))
-    with torch.no_grad():
-        side = model.decoder_image_side(emb)
-    b, n = 2, 3
-    dummy = (*side, torch.rand(b, n, 2, generator=gen) * model.input_size,
-             torch.tensor([[1.0, 0.0, -1.0], [2.0, 3.0, -1.0]]))
-    _export(_NoMaskGraph(model).eval(), dummy, prompt_path, opset,
-            input_names=list(NO_MASK_INPUTS), output_names=list(DECODER_OUTPUTS),
-            dynamic_axes={k: v for k, v in DECODER_DYNAMIC_AXES.items() if k in NO_MASK_INPUTS + DECODER_OUTPUTS})
-    digest = sha256_file(Path(decoder_path))
-    for path in (side_path, prompt_path):
-        _stamp(path, {CONTRACT_SHA256_KEY: digest})
-    return side_path, prompt_path
-
-
-def compare_no_mask_decoder(model: SamModel, decoder_path: Path, embedding: np.ndarray,
-                            prompts: dict[str, np.ndarray]) -> float:
-    """Run the pair once on prompts without masks; max abs diff vs torch, ``ExportError`` > 1e-3."""
-    side_path, prompt_path = no_mask_paths(decoder_path)
-    side = _session(side_path).run(list(IMAGE_SIDE_OUTPUTS), {DECODER_INPUTS[0]: embedding})
-    feeds = dict(zip(IMAGE_SIDE_OUTPUTS, side))
-    feeds.update(point_coords=prompts["point_coords"], point_labels=prompts["point_labels"])
-    outs = _session(prompt_path).run(list(DECODER_OUTPUTS), feeds)
-    b = prompts["point_coords"].shape[0]
-    with torch.inference_mode():
-        refs = model(torch.from_numpy(embedding), torch.from_numpy(prompts["point_coords"]),
-                     torch.from_numpy(prompts["point_labels"]), torch.zeros(b, 1, *LOW_RES_HW), torch.zeros(b))
-    diff = max(float(np.abs(o - r.numpy()).max()) for o, r in zip(outs, refs))
-    if not diff <= FP32_TOLERANCE:
-        raise ExportError(
-            f"no-mask decoder {prompt_path}: ONNX Runtime differs from torch by {diff:.3g} (limit {FP32_TOLERANCE})"
-        )
-    return diff
-
-
-def export_no_mask_pair(model: SamModel, decoder_path: Path, embedding: np.ndarray, opset: int = 17) -> float | None:
-    """Export, check and compare the pair (it is optional): its max abs diff vs torch, or None after
-    a failure, which deletes the pair's files and warns (``OrtBackend`` then uses the contract
-    decoder for every prompt), so one failing optional graph neither aborts nor repeats the export."""
-    try:
-        export_no_mask_decoder(model, decoder_path, opset)
-        for path in no_mask_paths(decoder_path):
-            check_onnx(path)
-        return max(
-            compare_no_mask_decoder(model, decoder_path, embedding, realistic_prompts(b, n, model.input_size, b + n))
-            for b, n in ((1, 2), (3, 4))
-        )
-    except Exception as exc:  # noqa: BLE001 - exporter, checker and parity failures alike; the pair is optional
-        for path in no_mask_paths(decoder_path):
-            path.unlink(missing_ok=True)
-        reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
-        warnings.warn(
-            f"skipped the optional no-mask decoder pair of {Path(decoder_path).name} ({reason}). The export "
-            f"is complete and ONNX Runtime runs the contract decoder for every prompt (same results, "
-            f"~1.25x the decode time for clicks and boxes). The pair must load in ONNX Runtime and match "
-            f"torch within {FP32_TOLERANCE} (max abs); to get it back, re-export with another --opset.",
-            stacklevel=2,
-        )
-        return None

@@ -1,5 +1,7 @@
 """``TrtBackend``: the ``Backend`` interface on two TensorRT engines (TensorRT >= 10 named tensors).
 
+Not yet verified on a GPU (its tests are marked ``tensorrt`` and have only skipped here).
+
 At load time the engines' tensor names, dtypes and shapes are checked against ``engine.contract``;
 an engine built by another TensorRT version or on another GPU is refused with both versions named.
 I/O buffers are torch CUDA tensors allocated once: the decoder's at the profile's maximum shape,
@@ -25,7 +27,7 @@ from engine.contract import (
     ENCODER_OUTPUT,
     LOW_RES_HW,
 )
-from trt.build import check_engine_compatible, gpu_name, import_tensorrt, read_sidecar
+from trt.build import check_engine_compatible, engine_integrity, gpu_name, import_tensorrt, read_sidecar
 
 # name -> (is_input, expected shape with -1 for a dynamic axis); S is filled in per model.
 IoSpec = dict[str, tuple[bool, tuple[int, ...]]]
@@ -75,6 +77,10 @@ class _Engine:
         torch = _torch()
         self.path = path
         check_engine_compatible(path, trt.__version__, gpu_name(device.index or 0))
+        if isinstance((read_sidecar(path) or {}).get("files"), dict):  # recorded at build time: check it
+            broken = engine_integrity(path)
+            if broken is not None:
+                raise RuntimeError(f"{broken}; rebuild it with `arsel build-engine MODEL --out DIR` (or delete it)")
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # must outlive the engine
         self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:

@@ -59,8 +59,15 @@ def onnx_files(model_name: str, checkpoint: Path | None, cache_dir: Path | None 
     """(encoder, decoder) ONNX of ``model_name`` with the weights of ``checkpoint``, exported if missing.
 
     Files live in ``cache_dir/onnx/{model}-{sha256[:16]}-v{EXPORT_FORMAT}/``; the export is
-    checked against torch.
+    checked against torch. The folder's ``manifest.json`` records every file's size and sha256
+    (``engine.artifacts``); a folder that fails it (a truncated, zero-byte or changed file, no
+    manifest) is exported again with one warning line. An export goes to a temporary folder
+    renamed into place when complete, so an interrupted export leaves nothing to trust.
     """
+    import os
+    import shutil
+
+    from engine.artifacts import verify, warn_rebuild, write_manifest
     from engine.weights import resolve
 
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -68,10 +75,27 @@ def onnx_files(model_name: str, checkpoint: Path | None, cache_dir: Path | None 
     digest = checkpoint_sha256(ckpt, cache_dir)
     folder = cache_dir / "onnx" / f"{model_name}-{digest[:16]}-v{EXPORT_FORMAT}"
     encoder, decoder = folder / f"{model_name}_encoder.onnx", folder / f"{model_name}_decoder.onnx"
-    if not (encoder.is_file() and decoder.is_file() and (folder / f"{model_name}_export.json").is_file()):
-        from trt.export import export_model
+    names = [p.name for p in (encoder, decoder, folder / f"{model_name}_export.json")]
+    if folder.exists():
+        reason = verify(folder / "manifest.json") or verify(folder / "manifest.json", names)
+        if reason is None:
+            return encoder, decoder
+        warn_rebuild(f"cached ONNX export {folder}", reason)
+    from engine.export.onnx_export import export_model
 
-        export_model(model_name, folder, ckpt)
+    tmp = folder.with_name(f".{folder.name}.part-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        export_model(model_name, tmp, ckpt)
+        write_manifest(tmp / "manifest.json", [p for p in tmp.iterdir() if p.is_file()])
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process put a complete export there first: use that one
+            if verify(folder / "manifest.json", names) is not None:
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return encoder, decoder
 
 

@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: the encoder and decoder ONNX files of ``trt.export`` behind ``Backend``.
+"""ONNX Runtime backend: the encoder and decoder ONNX files of ``engine.export`` behind ``Backend``.
 
 ``onnxruntime`` is imported inside ``OrtBackend``, so ``import engine`` works without it. Session
 options are tuned for latency on a small CPU: intra-op threads = physical cores, inter-op 1,
@@ -13,7 +13,7 @@ times the basic level); BatchNorm is already folded into the convolutions by the
 pre-optimised model file is not cached because sessions open in well under a second. When other
 work shares the cores, ``threads=1`` or ``spin=False`` can beat the default.
 
-Decoder: prompts without masks (clicks, boxes) run through ``trt.export_no_mask``'s internal pair
+Decoder: prompts without masks (clicks, boxes) run through ``engine.export.no_mask``'s internal pair
 when its files lie next to the decoder and record this decoder file's sha256: an image-side graph
 once per embedding (cached by value) and a prompt graph without the mask path and the first
 block's image-side projections (~0.8x the contract graph's time at 1 thread). Masks, GPUs, older
@@ -23,7 +23,6 @@ TensorRT execution provider (profile max 16 prompts) larger prompt batches run i
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +40,8 @@ from engine.contract import (
     ENCODER_OUTPUT,
     LOW_RES_HW,
 )
+from engine.export.no_mask_files import IMAGE_SIDE_OUTPUTS, NO_MASK_INPUTS, no_mask_paths, pair_is_current
+from engine.threads import physical_cores
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 # The TensorRT execution provider's decoder profile (as trt.build's DecoderProfile): prompts and
@@ -58,18 +59,6 @@ def _import_ort() -> Any:
             "onnxruntime-gpu (CUDA); or use backend='torch'"
         ) from None
     return onnxruntime
-
-
-def physical_cores() -> int:
-    """Physical CPU cores usable by this process (psutil when present, else the affinity mask)."""
-    try:
-        import psutil
-
-        n = psutil.cpu_count(logical=False)
-    except ImportError:
-        n = None
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(n or usable, usable))
 
 
 def default_providers(device: str = "cpu") -> list[str]:
@@ -111,7 +100,7 @@ class OrtBackend:
     ``providers``: ONNX Runtime execution providers (default: ``default_providers(device)``).
     ``threads``: intra-op threads (default: physical cores). ``spin``: let idle pool threads
     spin-wait (lowest latency on an idle machine; turn off when other work shares the cores).
-    ``no_mask_graphs``: on CPU, when ``trt.export_no_mask``'s pair lies next to the
+    ``no_mask_graphs``: on CPU, when ``engine.export.no_mask``'s pair lies next to the
     decoder (``{decoder}_image_side.onnx``, ``{decoder}_no_mask.onnx``), prompts without masks run
     through it: the image side once per embedding (cached by value), then a smaller prompt graph.
     Results equal the contract decoder's up to float rounding.
@@ -152,8 +141,6 @@ class OrtBackend:
     def _no_mask_sessions(self, spin: bool) -> tuple[Any, Any] | None:
         """The pair's ``(image side, prompt)`` sessions, or None: no pair files (quietly), or a pair
         that is not from this decoder's export (a warning; the contract decoder runs instead)."""
-        from trt.export_no_mask import IMAGE_SIDE_OUTPUTS, NO_MASK_INPUTS, no_mask_paths, pair_is_current
-
         paths = no_mask_paths(self.decoder_path)
         if not all(p.is_file() for p in paths):
             return None
@@ -187,8 +174,6 @@ class OrtBackend:
             _frozen(embedding) if embedding is cached[0] else np.array_equal(cached[0], embedding)
         ):
             return cached[1]
-        from trt.export_no_mask import IMAGE_SIDE_OUTPUTS
-
         side = self._no_mask[0].run(list(IMAGE_SIDE_OUTPUTS), {DECODER_INPUTS[0]: embedding})
         self._side_cache = (embedding if _frozen(embedding) else embedding.copy(), side)
         return side
@@ -287,8 +272,6 @@ class OrtBackend:
             return self._decode_bound(embedding, prompts)
         emb = _embedding_array(embedding)
         if self._no_mask is not None and not prompts[3].any():
-            from trt.export_no_mask import IMAGE_SIDE_OUTPUTS
-
             feeds = dict(zip(IMAGE_SIDE_OUTPUTS, self._image_side(emb)))
             feeds.update(point_coords=prompts[0], point_labels=prompts[1])
             iou, low = self._no_mask[1].run(list(DECODER_OUTPUTS), feeds)

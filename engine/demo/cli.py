@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.cli_common import UsageError, add_model_args, verb_main
+
 DEFAULT_FRAMES = 150
 EXIT_INPUT_FAILED = 1
 
@@ -41,12 +43,10 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: a new arsel-demo-<timestamp> folder here)")
     p.add_argument("--frames", type=int, default=None,
                    help=f"frames to process (default {DEFAULT_FRAMES} synthetic; real input: 300)")
-    p.add_argument("--model", default="lite_medsam", help="registered model name (default lite_medsam)")
-    p.add_argument("--checkpoint", help="checkpoint path (default: resolved, see `arsel models`)")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
-                   help="runtime (default auto: TensorRT on a CUDA --device when installed, else onnxruntime "
-                        "when installed, else torch)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu; --backend tensorrt needs cuda)")
+    add_model_args(p, model_help="registered model name (default lite_medsam)", backend_default="auto",
+                   device_help="cpu or cuda[:N] (default cpu; --backend tensorrt needs cuda)",
+                   backend_help="runtime (default auto: TensorRT on a CUDA --device when installed, else "
+                                "onnxruntime when installed, else torch)")
     p.add_argument("--keyframe-interval", type=int, default=5, metavar="K", help="encode every K frames (default 5)")
     p.add_argument("--seed", type=int, default=0, help="scene noise and gaze seed (synthetic)")
     p.add_argument("--no-video", action="store_true", help="skip overlay.mp4")
@@ -56,7 +56,6 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from engine.cli import UsageError
     from engine.demo.pipeline import DemoConfig
 
     kind = ("realsense" if args.realsense else "bag" if args.bag
@@ -68,6 +67,8 @@ def _config(args: argparse.Namespace) -> Any:
         raise UsageError(f"--frames must be >= 2, got {frames}")
     if args.keyframe_interval < 1:
         raise UsageError(f"--keyframe-interval must be >= 1 (1 = every frame), got {args.keyframe_interval}")
+    if args.camera is not None and args.camera < 0:
+        raise UsageError(f"--camera must be a camera index >= 0, got {args.camera}")
     if args.backend == "tensorrt" and not args.device.startswith("cuda"):
         raise UsageError(f"--backend tensorrt runs on a CUDA GPU: add --device cuda (got --device {args.device})")
     return DemoConfig(frames=frames, model=args.model, backend=args.backend, device=args.device,
@@ -78,9 +79,10 @@ def _config(args: argparse.Namespace) -> Any:
 
 def _out_dir(args: argparse.Namespace) -> Path:
     if args.out:
+        from engine.validate import output_dir
+
         out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise FileExistsError(f"--out {out} is a file; give a folder")
+        output_dir("--out", out)
         return out
     out = Path(f"arsel-demo-{time.strftime('%Y%m%d-%H%M%S')}")
     k = 1
@@ -92,9 +94,12 @@ def _out_dir(args: argparse.Namespace) -> Path:
 def cmd_demo(args: argparse.Namespace) -> int:
     from engine.demo.pipeline import run_demo
 
+    from engine.atomic import AtomicOutputs
+
     config = _config(args)
     out = _out_dir(args)
-    summary = run_demo(config, out, progress=not args.quiet)
+    with AtomicOutputs() as outs:  # the demo's files appear together when it ends, or not at all
+        summary = run_demo(config, outs.folder(out), progress=not args.quiet)
     print(format_summary(summary, out))
     return EXIT_INPUT_FAILED if summary.get("error") else 0
 
@@ -133,16 +138,7 @@ def _cm(extent_m: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry (``python -m engine.demo.cli ...``), same flags as ``arsel demo``."""
-    from engine.cli import UsageError
-
-    parser = argparse.ArgumentParser(prog="arsel")
-    add_demo_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["demo", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except (UsageError, ValueError, FileNotFoundError, OSError, RuntimeError, ImportError) as exc:
-        print(f"arsel demo: error: {exc}", file=sys.stderr)
-        return 2
+    return verb_main(add_demo_parser, "demo", argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Frame sources of ``arsel demo``: the synthetic RGB-D table scene, RealSense (live or ``.bag``),
 a plain camera; and camera poses for real RGB-D input from Open3D RGB-D odometry.
 
-The synthetic source is an ordinary ``FrameSource`` (``engine.stream.sources``): it yields
+The synthetic source is an ordinary ``FrameSource`` (``engine.frame_source``): it yields
 ``Frame(rgb, depth_raw, intrinsics)`` and keeps the ground truth of the frames it rendered
 (``truth(index)``) for the evaluation in ``engine.demo.pipeline``.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from engine.demo.scene import TableScene, orbit_poses, project_points
-from engine.stream.sources import SourceStats
+from engine.frame_source import SourceStats
 from engine.types import CameraIntrinsics, Frame
 
 SECONDS_PER_OBJECT = 1.3
@@ -187,7 +187,7 @@ def open_input(config: Any) -> tuple[Any, Any]:
     from engine.stream.prompt_sources import GazeReplay
 
     if config.input == "synthetic":
-        from engine.demo.gaze_sim import simulate_gaze
+        from engine.gaze.simulate import simulate_gaze
 
         source = SyntheticRGBDSource(config.frames, seed=config.seed)
         times = [source.timestamp_ns(i) for i in range(len(source))]

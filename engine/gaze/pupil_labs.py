@@ -21,6 +21,8 @@ dropped with a warning emitted from :meth:`poll`. Kinds:
 - ``malformed``: a datum without finite ``x, y`` / ``timestamp_unix_seconds`` (e.g. dual-monocular
   gaze, which has ``left``/``right`` points instead);
 - ``out_of_order``: a sample not after the last accepted one;
+- ``clock_jump``: a sample far from the phone clock the receiver locked onto; ``clock_resyncs``:
+  re-locks after the phone's clock really jumped (see :mod:`engine.gaze.clock`);
 - ``overflow``: samples dropped because nobody polled (the queue keeps the newest ``max_queue``);
 - ``timeouts``: receive calls that returned ``None`` after ``receive_timeout_s``;
 - ``device_errors``: exceptions raised by the device, and errors from ``Device.get_errors()``;
@@ -42,22 +44,19 @@ from typing import Any
 
 import numpy as np
 
+from engine.extras import require
+from engine.gaze.clock import ClockPolicy, GazeClock
 from engine.gaze.samples import GazeSample
 
 STAT_KINDS = (
-    "received", "accepted", "not_worn", "malformed", "out_of_order", "overflow",
+    "received", "accepted", "not_worn", "malformed", "out_of_order", "clock_jump", "clock_resyncs", "overflow",
     "timeouts", "device_errors", "disconnects",
 )  # fmt: skip
-INSTALL_HINT = "pip install pupil-labs-realtime-api (or pip install 'arsel[gaze]')"
 
 
 def import_simple_api() -> Any:
     """``pupil_labs.realtime_api.simple``, or an ImportError saying how to install it."""
-    try:
-        from pupil_labs.realtime_api import simple
-    except ImportError as exc:
-        raise ImportError(f"the Pupil Labs gaze source needs the real-time API: {INSTALL_HINT} ({exc})") from exc
-    return simple
+    return require("gaze", "pupil_labs.realtime_api.simple", what="the Pupil Labs gaze source")
 
 
 def datum_to_sample(datum: Any) -> GazeSample | str:
@@ -101,6 +100,7 @@ class PupilLabsGazeReceiver:
         retry_s: float = 1.0,
         max_queue: int = 1024,
         scene_frames: bool = False,
+        clock: ClockPolicy | None = None,
     ) -> None:
         if min(receive_timeout_s, stale_after_s, discover_timeout_s) <= 0 or retry_s < 0 or max_queue < 1:
             raise ValueError(
@@ -110,7 +110,7 @@ class PupilLabsGazeReceiver:
         self.receive_timeout_s, self.stale_after_s, self.retry_s = receive_timeout_s, stale_after_s, retry_s
         self.scene_frames = scene_frames
         self.stats: dict[str, int] = {k: 0 for k in STAT_KINDS}
-        self.last_t_ns: int | None = None
+        self.clock = GazeClock(clock or ClockPolicy())
         self.last_error: str | None = None
         self.connected = False
         self._owns_device = device is None
@@ -213,6 +213,18 @@ class PupilLabsGazeReceiver:
             self.connected = False
             self._note("disconnects", reason)
 
+    @property
+    def last_t_ns(self) -> int | None:
+        """Timestamp of the last accepted sample (phone clock, ns)."""
+        return self.clock.last_t_ns
+
+    @last_t_ns.setter
+    def last_t_ns(self, value: int | None) -> None:
+        """Start after ``value`` (locks the clock offset there when none is locked yet)."""
+        self.clock.last_t_ns = value
+        if value is not None and self.clock.offset_ns is None:
+            self.clock.offset_ns = value - time.time_ns()
+
     def _accept(self, datum: Any) -> None:
         """Count and queue one datum under one lock acquisition, so a reader never sees it
         ``received`` but not yet ``accepted`` / queued (or rejected)."""
@@ -225,11 +237,13 @@ class PupilLabsGazeReceiver:
                 self.stats["malformed"] += 1
                 self._notes.append(("malformed", sample))
                 return
-            if self.last_t_ns is not None and sample.timestamp_ns <= self.last_t_ns:
-                self.stats["out_of_order"] += 1
-                self._notes.append(("out_of_order", f"t_ns {sample.timestamp_ns} not after {self.last_t_ns}"))
+            last = self.clock.last_t_ns
+            reason = self.clock.check(sample.timestamp_ns, time.time_ns())
+            self.stats["clock_resyncs"] = self.clock.stats["clock_resyncs"]
+            if reason is not None:
+                self.stats[reason] += 1
+                self._notes.append((reason, f"t_ns {sample.timestamp_ns} (last accepted {last})"))
                 return
-            self.last_t_ns = sample.timestamp_ns
             if len(self._queue) == self._queue.maxlen:
                 self.stats["overflow"] += 1  # counted, not warned: the caller polls too rarely
             self._queue.append(sample)

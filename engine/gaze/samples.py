@@ -26,6 +26,7 @@ from pathlib import Path
 
 COLUMNS = ("timestamp_ns", "x", "y", "confidence")
 _UNITS_RE = re.compile(r"^\s*#\s*units\s*[:=]\s*(\w+)\s*$", re.IGNORECASE)
+NORMALIZED_LIMIT = 2.0  # normalised gaze may stray off the image a little, not to pixel values
 _UNIT_NAMES = {"normalized": "normalized", "normalised": "normalized", "pixels": "pixels", "px": "pixels"}
 
 
@@ -89,6 +90,8 @@ def _row(path: Path, lineno: int, row: list[str], order: list[int]) -> tuple[int
         t_ns = int(t_text)
     except ValueError:
         raise ValueError(f"{path}:{lineno}: timestamp_ns must be an integer (ns), got {t_text!r}") from None
+    if not 0 <= t_ns < 2**63:
+        raise ValueError(f"{path}:{lineno}: timestamp_ns {t_ns} is outside [0, 2**63) ns")
     try:
         conf = float(c_text)
     except ValueError:
@@ -120,35 +123,49 @@ def read_gaze_csv(path: str | Path, frame_hw: tuple[int, int] | None = None) -> 
     units: str | None = None
     order: list[int] | None = None
     rows: list[tuple[int, float, float, float]] = []
-    with path.open(newline="", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            if line.lstrip().startswith("#"):
-                try:
-                    found = _units_comment(line)
-                except ValueError as exc:
-                    raise ValueError(f"{path}:{lineno}: {exc}") from None
-                if found is not None and units is not None and found != units:
-                    raise ValueError(f"{path}:{lineno}: units given twice ({units} and {found}); keep one")
-                units = found or units
-                continue
+    if not path.is_file():
+        raise FileNotFoundError(f"gaze CSV not found: {path}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a UTF-8 text file (byte {exc.start}); a gaze CSV is text with the header "
+                         f"{','.join(COLUMNS)}") from None
+    if "\x00" in text:
+        raise ValueError(f"{path}: holds NUL bytes, so it is not a text CSV; export the gaze as {','.join(COLUMNS)}")
+    for lineno, line in enumerate(text.splitlines(keepends=True), start=1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("#"):
+            try:
+                found = _units_comment(line)
+            except ValueError as exc:
+                raise ValueError(f"{path}:{lineno}: {exc}") from None
+            if found is not None and units is not None and found != units:
+                raise ValueError(f"{path}:{lineno}: units given twice ({units} and {found}); keep one")
+            units = found or units
+            continue
+        try:
             row = next(csv.reader([line]))
-            if order is None:
-                order = _header(path, lineno, row)
-                continue
-            t_ns, x, y, conf = _row(path, lineno, row, order)
-            if rows and t_ns <= rows[-1][0]:
-                raise ValueError(
-                    f"{path}:{lineno}: timestamp_ns {t_ns} is not after the previous one ({rows[-1][0]}); "
-                    "timestamps must strictly increase (sort the file)"
-                )
-            rows.append((t_ns, x, y, conf))
+        except csv.Error as exc:
+            raise ValueError(f"{path}:{lineno}: not CSV ({exc})") from None
+        if order is None:
+            order = _header(path, lineno, row)
+            continue
+        t_ns, x, y, conf = _row(path, lineno, row, order)
+        if rows and t_ns <= rows[-1][0]:
+            raise ValueError(
+                f"{path}:{lineno}: timestamp_ns {t_ns} is not after the previous one ({rows[-1][0]}); "
+                "timestamps must strictly increase (sort the file)"
+            )
+        rows.append((t_ns, x, y, conf))
     if order is None:
         raise ValueError(f"{path}: no header found; the first line must be {','.join(COLUMNS)}")
+    finite = [v for r in rows for v in r[1:3] if math.isfinite(v)]
     if units is None:
-        finite = [v for r in rows for v in r[1:3] if math.isfinite(v)]
         units = "normalized" if finite and all(0.0 <= v <= 1.0 for v in finite) else "pixels"
+    elif units == "normalized" and finite and max(abs(v) for v in finite) > NORMALIZED_LIMIT:
+        raise ValueError(f"{path}: '# units: normalized' but values reach {max(finite, key=abs):g}, which look like "
+                         "pixels; write '# units: pixels' (normalised values lie in [0, 1])")
     sx = sy = 1.0
     if units == "normalized":
         if frame_hw is None:

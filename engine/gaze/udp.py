@@ -8,6 +8,9 @@ bytes in all). Extra keys are ignored. Bad input never raises: it is counted in
 - ``malformed``: a line that is not UTF-8 JSON, not an object, lacks a key, has a non-integer
   ``t_ns``, non-finite ``x``/``y`` or ``conf`` outside [0, 1];
 - ``out_of_order``: a sample whose ``t_ns`` is not after the last accepted one;
+- ``clock_jump``: a sample whose ``t_ns`` is far (over ``ClockPolicy.max_skew_ns``) from the
+  tracker clock the receiver locked onto (see :mod:`engine.gaze.clock`); ``clock_resyncs``
+  counts the times the receiver re-locked after the tracker's clock really jumped or reset;
 - ``socket_errors``: errors reported by the socket itself (e.g. ICMP port unreachable).
 
 ``received`` counts datagrams, ``accepted`` the samples returned.
@@ -19,14 +22,17 @@ import ipaddress
 import json
 import math
 import socket
+import time
 import warnings
 from typing import Any
 
+from engine.gaze.clock import INT64_MAX, ClockPolicy, GazeClock
 from engine.gaze.samples import GazeSample
 
 MAX_PACKET_BYTES = 1024
 KEYS = ("t_ns", "x", "y", "conf")
-STAT_KINDS = ("received", "accepted", "malformed", "oversized", "out_of_order", "socket_errors")
+STAT_KINDS = ("received", "accepted", "malformed", "oversized", "out_of_order", "clock_jump", "clock_resyncs",
+              "socket_errors")
 
 
 def _is_number(value: Any) -> bool:
@@ -41,8 +47,8 @@ def parse_gaze_json(obj: Any) -> GazeSample | str:
     if missing:
         return f"missing key(s) {missing}; send {{\"t_ns\":..,\"x\":..,\"y\":..,\"conf\":..}}"
     t_ns, x, y, conf = (obj[k] for k in KEYS)
-    if not isinstance(t_ns, int) or isinstance(t_ns, bool):
-        return f"t_ns must be an integer (ns), got {t_ns!r}"
+    if not isinstance(t_ns, int) or isinstance(t_ns, bool) or not 0 <= t_ns <= INT64_MAX:
+        return f"t_ns must be an integer in [0, 2**63) (ns), got {t_ns!r}"
     if not (_is_number(x) and _is_number(y) and math.isfinite(x) and math.isfinite(y)):
         return f"x, y must be finite numbers (px), got {x!r}, {y!r}"
     if not _is_number(conf) or not 0.0 <= conf <= 1.0:
@@ -59,7 +65,8 @@ class UdpGazeReceiver:
     samples in arrival order. Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, max_packets_per_poll: int = 1024) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, max_packets_per_poll: int = 1024,
+                 clock: ClockPolicy | None = None) -> None:
         if not 0 <= port <= 65535 or max_packets_per_poll < 1:
             raise ValueError(
                 f"need 0 <= port <= 65535 and max_packets_per_poll >= 1, got {port}, {max_packets_per_poll}"
@@ -72,7 +79,7 @@ class UdpGazeReceiver:
             )
         self.max_packets_per_poll = max_packets_per_poll
         self.stats: dict[str, int] = {k: 0 for k in STAT_KINDS}
-        self.last_t_ns: int | None = None
+        self.clock = GazeClock(clock or ClockPolicy())
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             self._sock.setblocking(False)
@@ -82,6 +89,18 @@ class UdpGazeReceiver:
             raise OSError(
                 f"cannot bind UDP gaze receiver to {host}:{port}: {exc}; pick another port (0: any free one)"
             ) from exc
+
+    @property
+    def last_t_ns(self) -> int | None:
+        """Timestamp of the last accepted sample (tracker clock, ns)."""
+        return self.clock.last_t_ns
+
+    @last_t_ns.setter
+    def last_t_ns(self, value: int | None) -> None:
+        """Start after ``value`` (locks the clock offset there when none is locked yet)."""
+        self.clock.last_t_ns = value
+        if value is not None and self.clock.offset_ns is None:
+            self.clock.offset_ns = value - time.monotonic_ns()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -140,10 +159,12 @@ class UdpGazeReceiver:
             if isinstance(parsed, str):
                 self._drop("malformed", parsed)
                 continue
-            if self.last_t_ns is not None and parsed.timestamp_ns <= self.last_t_ns:
-                self._drop("out_of_order", f"t_ns {parsed.timestamp_ns} not after {self.last_t_ns}")
+            last = self.clock.last_t_ns
+            reason = self.clock.check(parsed.timestamp_ns, time.monotonic_ns())
+            self.stats["clock_resyncs"] = self.clock.stats["clock_resyncs"]
+            if reason is not None:
+                self._drop(reason, f"t_ns {parsed.timestamp_ns} (last accepted {last})")
                 continue
-            self.last_t_ns = parsed.timestamp_ns
             self.stats["accepted"] += 1
             out.append(parsed)
         return out

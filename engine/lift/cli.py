@@ -23,7 +23,6 @@ warning goes to stderr. ``status`` values: ``ok``, ``empty_mask``, ``no_depth``,
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.cli_common import add_model_args, build_predictor, parse_box, parse_points
 from engine.lift.cli_io import (
     FrameReads,
     _usage,
@@ -42,9 +42,14 @@ from engine.lift.cli_io import (
     read_depth,
     read_mask,
 )
+from engine.atomic import AtomicOutputs
 from engine.types import CameraIntrinsics
+from engine.validate import number, optional_number
 
 EXIT_NOTHING = 3
+MAX_ERODE_PX = 256
+MAX_DEPTH_M = 1000.0
+MIN_VOXEL_M = 1e-4  # 0.1 mm: finer grids would not fit in memory for any real scene
 MESH_SUFFIXES = (".ply", ".obj", ".glb", ".gltf")
 
 
@@ -72,9 +77,7 @@ def add_lift_parser(subparsers: Any) -> argparse.ArgumentParser:
     sel.add_argument("--point", action="append", metavar="X,Y[,LABEL]",
                      help="segment from this point (box-only models get box proposals around it); the first "
                           "foreground point also picks the 3D cluster to keep")
-    from engine.cli import _add_model_args
-
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--max-depth-m", type=float, default=10.0, help="ignore depth beyond this (default 10)")
     p.add_argument("--erode-px", type=int, default=2, help="mask erosion against flying pixels (default 2)")
     p.add_argument("--out", required=True, metavar="OBJECT.ply", help="object point cloud (binary PLY, colours)")
@@ -111,26 +114,27 @@ def add_fuse_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------------------- shared input
 def _check_suffix(path: str | None, allowed: tuple[str, ...], flag: str) -> None:
-    if path is not None and Path(path).suffix.lower() not in allowed:
-        raise _usage(f"{flag} {path!r}: use a {' / '.join(allowed)} file name")
+    from engine.validate import output_file
+
+    output_file(flag, path, allowed)
 
 
 def _intrinsics(args: argparse.Namespace) -> CameraIntrinsics:
     from calibration.intrinsics import load_intrinsics
 
-    scale = args.depth_scale
-    if scale is not None and not scale > 0:
-        raise _usage(f"--depth-scale must be > 0 raw units per metre (1000 for mm), got {scale}")
+    scale = optional_number("--depth-scale", args.depth_scale, lo=0, lo_open=True, hi=1e9,
+                            hint=" raw units per metre (1000 for mm)")
     if scale is not None and scale < 1:
         raise _usage(f"--depth-scale is raw units per metre, got {scale:g}, which looks like metres per unit; "
                      f"pass --depth-scale {1 / scale:g}")
     return load_intrinsics(args.intrinsics, None if args.depth_scale is None else 1.0 / args.depth_scale)
 
 
-def _write_json(path: str | None, report: dict[str, Any]) -> None:
+def _write_json(path: str | Path | None, report: dict[str, Any]) -> None:
+    from engine.validate import json_text
+
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+        Path(path).write_text(json_text(report))
 
 
 def _vec(a: Any) -> list[float] | None:
@@ -140,11 +144,9 @@ def _vec(a: Any) -> list[float] | None:
 # ---------------------------------------------------------------------------- lift
 def _segment(args: argparse.Namespace, rgb: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
     """Mask (HxW bool) from --box / --point with the model, and its report fields."""
-    from engine.cli import _predictor, parse_box, parse_points
-
     points, labels = parse_points(args.point)
     box = parse_box(args.box)
-    predictor = _predictor(args)
+    predictor = build_predictor(args)
     predictor.set_image(rgb)
     info: dict[str, Any] = {"model": args.model, "timings_ms": {"encode": predictor.encode_ms}}
     if box is None and predictor.spec.box_only:
@@ -167,19 +169,18 @@ def _segment(args: argparse.Namespace, rgb: np.ndarray) -> tuple[np.ndarray, dic
 
 def _selection(args: argparse.Namespace, rgb: np.ndarray) -> tuple[np.ndarray, tuple[float, float] | None, dict]:
     """(mask, cluster prompt pixel or None, report fields) from --mask / --box / --point."""
-    from engine.cli import parse_points
-
     if args.mask and args.box:
         raise _usage("give --mask or --box, not both (--point may go with either)")
     if not (args.mask or args.box or args.point):
         raise _usage("give a selection: --mask M.png, --box X0,Y0,X1,Y1 or --point X,Y")
+    from engine.validate import box_xyxy, points_xy
+
     points, labels = parse_points(args.point)
+    if args.box is not None:
+        box_xyxy("--box", parse_box(args.box), rgb.shape[:2])
     prompt = None
     if points is not None:
-        h, w = rgb.shape[:2]
-        outside = [p for p in points.tolist() if not (0 <= p[0] < w and 0 <= p[1] < h)]
-        if outside:
-            raise _usage(f"--point {outside[0]} lies outside the {w}x{h} image (pixels, x right, y down)")
+        points = points_xy("--point", points, rgb.shape[:2])
         fg = points[labels == 1]
         prompt = (float(fg[0, 0]), float(fg[0, 1])) if len(fg) else None
     if args.mask:
@@ -207,8 +208,9 @@ def cmd_lift(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     _check_suffix(args.out, (".ply",), "--out")
     _check_suffix(args.mesh, MESH_SUFFIXES, "--mesh")
-    if args.erode_px < 0 or not args.max_depth_m > 0:
-        raise _usage(f"need --erode-px >= 0 and --max-depth-m > 0, got {args.erode_px}, {args.max_depth_m}")
+    _check_suffix(args.json, (".json",), "--json")
+    number("--erode-px", args.erode_px, lo=0, hi=MAX_ERODE_PX, integer=True, hint=" (pixels of mask erosion)")
+    number("--max-depth-m", args.max_depth_m, lo=0, lo_open=True, hi=MAX_DEPTH_M)
     intr = _intrinsics(args)
     depth = read_depth(args.depth, intr)
     rgb = read_color(args.color, depth.shape)
@@ -218,17 +220,12 @@ def cmd_lift(args: argparse.Namespace) -> int:
     res = lift(mask, depth, intr, rgb=rgb, prompt_xy=prompt, erode_px=args.erode_px, max_depth_m=args.max_depth_m)
     t3 = time.perf_counter()
     extra["mask_area_px"] = int(mask.sum())
-    if res.status == "ok":
-        save_ply(args.out, res)
-        if args.mesh:
-            save_mesh(args.mesh, reconstruct_mesh(res, method=args.mesh_method))
-    timings = {"load": (t1 - t0) * 1e3, "select": (t2 - t1) * 1e3, **extra.pop("timings_ms", {}),
-               "lift": (t3 - t2) * 1e3,
-               **{f"lift_{k}": v for k, v in res.timings_ms.items()},
-               "write": (time.perf_counter() - t3) * 1e3, "total": (time.perf_counter() - t0) * 1e3}
-    report = _lift_report(args, res, intr, extra)
-    report["timings_ms"] = {k: round(v, 2) for k, v in timings.items()}
-    _write_json(args.json, report)
+    with AtomicOutputs() as outs:  # the cloud, the mesh and the JSON appear together, or none of them
+        if res.status == "ok":
+            save_ply(outs.file(args.out), res)
+            if args.mesh:
+                save_mesh(outs.file(args.mesh), reconstruct_mesh(res, method=args.mesh_method))
+        _write_lift_report(args, res, intr, extra, outs, t0, (t1, t2, t3))
     if res.status != "ok":
         why = {"empty_mask": "the selection is empty", "no_depth": "no valid depth under the selection",
                "no_cluster": "every point was filtered as an outlier"}[res.status]
@@ -237,8 +234,20 @@ def cmd_lift(args: argparse.Namespace) -> int:
     c, e = res.centroid_m, res.extent_m
     vol = "n/a" if res.volume_m3 is None else f"{res.volume_m3 * 1e3:.2f} L"
     print(f"{args.out}: {res.num_points} points, centroid ({c[0]:.3f}, {c[1]:.3f}, {c[2]:.3f}) m, "
-          f"extent {e[0]:.3f} x {e[1]:.3f} x {e[2]:.3f} m, volume {vol}, lift {timings['lift']:.0f} ms")
+          f"extent {e[0]:.3f} x {e[1]:.3f} x {e[2]:.3f} m, volume {vol}, lift {(t3 - t2) * 1e3:.0f} ms")
     return 0
+
+
+def _write_lift_report(args: argparse.Namespace, res: Any, intr: CameraIntrinsics, extra: dict[str, Any],
+                       outs: AtomicOutputs, t0: float, marks: tuple[float, float, float]) -> None:
+    t1, t2, t3 = marks
+    timings = {"load": (t1 - t0) * 1e3, "select": (t2 - t1) * 1e3, **extra.pop("timings_ms", {}),
+               "lift": (t3 - t2) * 1e3,
+               **{f"lift_{k}": v for k, v in res.timings_ms.items()},
+               "write": (time.perf_counter() - t3) * 1e3, "total": (time.perf_counter() - t0) * 1e3}
+    report = _lift_report(args, res, intr, extra)
+    report["timings_ms"] = {k: round(v, 2) for k, v in timings.items()}
+    _write_json(outs.file(args.json) if args.json else None, report)
 
 
 # ---------------------------------------------------------------------------- fuse
@@ -294,9 +303,11 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     _check_suffix(args.out, MESH_SUFFIXES, "--out")
     _check_suffix(args.cloud, (".ply",), "--cloud")
-    if args.every < 1 or not args.voxel_m > 0 or not args.max_depth_m > 0:
-        raise _usage(f"need --every >= 1, --voxel-m > 0 and --max-depth-m > 0, got "
-                     f"{args.every}, {args.voxel_m}, {args.max_depth_m}")
+    _check_suffix(args.json, (".json",), "--json")
+    number("--every", args.every, lo=1, integer=True)
+    number("--voxel-m", args.voxel_m, lo=MIN_VOXEL_M, hi=10.0, hint=" (TSDF voxel side in metres, e.g. 0.01)")
+    optional_number("--trunc-m", args.trunc_m, lo=0, lo_open=True, hi=100.0)
+    number("--max-depth-m", args.max_depth_m, lo=0, lo_open=True, hi=MAX_DEPTH_M)
     intr = _intrinsics(args)
     frames, total, reads = _fusion_input(args, intr)
     t1 = time.perf_counter()
@@ -308,17 +319,18 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     t2 = time.perf_counter()
     mesh.vertex_colors = o3d.utility.Vector3dVector(np.clip(np.asarray(mesh.vertex_colors), 0.0, 1.0))
     report = _fuse_report(args, mesh, reads.used, total)
-    if report["status"] == "ok":
-        save_mesh(args.out, mesh)
-        if args.cloud:
-            cloud = o3d.geometry.PointCloud(mesh.vertices)
-            cloud.colors, cloud.normals = mesh.vertex_colors, mesh.vertex_normals
-            save_ply(args.cloud, cloud)
-    t3 = time.perf_counter()
-    load_s, fuse_s = (t1 - t0) + reads.read_s, (t2 - t1) - reads.read_s  # reading interleaves with fusing
-    report["timings_ms"] = {k: round(v * 1e3, 2) for k, v in
-                            (("load", load_s), ("fuse", fuse_s), ("write", t3 - t2), ("total", t3 - t0))}
-    _write_json(args.json, report)
+    with AtomicOutputs() as outs:  # mesh, cloud and JSON appear together, or none of them
+        if report["status"] == "ok":
+            save_mesh(outs.file(args.out), mesh)
+            if args.cloud:
+                cloud = o3d.geometry.PointCloud(mesh.vertices)
+                cloud.colors, cloud.normals = mesh.vertex_colors, mesh.vertex_normals
+                save_ply(outs.file(args.cloud), cloud)
+        t3 = time.perf_counter()
+        load_s, fuse_s = (t1 - t0) + reads.read_s, (t2 - t1) - reads.read_s  # reading interleaves with fusing
+        report["timings_ms"] = {k: round(v * 1e3, 2) for k, v in
+                                (("load", load_s), ("fuse", fuse_s), ("write", t3 - t2), ("total", t3 - t0))}
+        _write_json(outs.file(args.json) if args.json else None, report)
     if report["status"] != "ok":
         print(f"arsel fuse: warning: the fused mesh is empty (no valid masked depth within --max-depth-m "
               f"{args.max_depth_m}?); {args.out} not written", file=sys.stderr)

@@ -15,16 +15,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine.cli_common import UsageError
 from engine.stream.sources import _natural_key
 from engine.types import CameraIntrinsics
+from engine.validate import depth_units
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".exr")
 COLOR_DIRS = ("color", "rgb", "image")
 
 
 def _usage(msg: str) -> Exception:
-    from engine.cli import UsageError
-
     return UsageError(msg)
 
 
@@ -55,6 +55,7 @@ def read_depth(path: str | Path, intrinsics: CameraIntrinsics) -> np.ndarray:
         raise ValueError(f"depth image {path} is {_wh(depth.shape)} but the intrinsics are "
                          f"{intrinsics.width}x{intrinsics.height}; pass the intrinsics of the pixel grid the "
                          "depth is on (the colour camera's once depth is aligned to colour)")
+    depth_units(f"depth image {path}", depth, intrinsics.depth_scale_m)
     return depth
 
 

@@ -37,12 +37,12 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from engine.extras import require
 from engine.imageio import PALETTE, draw_overlay
 from engine.lift.single import LiftResult
 from engine.types import Frame
 
 VIEW_FORMS = "open3d | rerun:FILE.rrd | rerun:serve | rerun:connect[=URL] | viser[:[HOST:]PORT] | none"
-VIZ_HINT = "pip install 'arsel[viz]'"
 # Open3D shows +y up and looks down -z; camera frames have y down and look down +z.
 CAMERA_TO_OPEN3D = np.diag([1.0, -1.0, -1.0, 1.0])
 # viser's world is +z up: camera x -> x, camera z (forward) -> y, camera y (down) -> -z.
@@ -186,10 +186,7 @@ class Open3DView:
 
 
 def _import(name: str, package: str) -> Any:
-    try:
-        return __import__(name)
-    except ImportError as exc:
-        raise ImportError(f"the {name} view needs {package}: {VIZ_HINT} (or pip install {package}) ({exc})") from exc
+    return require("viz", name, what=f"the {name} view ({package})")
 
 
 class RerunView:

@@ -30,6 +30,9 @@ class ModelSpec:
     mean/std) or "minmax" (per-image [0, 1]). ``prompt_kinds``: prompts the released checkpoint
     answers ("point", "box", "mask"); ``box_only`` models need points turned into box proposals.
     ``uniform_scale``: prompts are mapped with one ratio ``S / max(H, W)`` (LiteMedSAM's recipe).
+    ``resize``: the image resize recipe of ``engine.transforms`` ("pil": segment-anything's
+    ``ResizeLongestSide``; "area": LiteMedSAM's OpenCV INTER_AREA; "fast": OpenCV, no model's
+    recipe, opt in with ``dataclasses.replace(spec, resize="fast")``).
     """
 
     name: str
@@ -39,6 +42,7 @@ class ModelSpec:
     prompt_kinds: frozenset[str]
     encoder: Callable[[], nn.Module]
     uniform_scale: bool = False
+    resize: str = "pil"
 
     @property
     def box_only(self) -> bool:
@@ -62,6 +66,7 @@ REGISTRY: Mapping[str, ModelSpec] = {
             frozenset({"box", "mask"}),
             lite_medsam_encoder,
             uniform_scale=True,
+            resize="area",
         ),
     )
 }
@@ -121,17 +126,30 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
-        first_line = (str(exc).splitlines() or [""])[0][:200]
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {first_line}. "
-            "The file is corrupt, truncated, or not a PyTorch state_dict; delete it and run "
-            "`arsel weights fetch NAME` again."
+            f"{path} is not a valid checkpoint ({_why_unreadable(exc)}); a checkpoint is a PyTorch state_dict "
+            "of tensors. Delete it and run `arsel weights fetch NAME` again, or pass the right --checkpoint."
         ) from None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} does not hold a state_dict of tensors (got {type(obj).__name__})")
+        raise CheckpointError(f"{path} is not a valid checkpoint: it does not hold a state_dict of tensors "
+                              f"(got {type(obj).__name__})")
+    bad = next((k for k, v in obj.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise CheckpointError(f"{path} is not a valid checkpoint: weight {bad!r} is not finite (NaN or inf); "
+                              "the file is corrupt. Delete it and run `arsel weights fetch NAME` again.")
     return obj
+
+
+def _why_unreadable(exc: Exception) -> str:
+    """A short reason for a failed ``torch.load``, never torch's advice to unpickle arbitrary code."""
+    text = str(exc)
+    if "weights_only" in text or "Unsupported global" in text or "WeightsUnpickler" in text:
+        return "it holds Python objects besides tensors, which are not loaded for safety"
+    if isinstance(exc, EOFError) or "EOF" in text or "truncated" in text.lower() or "central directory" in text:
+        return "it is truncated or empty"
+    return f"{type(exc).__name__}: {(text.splitlines() or [''])[0][:160]}"
 
 
 def identify(state: Mapping[str, torch.Tensor]) -> str | None:

@@ -6,16 +6,12 @@ use ``forward_nchw`` (channels-first, plain convolutions), see ``engine.models.t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.models.fast_ops import Conv2dBN, add, fast_path, gelu
-
-if TYPE_CHECKING:
-    from engine.models.tiny_vit import TinyViTConfig
+from engine.models.tiny_vit_config import TinyViTConfig
 
 __all__ = ["ConvLayer", "MBConv", "PatchEmbed", "PatchMerging", "export_layout"]
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from engine.realsense.config import RealSenseConfig
 from engine.realsense.processing import FrameProcessor, f32, import_rs, intrinsics_from_rs
-from engine.stream.sources import SourceError, SourceStats, _Source
+from engine.frame_source import FrameSource, SourceError, SourceKind, SourceStats, register_source
 from engine.types import CameraIntrinsics, Frame
 
 PLAYBACK_SUFFIXES = (".bag", ".db3")
@@ -49,7 +49,7 @@ def list_devices() -> list[tuple[str, str]]:
             for d in rs.context().query_devices()]
 
 
-class RealSenseSource(_Source):
+class RealSenseSource(FrameSource):
     """Aligned RGB-D frames from a RealSense camera (live) or a ``.bag``/``.db3`` recording.
 
     Args:
@@ -259,3 +259,21 @@ def _info(rs: Any, device: Any, key: Any) -> str:
         return str(device.get_info(key)) if device.supports(key) else ""
     except RuntimeError:
         return ""
+
+
+def _is_live_spec(text: str) -> bool:
+    return text == "realsense" or text.startswith("realsense:")
+
+
+def _is_recording(text: str) -> bool:
+    return text.lower().endswith(PLAYBACK_SUFFIXES) and Path(text).is_file()
+
+
+# ``open_source`` (engine.stream.sources) reaches RealSense input through these kinds.
+register_source(SourceKind("realsense", _is_live_spec,
+                           lambda text, realtime=False, **kw: RealSenseSource(
+                               RealSenseConfig(serial=text.partition(":")[2] or None)),
+                           "'realsense[:SERIAL]'", priority=40))
+register_source(SourceKind("realsense_recording", _is_recording,
+                           lambda text, realtime=False, **kw: RealSenseSource(bag=text),
+                           "a RealSense .bag/.db3 recording", priority=60))

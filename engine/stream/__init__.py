@@ -4,6 +4,7 @@ Modules (import them directly; this package imports nothing so ``engine.gaze`` c
 ``engine.stream.events`` without a cycle):
 
 * ``sources``: ``CameraSource``, ``VideoSource``, ``ImageFolderSource``, ``SyntheticSource``, ``open_source``
+  (the base ``FrameSource`` and the source registry live in ``engine.frame_source``)
 * ``events``: ``Prompt``, ``CursorEvent``, ``SelectEvent``, ``ReleaseEvent``, ``HoverEvent``
 * ``prompt_sources``: ``CursorPrompts``, ``GazePrompts``, ``GazeReplay``
 * ``scheduler``: ``KeyframePolicy``, ``AsyncEncoder``

@@ -107,15 +107,25 @@ class GazePrompts:
     ``push(sample)`` returns the events one sample triggers; ``gaze_xy`` is the latest smoothed
     point (None while the gaze is invalid). A sample not newer than the last one (duplicate,
     out of order, or another clock) is skipped and counted in ``dropped_out_of_order``; feed one
-    ``GazePrompts`` from one clock only.
+    ``GazePrompts`` from one clock only. With ``frame_hw`` set, a sample off the frame is counted
+    in ``off_frame`` and treated as lost (confidence 0): it releases a dwell, never selects.
     """
 
-    def __init__(self, smoother: GazeSmoother | None = None, dwell: DwellSelector | None = None) -> None:
+    def __init__(self, smoother: GazeSmoother | None = None, dwell: DwellSelector | None = None,
+                 frame_hw: tuple[int, int] | None = None) -> None:
         self.smoother = smoother or GazeSmoother()
         self.dwell = dwell or DwellSelector()
+        self.frame_hw = frame_hw
         self.gaze_xy: tuple[float, float] | None = None
         self.dropped_out_of_order = 0
+        self.accepted = 0
+        self.off_frame = 0
         self._last_ns: int | None = None
+
+    def stats(self) -> dict[str, int]:
+        """Counters: samples ``accepted``, ``off_frame`` (treated as lost), ``dropped_out_of_order``."""
+        return {"accepted": self.accepted, "off_frame": self.off_frame,
+                "dropped_out_of_order": self.dropped_out_of_order}
 
     def push(self, sample: GazeSample) -> list[PromptEvent]:
         """One gaze sample (frame pixels, ns) -> the prompt events it triggers (often none)."""
@@ -123,6 +133,12 @@ class GazePrompts:
             self.dropped_out_of_order += 1
             return []
         self._last_ns = sample.timestamp_ns
+        self.accepted += 1
+        if self.frame_hw is not None and sample.confidence > 0:
+            h, w = self.frame_hw
+            if not (0 <= sample.x < w and 0 <= sample.y < h):
+                self.off_frame += 1
+                sample = GazeSample(sample.timestamp_ns, math.nan, math.nan, 0.0)
         smooth = self.smoother.update(sample)
         self.gaze_xy = None if smooth is None else smooth.xy
         return self.dwell.update(sample if smooth is None else smooth)
@@ -148,8 +164,21 @@ class GazeReplay:
 
     @classmethod
     def from_csv(cls, path: str | Path, frame_hw: tuple[int, int], **kwargs: object) -> "GazeReplay":
-        """Read ``timestamp_ns,x,y,confidence`` (pixels or normalised to ``frame_hw``)."""
-        return cls(read_gaze_csv(path, frame_hw), **kwargs)  # type: ignore[arg-type]
+        """Read ``timestamp_ns,x,y,confidence`` (pixels or normalised to ``frame_hw``); samples off
+        the frame count as lost. ``ValueError`` when no sample with confidence > 0 is on the frame."""
+        samples = read_gaze_csv(path, frame_hw)
+        h, w = frame_hw
+        on = sum(1 for s in samples if s.confidence > 0 and 0 <= s.x < w and 0 <= s.y < h)
+        if samples and not on:
+            raise ValueError(f"{path}: every gaze sample is off-frame (or lost) for the {w}x{h} frames; check the "
+                             "units ('# units: pixels' or 'normalized') and that it is this video's recording")
+        kwargs.setdefault("prompts", GazePrompts(frame_hw=frame_hw))
+        return cls(samples, **kwargs)  # type: ignore[arg-type]
+
+    def stats(self) -> dict[str, int]:
+        """Counters of the replay so far: ``samples`` in the file, ``fed`` to the prompts, and the
+        prompts' ``accepted``, ``off_frame``, ``dropped_out_of_order``."""
+        return {"samples": len(self.samples), "fed": self._next, **self.prompts.stats()}
 
     @property
     def gaze_xy(self) -> tuple[float, float] | None:

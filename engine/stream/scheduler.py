@@ -124,11 +124,13 @@ class EncoderStats:
     """Counters of one encoder (mutable): requests, drops while busy, finished encodes, their times.
 
     ``encode_ms``: wall times of the most recent ``RECENT_ENCODES`` encodes (bounded);
-    ``encode_ms_total``: the sum over all ``finished`` encodes."""
+    ``encode_ms_total``: the sum over all ``finished`` encodes. ``errors``: encodes that raised
+    (the keyframe is skipped; the previous one stays in use)."""
 
     submitted: int = 0
     dropped_busy: int = 0
     finished: int = 0
+    errors: int = 0
     encode_ms: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_ENCODES))
     encode_ms_total: float = 0.0
 
@@ -143,12 +145,20 @@ class AsyncEncoder:
     Asynchronous: ``submit`` never blocks; while an encode is running further requests are dropped
     (``stats.dropped_busy``). Synchronous (tests, offline): ``submit`` encodes before returning.
     ``nice``: how much lower the worker thread's scheduling priority is (Linux, per thread).
+    ``max_consecutive_errors``: encodes in a row that may raise before the error is re-raised to
+    the caller; fewer are counted (``stats.errors``, ``last_error``) and their keyframe skipped.
     """
 
-    def __init__(self, encode_fn: EncodeFn, asynchronous: bool = True, nice: int = 0) -> None:
+    def __init__(self, encode_fn: EncodeFn, asynchronous: bool = True, nice: int = 0,
+                 max_consecutive_errors: int = 1) -> None:
+        if max_consecutive_errors < 1:
+            raise ValueError(f"max_consecutive_errors must be >= 1, got {max_consecutive_errors}")
         self._encode_fn = encode_fn
         self.asynchronous = asynchronous
         self.nice = nice
+        self.max_consecutive_errors = max_consecutive_errors
+        self.last_error: str | None = None
+        self._consecutive_errors = 0
         self.stats = EncoderStats()
         self._latest: Keyframe | None = None
         self._pending: tuple[Frame, np.ndarray] | None = None
@@ -213,8 +223,13 @@ class AsyncEncoder:
         try:
             emb = self._encode_fn(frame.rgb, frame.index)
         except Exception as exc:  # noqa: BLE001 - handed to the decoder thread, re-raised there
-            self._error = exc  # (KeyboardInterrupt/SystemExit propagate: Ctrl-C in sync mode stops)
+            self.stats.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._consecutive_errors += 1
+            if self._consecutive_errors >= self.max_consecutive_errors:
+                self._error = exc  # (KeyboardInterrupt/SystemExit propagate: Ctrl-C in sync mode stops)
             return
+        self._consecutive_errors = 0
         ms = (time.perf_counter() - t0) * 1e3
         self._latest = Keyframe(emb, frame.index, grey, tuple(frame.rgb.shape[:2]), ms, time.monotonic_ns())
         self.stats.finished += 1

@@ -1,13 +1,8 @@
-"""Frame sources: camera, video file, image folder (DAVIS layout), synthetic homography sequence.
+"""Frame sources: camera, video file, image folder (DAVIS layout), synthetic homography sequence,
+and ``open_source``, which opens any registered kind from its text (RealSense registers its own).
 
-Every source is an iterator of ``engine.types.Frame`` (``rgb`` HxWx3 uint8 RGB, ``timestamp_ns``
-monotonic) with ``.stats`` counting what happened to every input frame, so none is lost silently:
-
-* ``delivered``: frames handed to the consumer;
-* ``dropped``: frames the source knows it skipped (real-time pacing fell behind, camera gaps);
-* ``late``: frames delivered more than half a frame period behind their schedule;
-* ``bad``: frames read but unusable (decode failure, ``None``, wrong shape or dtype), skipped.
-
+Every source is a ``engine.frame_source.FrameSource``: an iterator of ``Frame`` with ``.stats``
+(``delivered``, ``dropped``, ``late``, ``bad``, ``failed_reads``; see that module).
 Frame indices are input positions, so a skipped frame leaves a gap in ``Frame.index``.
 """
 
@@ -17,75 +12,23 @@ import re
 import time
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import cv2
 import numpy as np
 
+from engine.frame_source import FrameSource, SourceError, SourceKind, SourceStats, register_source, source_kinds
 from engine.types import Frame
+
+__all__ = ["ArraySource", "CameraSource", "FrameSource", "ImageFolderSource", "SourceError", "SourceStats",
+           "SyntheticSource", "VideoSource", "folder_images", "open_source", "synthetic_base_image"]
+_Source = FrameSource  # the former private base; kept for code written against it
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-class SourceError(RuntimeError):
-    """A source that cannot be opened or stopped delivering frames."""
-
-
-@dataclass(slots=True)
-class SourceStats:
-    """Counters of one source (mutable; read them at any time, ``to_dict`` for JSON)."""
-
-    delivered: int = 0
-    dropped: int = 0
-    late: int = 0
-    bad: int = 0
-    failed_reads: int = 0
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
-@runtime_checkable
-class FrameSource(Protocol):
-    """An iterable of ``Frame`` with counters; ``close`` releases the device/file."""
-
-    stats: SourceStats
-
-    def __iter__(self) -> Iterator[Frame]: ...
-
-    def close(self) -> None: ...
-
-
-class _Source:
-    """Shared bookkeeping: frame validation, stats, context manager."""
-
-    fps: float = 30.0
-
-    def __init__(self) -> None:
-        self.stats = SourceStats()
-
-    def _frame(self, index: int, timestamp_ns: int, image: Any, bgr: bool) -> Frame | None:
-        """Validate one decoded image into a Frame; a bad one is counted and ``None`` returned."""
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            self.stats.bad += 1
-            return None
-        rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if bgr else np.ascontiguousarray(image)
-        self.stats.delivered += 1
-        return Frame(index, int(timestamp_ns), rgb)
-
-    def close(self) -> None:
-        """Release the underlying device or file (idempotent)."""
-
-    def __enter__(self) -> "_Source":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class ArraySource(_Source):
+class ArraySource(FrameSource):
     """Frames from in-memory ``HxWx3 uint8 RGB`` arrays; ``None`` or malformed items count as ``bad``."""
 
     def __init__(self, images: Iterable[Any], fps: float = 30.0) -> None:
@@ -101,7 +44,7 @@ class ArraySource(_Source):
                 yield frame
 
 
-class _CaptureSource(_Source):
+class _CaptureSource(FrameSource):
     """Shared loop over ``cv2.VideoCapture`` with a limit on consecutive failed reads."""
 
     _camera = False  # cameras stamp frames with the clock; files with index / fps
@@ -254,7 +197,7 @@ def folder_images(folder: str | Path) -> list[Path]:
     return files
 
 
-class ImageFolderSource(_Source):
+class ImageFolderSource(FrameSource):
     """Frames from a folder of JPEG/PNG images in natural order; unreadable files count as ``bad``."""
 
     def __init__(self, folder: str | Path, fps: float = 30.0) -> None:
@@ -273,7 +216,7 @@ class ImageFolderSource(_Source):
                 yield frame
 
 
-class SyntheticSource(_Source):
+class SyntheticSource(FrameSource):
     """A still image moved by known random homographies (``engine.motion.synthetic_homography_sequence``).
 
     ``homographies[k]`` (3x3 float64) maps frame-0 pixels to frame-k pixels.
@@ -308,33 +251,40 @@ def synthetic_base_image(hw: tuple[int, int] = (480, 640)) -> np.ndarray:
     return cv2.resize(load_rgb("sample:astronaut"), (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
 
 
-def open_source(spec: str, realtime: bool = False, **kwargs: Any) -> _Source:
+def _is_synthetic(text: str) -> bool:
+    return text == "synthetic" or text.startswith("synthetic:")
+
+
+def _open_synthetic(text: str, realtime: bool = False, **kwargs: Any) -> FrameSource:
+    count = text.partition(":")[2] or "60"
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f"bad source {text!r}: write synthetic:N with N a positive frame count")
+    return SyntheticSource(synthetic_base_image(), int(count), **kwargs)
+
+
+register_source(SourceKind("camera", str.isdigit, lambda text, realtime=False, **kw: CameraSource(int(text), **kw),
+                           "a camera index", priority=20))
+register_source(SourceKind("synthetic", _is_synthetic, _open_synthetic, "'synthetic[:N]'", priority=30))
+register_source(SourceKind("folder", lambda text: Path(text).is_dir(),
+                           lambda text, realtime=False, **kw: ImageFolderSource(Path(text), **kw),
+                           "an existing folder of frames", priority=50))
+register_source(SourceKind("video", lambda text: Path(text).is_file(),
+                           lambda text, realtime=False, **kw: VideoSource(Path(text), realtime=realtime, **kw),
+                           "a video file", priority=90))
+
+
+def open_source(spec: str, realtime: bool = False, **kwargs: Any) -> FrameSource:
     """``"0"`` -> camera 0, ``"synthetic[:N]"`` -> SyntheticSource (N frames, default 60),
     ``"realsense[:SERIAL]"`` -> a live RealSense, a ``.bag``/``.db3`` file -> RealSense playback,
-    a folder -> ImageFolderSource, another file -> VideoSource."""
+    a folder -> ImageFolderSource, another file -> VideoSource: the first registered
+    ``engine.frame_source.SourceKind`` (by priority) whose ``matches`` accepts the text opens it."""
     text = str(spec).strip()
-    if text == "realsense" or text.startswith("realsense:"):
-        from engine.realsense import RealSenseConfig, RealSenseSource
+    kinds = source_kinds()
+    for kind in kinds:
+        if kind.matches(text):
+            return kind.open(text, realtime=realtime, **kwargs)
+    raise FileNotFoundError(f"source {spec!r} is not {_one_of([k.describes for k in kinds])}")
 
-        serial = text.partition(":")[2] or None
-        return RealSenseSource(RealSenseConfig(serial=serial))  # type: ignore[return-value]
-    if text.lower().endswith((".bag", ".db3")) and Path(text).is_file():
-        from engine.realsense import RealSenseSource
 
-        return RealSenseSource(bag=text)  # type: ignore[return-value]
-    if text.isdigit():
-        return CameraSource(int(text), **kwargs)
-    if text == "synthetic" or text.startswith("synthetic:"):
-        count = text.partition(":")[2] or "60"
-        if not count.isdigit() or int(count) < 1:
-            raise ValueError(f"bad source {spec!r}: write synthetic:N with N a positive frame count")
-        return SyntheticSource(synthetic_base_image(), int(count), **kwargs)
-    path = Path(text)
-    if path.is_dir():
-        return ImageFolderSource(path, **kwargs)
-    if path.is_file():
-        return VideoSource(path, realtime=realtime, **kwargs)
-    raise FileNotFoundError(
-        f"source {spec!r} is not a camera index, 'synthetic[:N]', 'realsense[:SERIAL]', an existing folder of "
-        "frames, a RealSense .bag/.db3 recording or a video file"
-    )
+def _one_of(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"

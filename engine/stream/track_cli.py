@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +25,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-# Wire into ``engine/cli.py``'s ``build_parser``:  add_track_parser(sub)
+from engine.cli_common import UsageError, add_model_args, parse_box, parse_floats, verb_main
+from engine.threads import apply_threads, engine_threads
+from engine.video import VideoWriter
 
 
 def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -39,11 +40,9 @@ def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
     prompt.add_argument("--gaze", metavar="GAZE.csv",
                         help="gaze recording (timestamp_ns,x,y,confidence): a dwell selects")
     prompt.add_argument("--gaze-offset-ms", type=float, help="gaze time minus frame time (default: align starts)")
-    p.add_argument("--model", default="lite_medsam", help="registered model name (default lite_medsam)")
-    p.add_argument("--checkpoint", help="checkpoint path (default: resolved, see `arsel models`)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt", "auto"),
-                   help="runtime of encoder and decoder (default torch; onnxruntime/tensorrt export on first use)")
+    add_model_args(p, model_help="registered model name (default lite_medsam)",
+                   backend_help="runtime of encoder and decoder (default torch; onnxruntime/tensorrt export on "
+                                "first use)")
     key = p.add_mutually_exclusive_group()
     key.add_argument("--keyframe-interval", type=int, metavar="K", help="encode every K frames (default 5)")
     key.add_argument("--keyframe", metavar="auto|K", help="'auto' (motion/score driven) or an interval K")
@@ -66,8 +65,6 @@ def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _usage(msg: str) -> Exception:
-    from engine.cli import UsageError
-
     return UsageError(msg)
 
 
@@ -85,50 +82,93 @@ def _policy(args: argparse.Namespace) -> Any:
     return KeyframePolicy(mode="interval", interval=k)
 
 
-def _prompts(args: argparse.Namespace) -> list[Any]:
-    from engine.cli import _floats, parse_box
+def _prompts(args: argparse.Namespace, frame_hw: tuple[int, int] | None) -> list[Any]:
+    """The CLI's box/point prompts, checked against the first frame's size (when known)."""
     from engine.stream.events import Prompt
+    from engine.validate import box_xyxy, points_xy
 
     kinds = [k for k in ("box", "point", "gaze") if getattr(args, k)]
     if len(kinds) != 1:
         raise _usage("give one kind of prompt: --box X0,Y0,X1,Y1 or --point X,Y (repeatable), or --gaze GAZE.csv")
-    prompts = [Prompt.box(parse_box(b), source="cli") for b in args.box or []]
-    prompts += [Prompt.point(*_floats(t, (2,), "--point"), source="cli") for t in args.point or []]
+    prompts = [Prompt.box(box_xyxy("--box", parse_box(b), frame_hw), source="cli") for b in args.box or []]
+    for t in args.point or []:
+        (x, y), = points_xy("--point", [parse_floats(t, (2,), "--point")], frame_hw).tolist()
+        prompts.append(Prompt.point(x, y, source="cli"))
     return prompts
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Every numeric flag finite and in range, named in the error (before anything is opened)."""
+    from engine.validate import number, optional_number
+
+    optional_number("--max-frames", args.max_frames, lo=1, integer=True)
+    number("--reuse-decode-px", args.reuse_decode_px, lo=0, hint=" (0: decode every frame)")
+    optional_number("--roi-margin", args.roi_margin, lo=0, hi=100, hint=" (a fraction of the box size, e.g. 0.25)")
+    optional_number("--gaze-offset-ms", args.gaze_offset_ms, lo=-86_400_000, hi=86_400_000,
+                    hint=" (gaze time minus frame time, ms)")
+    optional_number("--threads", args.threads, lo=1, hi=1024, integer=True)
+
+
+def _first_frame_hw(source: Any) -> tuple[int, int] | None:
+    """(height, width) of the source's frames without reading a frame, None when it cannot tell."""
+    files = getattr(source, "files", None)
+    if files:
+        image = cv2.imread(str(files[0]), cv2.IMREAD_UNCHANGED)
+        return None if image is None else (int(image.shape[0]), int(image.shape[1]))
+    frames = getattr(source, "frames_rgb", None)
+    if frames:
+        return int(frames[0].shape[0]), int(frames[0].shape[1])
+    cap = getattr(source, "_cap", None)
+    if cap is not None:
+        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        return (h, w) if h > 0 and w > 0 else None
+    return None
+
+
+def _gaze_replay(args: argparse.Namespace, frame_hw: tuple[int, int] | None) -> Any:
+    """The gaze replay of ``--gaze``, read and checked now (before the model loads); None without
+    ``--gaze`` or when the frame size is not known yet (then :func:`_events` reads it on the first frame)."""
+    if not args.gaze:
+        return None
+    from engine.stream.prompt_sources import GazeReplay
+
+    if frame_hw is None:
+        return None  # a source that tells its size only with its first frame: read the CSV then
+    offset = None if args.gaze_offset_ms is None else int(-args.gaze_offset_ms * 1e6)
+    return GazeReplay.from_csv(args.gaze, frame_hw, offset_ns=offset)
+
+
 def _threads(args: argparse.Namespace) -> int | None:
-    """Threads per engine thread. Encoder and decoder each run their own intra-op pool: half the
-    cores each avoids oversubscription (two pools of all cores fight over them)."""
+    """Threads per engine thread (``engine.threads``): set with --threads or --async-encoder, else
+    the runtime's default (None)."""
     if args.threads is not None and args.threads < 1:
         raise _usage(f"--threads must be >= 1, got {args.threads}")
     if args.threads is None and not args.async_encoder:
         return None
-    threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
-    if args.backend == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
+    threads = engine_threads(args.threads)
+    apply_threads(args.backend, threads)
     return threads
 
 
 def cmd_track(args: argparse.Namespace) -> int:
+    from engine.atomic import AtomicOutputs
     from engine.stream.engine import EngineConfig, StreamEngine
     from engine.stream.sources import open_source
+    from engine.validate import json_text, output_dir
 
+    _check_numbers(args)
     policy = _policy(args)
-    prompts = _prompts(args)
-    if args.max_frames is not None and args.max_frames < 1:
-        raise _usage(f"--max-frames must be >= 1, got {args.max_frames}")
-    if args.reuse_decode_px < 0:
-        raise _usage(f"--reuse-decode-px must be >= 0, got {args.reuse_decode_px}")
-    if args.roi_margin is not None and args.roi_margin < 0:
-        raise _usage(f"--roi-margin must be >= 0 (a fraction of the box size), got {args.roi_margin}")
-    threads = _threads(args)
     out = Path(args.out)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
+    output_dir("--out", out)
     source = open_source(args.source)  # first: a bad source fails before the model loads
     try:
+        frame_hw = _first_frame_hw(source)
+        if frame_hw is None and hasattr(source, "frame_count") and Path(args.source).is_file():
+            raise ValueError(f"source {args.source}: OpenCV cannot decode it as a video (no frame size); "
+                             "give a video file, a folder of frames or a camera index")
+        prompts = _prompts(args, frame_hw)
+        replay = _gaze_replay(args, frame_hw)
+        threads = _threads(args)
         engine = StreamEngine.from_name(args.model, Path(args.checkpoint) if args.checkpoint else None,
                                         args.device, backend=args.backend, threads=threads, policy=policy,
                                         motion=args.motion, async_encoder=args.async_encoder,
@@ -137,25 +177,32 @@ def cmd_track(args: argparse.Namespace) -> int:
     except BaseException:
         source.close()  # a camera is released even when the model fails to load
         raise
-    writer = _Writer(out, len(prompts) > 1, None if args.no_overlay else source.fps)
-    t0 = time.perf_counter()
-    wait_first = engine.encoder.asynchronous and not _is_live(source)
-    try:  # the camera/file is released and the encoder worker stopped whatever happens
-        events = _events(args, engine, prompts)
-        for res, frame in _loop(engine, source, events, args.max_frames):
-            writer.write(res, frame, engine)
-            if wait_first:  # offline input: the first keyframe before the next frame, not masks left empty
-                engine.encoder.wait_idle()
-                wait_first = False
-        total = _length(source)
-        if args.max_frames is None and total is not None:
-            writer.fill_to(total)  # trailing unreadable frames still get a mask
-    finally:
-        writer.close()
-        engine.close()
-        source.close()
-    metrics = _metrics(args, engine, source, writer, time.perf_counter() - t0)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with AtomicOutputs() as outs:  # masks/, metrics.json, overlay.mp4 appear together, or not at all
+        tmp = outs.folder(out)
+        (tmp / "masks").mkdir()
+        writer = _Writer(tmp, len(prompts) > 1, None if args.no_overlay else source.fps)
+        t0 = time.perf_counter()
+        wait_first = engine.encoder.asynchronous and not _is_live(source)
+        try:  # the camera/file is released and the encoder worker stopped whatever happens
+            events = _Events(args, prompts, replay)
+            for res, frame in _loop(engine, source, events, args.max_frames):
+                writer.write(res, frame, engine)
+                if wait_first:  # offline input: the first keyframe before the next frame, not masks left empty
+                    engine.encoder.wait_idle()
+                    wait_first = False
+            total = _length(source)
+            if args.max_frames is None and total is not None:
+                writer.fill_to(total)  # trailing unreadable frames still get a mask
+            if writer.count == 0:
+                raise ValueError(f"source {args.source} gave no readable frame; nothing was written")
+        finally:
+            writer.close()
+            engine.close()
+            source.close()
+        metrics = _metrics(args, engine, source, writer, time.perf_counter() - t0)
+        if events.replay is not None:
+            metrics["gaze"] = events.replay.stats()
+        (tmp / "metrics.json").write_text(json_text(metrics))
     print(f"{out}: {writer.count} masks, {metrics['fps']:.1f} fps, keyframes {metrics['keyframes_total']}, "
           f"frame p95 {metrics['stages'].get('frame', {}).get('p95_ms', float('nan')):.0f} ms")
     return 0
@@ -177,24 +224,23 @@ def _is_live(source: Any) -> bool:
                                                 and getattr(source, "bag", None) is None)
 
 
-def _events(args: argparse.Namespace, engine: Any, prompts: list[Any]) -> Any:
-    """``events(frame)`` callback: the CLI prompts on the first frame, or gaze replay."""
-    state: dict[str, Any] = {"first": True, "replay": None}
+class _Events:
+    """``events(frame)`` callback: the CLI prompts on the first frame, or gaze replay (read on the
+    first frame when the source's size was not known before; ``replay`` keeps its counters)."""
 
-    def events(frame: Any) -> list[Any]:
+    def __init__(self, args: argparse.Namespace, prompts: list[Any], replay: Any) -> None:
+        self.args, self.prompts, self.replay = args, prompts, replay
+        self.first = True
+
+    def __call__(self, frame: Any) -> list[Any]:
         from engine.stream.events import SelectEvent
 
-        if not args.gaze:
-            first, state["first"] = state["first"], False
-            return [SelectEvent(p, None, frame.timestamp_ns) for p in prompts] if first else []
-        if state["replay"] is None:
-            from engine.stream.prompt_sources import GazeReplay
-
-            offset = None if args.gaze_offset_ms is None else int(-args.gaze_offset_ms * 1e6)
-            state["replay"] = GazeReplay.from_csv(args.gaze, frame.rgb.shape[:2], offset_ns=offset)
-        return state["replay"].events_until(frame.timestamp_ns)
-
-    return events
+        if not self.args.gaze:
+            first, self.first = self.first, False
+            return [SelectEvent(p, None, frame.timestamp_ns) for p in self.prompts] if first else []
+        if self.replay is None:
+            self.replay = _gaze_replay(self.args, frame.rgb.shape[:2])
+        return self.replay.events_until(frame.timestamp_ns)
 
 
 def _loop(engine: Any, source: Any, events: Any, max_frames: int | None) -> Any:
@@ -215,14 +261,12 @@ class _Writer:
     """Masks (one per input frame, gaps filled with empty masks), overlay video."""
 
     def __init__(self, out: Path, id_values: bool, overlay_fps: float | None) -> None:
-        self.out, self.id_values, self.overlay_fps = out, id_values, overlay_fps
+        self.out, self.id_values = out, id_values
         self.count = 0
         self.next_index = 0
         self.hw: tuple[int, int] | None = None
-        self.video: cv2.VideoWriter | None = None
-        self.video_hw: tuple[int, int] | None = None  # the overlay video's size (its first frame's)
-        self.video_frames = 0
-        self.video_resized = 0  # overlay frames of another size, resized to video_hw
+        # At the first frame's size; frames of another size are resized to it and counted.
+        self.video = None if overlay_fps is None else VideoWriter(out / "overlay.mp4", overlay_fps, "pass --no-overlay")
 
     def _mask(self, index: int, mask: np.ndarray) -> None:
         from engine.imageio import save_mask_png
@@ -246,36 +290,24 @@ class _Writer:
         ids = res.id_map()
         self._mask(frame.index, ids if self.id_values else ids > 0)
         self.next_index = frame.index + 1
-        if self.overlay_fps is not None:
+        if self.video is not None:
             self._overlay(res, frame, engine)
 
     def _overlay(self, res: Any, frame: Any, engine: Any) -> None:
         from engine.imageio import draw_overlay
-        from engine.stream.latency import draw_hud
+        from engine.stream.latency import draw_hud, track_status_line
 
         masks = res.masks_by_id()
         boxes = [r.box_xyxy for r in res.objects if r.box_xyxy is not None]
         img = draw_overlay(frame.rgb, masks, boxes_xyxy=np.array(boxes) if boxes else None)
         lines = [f"frame {res.frame_index}  key {res.keyframe_index}  age {res.embedding_age_frames}",
-                 *engine.latency.hud_lines()]
+                 *engine.latency.hud_lines(), track_status_line(engine.stats.track_status)]
         draw_hud(img, lines)
-        if self.video is None:
-            path = str(self.out / "overlay.mp4")
-            self.video_hw = h, w = img.shape[:2]
-            self.video = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), self.overlay_fps, (w, h))
-            if not self.video.isOpened():
-                raise OSError(f"cannot write {path} with OpenCV's mp4v codec; pass --no-overlay")
-        if img.shape[:2] != self.video_hw:  # the source changed size: a video has one size
-            h, w = self.video_hw  # type: ignore[misc]
-            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-            self.video_resized += 1
-        self.video.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-        self.video_frames += 1
+        self.video.write_rgb(img)  # type: ignore[union-attr]
 
     def close(self) -> None:
         if self.video is not None:
-            self.video.release()
-            self.video = None
+            self.video.close()
 
 
 def _metrics(args: argparse.Namespace, engine: Any, source: Any, writer: _Writer, wall_s: float) -> dict[str, Any]:
@@ -291,8 +323,8 @@ def _metrics(args: argparse.Namespace, engine: Any, source: Any, writer: _Writer
         "async_encoder": bool(args.async_encoder),
         "frames": engine.stats.frames,
         "masks_written": writer.count,
-        "overlay_frames": writer.video_frames,
-        "overlay_frames_resized": writer.video_resized,
+        "overlay_frames": 0 if writer.video is None else writer.video.frames,
+        "overlay_frames_resized": 0 if writer.video is None else writer.video.resized,
         "wall_s": round(wall_s, 3),
         "fps": lat["fps"],
         "stages": lat["stages"],
@@ -302,6 +334,7 @@ def _metrics(args: argparse.Namespace, engine: Any, source: Any, writer: _Writer
         "keyframe_requests": engine.stats.keyframe_requests,
         "keyframe_requests_dropped_busy": enc.dropped_busy,
         "decodes_reused": engine.stats.decodes_reused,
+        "track_status": dict(engine.stats.track_status),  # object-frames per status (drift guards)
         "dropped_frames": src["dropped"],
         "late_frames": src["late"] + engine.stats.late_frames,
         "late_frames_over_budget": engine.stats.late_frames,
@@ -313,16 +346,7 @@ def _metrics(args: argparse.Namespace, engine: Any, source: Any, writer: _Writer
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Standalone entry (``python -m engine.stream.track_cli ...``), same flags as ``arsel track``."""
-    from engine.cli import UsageError
-
-    parser = argparse.ArgumentParser(prog="arsel")
-    add_track_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["track", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except (UsageError, ValueError, FileNotFoundError, OSError, RuntimeError) as exc:
-        print(f"arsel track: error: {exc}", file=sys.stderr)
-        return 2
+    return verb_main(add_track_parser, "track", argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,165 @@
+"""``arsel serve``: run the ``arsel.v1`` stream server (FastAPI on uvicorn).
+
+    arsel serve [--host 127.0.0.1] [--port 8765] [--model NAME] [--backend B]
+        [--keyframe-interval K | --keyframe auto] [--max-sessions N] [--token TOKEN]
+        [--tls-cert F --tls-key F]
+
+Binds loopback by default; any other host needs ``--token``. Prints the URL to open.
+:class:`BackgroundServer` runs the same server on a thread (tests, benchmarks, demos).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.cli_common import UsageError, add_model_args
+from engine.extras import require
+from engine.serve.protocol import Limits
+
+
+def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``serve`` verb to an ``argparse`` subparsers object; returns its parser."""
+    p = subparsers.add_parser("serve", help="serve the arsel.v1 stream protocol to headsets and browsers")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need --token)")
+    p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 = any free port)")
+    add_model_args(p, backend_help="runtime of encoder and decoder (default torch)")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--keyframe-interval", type=int, metavar="K", help="encode every K frames (default 5)")
+    key.add_argument("--keyframe", metavar="auto|K", help="'auto' (motion/score driven) or an interval K")
+    p.add_argument("--sync-encoder", action="store_true",
+                   help="encode keyframes on the session's thread (identical masks to `arsel track`; slower)")
+    p.add_argument("--max-sessions", type=int, default=8, help="concurrent sessions (default 8)")
+    p.add_argument("--max-inflight", type=int, default=2, help="frames queued per session (default 2)")
+    p.add_argument("--max-frame-mb", type=float, default=8.0, help="largest frame message in MiB (default 8)")
+    p.add_argument("--max-image-side", type=int, default=4096, help="largest image width/height (default 4096)")
+    p.add_argument("--max-messages-per-s", type=float, default=400.0, help="per-session message rate (default 400)")
+    p.add_argument("--idle-timeout", type=float, default=60.0, metavar="S", help="close silent sessions (default 60 s)")
+    p.add_argument("--token", help="shared secret clients send (Authorization: Bearer or ?token=)")
+    p.add_argument("--tls-cert", help="TLS certificate (PEM): serve https/wss (headset browsers need it for cameras)")
+    p.add_argument("--tls-key", help="TLS private key (PEM) for --tls-cert")
+    p.set_defaults(func=cmd_serve)
+    return p
+
+
+def _usage(msg: str) -> Exception:
+    return UsageError(msg)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_args(args: argparse.Namespace) -> Limits:
+    """Validate the flags before anything loads; returns the session limits."""
+    if not is_loopback(args.host) and not args.token:
+        raise _usage(f"--host {args.host} exposes the server beyond this machine: give --token SECRET so only "
+                     "clients that know it connect (or bind 127.0.0.1)")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise _usage("TLS needs both --tls-cert and --tls-key")
+    for f in (args.tls_cert, args.tls_key):
+        if f and not Path(f).is_file():
+            raise FileNotFoundError(f"TLS file {f} not found")
+    if args.max_sessions < 1 or args.max_inflight < 1 or not 0 <= args.port <= 65535:
+        raise _usage("--max-sessions and --max-inflight must be >= 1 and --port in 0..65535")
+    try:
+        return Limits(max_frame_bytes=int(args.max_frame_mb * (1 << 20)), max_image_side=args.max_image_side,
+                      max_messages_per_s=args.max_messages_per_s, idle_timeout_s=args.idle_timeout,
+                      max_inflight=args.max_inflight)
+    except ValueError as exc:
+        raise _usage(str(exc)) from None
+
+
+def _require_server_libs() -> None:
+    for module in ("fastapi", "uvicorn"):
+        require("serve", module, what="arsel serve")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from engine.serve.app import create_app
+    from engine.serve.engines import LocalEngines
+    from engine.stream.track_cli import _policy
+
+    limits = check_args(args)
+    _require_server_libs()
+    import uvicorn
+
+    engines = LocalEngines.load(args.model, args.backend, Path(args.checkpoint) if args.checkpoint else None,
+                                args.device, policy=_policy(args), async_encoder=not args.sync_encoder)
+    app = create_app(engines, limits, token=args.token, max_sessions=args.max_sessions)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                            ws_max_size=ws_max_size(limits), ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key)
+    server = uvicorn.Server(config)
+    sock = config.bind_socket()
+    sock.listen(config.backlog)  # connections from the moment the URL is printed wait, not fail
+    scheme = "https" if args.tls_cert else "http"
+    port = sock.getsockname()[1]
+    host = args.host if ":" not in args.host else f"[{args.host}]"
+    query = "?token=" + args.token if args.token else ""
+    print(f"arsel serve: {engines.model} on {engines.backend_name}; open {scheme}://{host}:{port}/{query}  "
+          f"(stream: {'wss' if args.tls_cert else 'ws'}://{host}:{port}/v1/stream)", flush=True)
+    server.run(sockets=[sock])
+    return 0
+
+
+def ws_max_size(limits: Limits) -> int:
+    """The transport's message cap: above the frame limit, so an oversized frame gets ``too_large``."""
+    return max(4 * limits.max_frame_bytes, 32 << 20)
+
+
+class BackgroundServer:
+    """``create_app(...)`` served by uvicorn on a daemon thread at 127.0.0.1 and a free port.
+
+    >>> with BackgroundServer(app) as srv: print(srv.url)  # doctest: +SKIP
+    """
+
+    def __init__(self, app: Any, limits: Limits | None = None, host: str = "127.0.0.1", **config: Any) -> None:
+        import uvicorn
+
+        self.host = host
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.port = self.sock.getsockname()[1]
+        cfg = uvicorn.Config(app, log_level="warning", ws_max_size=ws_max_size(limits or Limits()), **config)
+        self.server = uvicorn.Server(cfg)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/v1/stream"
+
+    def start(self, timeout_s: float = 30.0) -> "BackgroundServer":
+        self.thread.start()
+        t0 = time.monotonic()
+        while not self.server.started:
+            if time.monotonic() - t0 > timeout_s or not self.thread.is_alive():
+                raise RuntimeError("the background server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout_s)
+        self.sock.close()
+
+    def __enter__(self) -> "BackgroundServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

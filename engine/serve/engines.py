@@ -1,0 +1,99 @@
+"""Where a session's ``StreamEngine`` comes from: the one seam a scale-out replaces.
+
+:class:`LocalEngines` loads one model backend and gives every session its own ``StreamEngine``
+over it (its own objects, keyframes, motion, encoder worker). The shared backend is wrapped in
+:class:`SharedBackend`, which serialises encodes with one lock and decodes with another, so two
+sessions never run the same module at once (compiled/graph runtimes keep per-module buffers) while
+one session's encode never waits for another's decode. A remote encoder (a Ray Serve deployment)
+would be another ``EngineFactory`` handing out engines whose backend ``encode`` calls it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from engine.backends.base import Backend, BackendInfo
+from engine.models.registry import ModelSpec
+from engine.stream.engine import EngineConfig, MotionModel, StreamEngine
+from engine.stream.scheduler import KeyframePolicy
+
+
+class EngineFactory(Protocol):
+    """Makes one session's engine; ``model`` and ``backend_name`` are reported by ``/healthz``."""
+
+    model: str
+    backend_name: str
+
+    def __call__(self) -> StreamEngine: ...
+
+    def close(self) -> None: ...
+
+
+class SharedBackend:
+    """A backend shared by sessions: encode and decode each behind their own lock."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self.input_size = backend.input_size
+        self._encode_lock = threading.Lock()
+        self._decode_lock = threading.Lock()
+
+    def encode(self, image: np.ndarray) -> Any:
+        with self._encode_lock:
+            return self._backend.encode(image)
+
+    def decode(self, embedding: Any, point_coords: np.ndarray, point_labels: np.ndarray, mask_input: np.ndarray,
+               has_mask_input: np.ndarray, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        with self._decode_lock:
+            return self._backend.decode(embedding, point_coords, point_labels, mask_input, has_mask_input, **kwargs)
+
+    def describe(self) -> BackendInfo:
+        return self._backend.describe()
+
+    def __getattr__(self, name: str) -> Any:  # optional capabilities (supports_roi, ...) pass through
+        attr = getattr(self._backend, name)
+        if callable(attr) and name.startswith(("decode", "upsample")):
+            def locked(*args: Any, **kwargs: Any) -> Any:
+                with self._decode_lock:
+                    return attr(*args, **kwargs)
+            return locked
+        return attr
+
+
+@dataclass
+class LocalEngines:
+    """Engines over one in-process backend (see the module docstring)."""
+
+    backend: Backend
+    spec: ModelSpec
+    model: str
+    policy: KeyframePolicy = field(default_factory=KeyframePolicy)
+    motion: MotionModel = "homography"
+    async_encoder: bool = True
+    config: EngineConfig = field(default_factory=EngineConfig)
+
+    def __post_init__(self) -> None:
+        self.shared = SharedBackend(self.backend)
+        self.backend_name = self.backend.describe().runtime
+
+    @classmethod
+    def load(cls, model: str, backend: str = "torch", checkpoint: Path | None = None, device: str = "cpu",
+             **kwargs: Any) -> "LocalEngines":
+        """Load ``model`` once on runtime ``backend`` (``engine.backends.factory``)."""
+        from engine.backends.factory import create_backend
+        from engine.models.registry import get_spec
+
+        spec = get_spec(model)
+        return cls(create_backend(backend, model, checkpoint, device), spec, model, **kwargs)
+
+    def __call__(self) -> StreamEngine:
+        return StreamEngine(self.shared, self.spec, policy=self.policy, motion=self.motion,  # type: ignore[arg-type]
+                            async_encoder=self.async_encoder, config=self.config)
+
+    def close(self) -> None:
+        """Nothing to release: the backend lives as long as the process."""

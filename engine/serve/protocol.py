@@ -1,0 +1,319 @@
+"""``arsel.v1`` messages: schema validation, binary framing, frame decoding, message builders.
+
+Every message a client sends is checked here, before any slow work: first against the JSON Schema
+(``docs/protocol.schema.json``, packaged as ``engine/serve/protocol.schema.json``'s twin), then the
+semantic rules the schema cannot say (finite numbers, sizes that match the blobs, sane intrinsics).
+A failure raises :class:`ProtocolError` with the protocol's error ``code``; the session answers it
+with an ``error`` message and lives on.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+from engine.gaze import GazeSample
+from engine.types import CameraIntrinsics
+
+PROTOCOL = "arsel.v1"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "protocol.schema.json"
+ErrorCode = Literal["bad_message", "too_large", "bad_frame", "unauthorized", "server_busy",
+                    "unsupported", "rate_limited", "idle_timeout"]
+CLIENT_TEXT_TYPES = ("hello", "prompt", "gaze", "cursor", "ping")
+_U32 = struct.Struct("<I")
+_MAGIC = {"jpeg": b"\xff\xd8", "png": b"\x89PNG\r\n\x1a\n", "png16": b"\x89PNG\r\n\x1a\n"}
+
+
+class ProtocolError(Exception):
+    """A message broke the protocol: ``code`` (an ``error`` code), ``message`` (what and how to fix)."""
+
+    def __init__(self, code: ErrorCode, message: str, frame_id: int | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code, self.message, self.frame_id = code, message, frame_id
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-session limits. ``max_frame_bytes``: one binary message; ``max_image_side``: image/depth
+    width and height; ``max_text_bytes``: one text message; ``max_messages_per_s``: sustained rate
+    (burst of one second's worth); ``idle_timeout_s``: close a session silent this long."""
+
+    max_frame_bytes: int = 8 << 20
+    max_image_side: int = 4096
+    max_text_bytes: int = 64 << 10
+    max_messages_per_s: float = 400.0
+    idle_timeout_s: float = 60.0
+    max_inflight: int = 2
+
+    def __post_init__(self) -> None:
+        if min(self.max_frame_bytes, self.max_image_side, self.max_text_bytes, self.max_inflight) < 1:
+            raise ValueError(f"Limits must be positive, got {self}")
+        if self.max_messages_per_s <= 0 or self.idle_timeout_s <= 0:
+            raise ValueError(f"Limits rates and timeouts must be > 0, got {self}")
+
+
+@dataclass(frozen=True, slots=True)
+class FrameMessage:
+    """A decoded ``frame``: ``rgb`` ``(H, W, 3) uint8``, ``depth_raw`` ``(H, W) uint16`` or None,
+    ``intrinsics`` (with the depth scale) or None, ``pose`` ``(4, 4) float64`` camera-to-world or None."""
+
+    frame_id: int
+    t_capture_ns: int
+    rgb: np.ndarray
+    depth_raw: np.ndarray | None
+    intrinsics: CameraIntrinsics | None
+    pose: np.ndarray | None
+    gaze: tuple[GazeSample, ...]
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    """The protocol's JSON Schema (``docs/protocol.schema.json``)."""
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+@lru_cache(maxsize=32)
+def validator(name: str) -> Any:
+    """A ``jsonschema`` validator for the message ``name`` (a key of the schema's ``$defs``)."""
+    import jsonschema
+
+    defs = schema()["$defs"]
+    if name not in defs:
+        raise KeyError(f"no message {name!r} in the arsel.v1 schema")
+    return jsonschema.Draft202012Validator({"$ref": f"#/$defs/{name}", "$defs": defs})
+
+
+def check(name: str, message: Any, code: ErrorCode = "bad_message", frame_id: int | None = None) -> None:
+    """Raise ``ProtocolError(code)`` naming the first schema violation of ``message`` as ``name``."""
+    err = next(iter(sorted(validator(name).iter_errors(message), key=lambda e: list(e.path))), None)
+    if err is not None:
+        where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise ProtocolError(code, f"{name} message invalid at {where}: {err.message}", frame_id)
+
+
+def _loads(text: str | bytes, code: ErrorCode, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(code, f"{what} is not valid UTF-8 JSON ({exc}); send one JSON object") from None
+
+
+def _finite(values: Any, what: str, code: ErrorCode = "bad_message", frame_id: int | None = None) -> None:
+    if not all(math.isfinite(float(v)) for v in values):
+        raise ProtocolError(code, f"{what} must be finite numbers (no NaN/Infinity), got {values}", frame_id)
+
+
+def parse_text(text: str, limits: Limits) -> dict[str, Any]:
+    """Validate one client text message; returns it as a dict (schema- and semantically checked)."""
+    if len(text.encode("utf-8", "surrogatepass")) > limits.max_text_bytes:
+        raise ProtocolError("too_large", f"text message over {limits.max_text_bytes} bytes")
+    msg = _loads(text, "bad_message", "text message")
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        raise ProtocolError("bad_message", 'a text message must be a JSON object with a string "type"')
+    kind = msg["type"]
+    if kind == "frame":
+        raise ProtocolError("bad_message", "frames are binary messages (uint32 header length, header, blobs)")
+    if kind not in CLIENT_TEXT_TYPES:
+        raise ProtocolError("unsupported", f"unknown message type {kind!r}; arsel.v1 clients send "
+                                           f"{', '.join(CLIENT_TEXT_TYPES)} and binary frames")
+    check(kind, msg, frame_id=msg.get("frame_id") if kind == "prompt" and _is_uint(msg.get("frame_id")) else None)
+    if kind in ("gaze", "cursor") and msg["confidence"] > 0:
+        _finite((msg["x"], msg["y"]), f"{kind} x, y")
+    if kind == "ping":
+        _finite((msg["t0"],), "ping t0")
+    if kind == "prompt":
+        _check_prompt(msg)
+    return msg
+
+
+def _is_uint(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_prompt(msg: dict[str, Any]) -> None:
+    fid, action = msg["frame_id"], msg["action"]
+    points, box = msg.get("points") or [], msg.get("box")
+    _finite([c for p in points for c in p[:2]], "prompt points", frame_id=fid)
+    if box is not None:
+        _finite(box, "prompt box", frame_id=fid)
+        if box[2] < box[0] or box[3] < box[1]:
+            raise ProtocolError("bad_message", f"prompt box must be [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1, "
+                                               f"got {box}", fid)
+    if action in ("add", "refine") and not points and box is None:
+        raise ProtocolError("bad_message", f"prompt {action} needs points or a box", fid)
+    if action in ("refine", "remove") and msg.get("object_id") is None:
+        raise ProtocolError("bad_message", f"prompt {action} needs an object_id", fid)
+
+
+def check_prompt_inside(msg: dict[str, Any], frame_hw: tuple[int, int]) -> None:
+    """A prompt's points and box must lie in its frame (``[0, W] x [0, H]``, pixels)."""
+    h, w = frame_hw
+    pts = [(p[0], p[1]) for p in msg.get("points") or []]
+    box = msg.get("box")
+    if box is not None:
+        pts += [(box[0], box[1]), (box[2], box[3])]
+    for x, y in pts:
+        if not (0 <= x <= w and 0 <= y <= h):
+            raise ProtocolError("bad_message", f"prompt coordinate ({x}, {y}) is outside frame {msg['frame_id']}'s "
+                                               f"{w}x{h} image; clamp to [0, {w}] x [0, {h}]", msg["frame_id"])
+
+
+def pack(header: dict[str, Any], *blobs: bytes) -> bytes:
+    """A binary message: uint32 LE header length, UTF-8 JSON header, blobs."""
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return b"".join((_U32.pack(len(head)), head, *blobs))
+
+
+def unpack(data: bytes, code: ErrorCode = "bad_frame") -> tuple[Any, memoryview]:
+    """Split a binary message into (parsed JSON header, the bytes after it)."""
+    if len(data) < 4:
+        raise ProtocolError(code, f"binary message of {len(data)} bytes is shorter than its 4-byte header length")
+    (n,) = _U32.unpack_from(data)
+    if n == 0 or 4 + n > len(data):
+        raise ProtocolError(code, f"header length {n} is beyond the message ({len(data) - 4} bytes after it)")
+    view = memoryview(data)
+    return _loads(bytes(view[4:4 + n]), code, "the frame header"), view[4 + n:]
+
+
+def parse_frame(data: bytes, limits: Limits) -> FrameMessage:
+    """Validate and decode one binary ``frame`` message (raises ``ProtocolError``)."""
+    if len(data) > limits.max_frame_bytes:
+        raise ProtocolError("too_large", f"frame message of {len(data)} bytes is over the limit of "
+                                         f"{limits.max_frame_bytes}; send a smaller or JPEG-compressed image")
+    header, rest = unpack(data)
+    fid = header.get("frame_id") if isinstance(header, dict) and _is_uint(header.get("frame_id")) else None
+    if isinstance(header, dict) and header.get("type") not in (None, "frame"):
+        raise ProtocolError("unsupported", f"binary message type {header.get('type')!r}; clients send 'frame'", fid)
+    _check_encodings(header, fid)
+    check("frame_header", header, "bad_frame", fid)
+    image, depth = header["image"], header.get("depth")
+    for blob in (image, depth):
+        if blob is not None and max(blob["width"], blob["height"]) > limits.max_image_side:
+            raise ProtocolError("too_large", f"{blob['width']}x{blob['height']} is over the image side limit "
+                                             f"{limits.max_image_side}", fid)
+    sizes = [image["bytes"]] + ([depth["bytes"]] if depth else [])
+    if sum(sizes) != len(rest):
+        raise ProtocolError("bad_frame", f"the header lists blobs of {sizes} bytes but {len(rest)} bytes follow it", fid)
+    rgb = decode_image(bytes(rest[:image["bytes"]]), image, fid)
+    depth_raw = None if depth is None else decode_depth(bytes(rest[image["bytes"]:]), depth, rgb.shape[:2], fid)
+    intr = _intrinsics(header, rgb.shape[:2], depth, fid)
+    pose = _pose(header.get("pose"), fid)
+    gaze = _gaze(header.get("gaze", []), fid)
+    return FrameMessage(fid, header["t_capture_ns"], rgb, depth_raw, intr, pose, gaze)  # type: ignore[arg-type]
+
+
+def _check_encodings(header: Any, fid: int | None) -> None:
+    if not isinstance(header, dict):
+        return
+    for key, known in (("image", ("jpeg", "png", "rgb8")), ("depth", ("png16", "u16"))):
+        blob = header.get(key)
+        enc = blob.get("encoding") if isinstance(blob, dict) else None
+        if isinstance(enc, str) and enc not in known:
+            raise ProtocolError("unsupported", f"{key} encoding {enc!r}; this server reads {', '.join(known)}", fid)
+
+
+def _image_hw(data: bytes, fid: int | None) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.height, im.width
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for garbage
+        raise ProtocolError("bad_frame", f"the image bytes do not decode ({type(exc).__name__})", fid) from None
+
+
+def decode_image(data: bytes, blob: dict[str, Any], fid: int | None) -> np.ndarray:
+    """Image blob -> ``(H, W, 3) uint8 RGB``; size checked against the header before decoding."""
+    enc, hw = blob["encoding"], (blob["height"], blob["width"])
+    if enc == "rgb8":
+        if len(data) != hw[0] * hw[1] * 3:
+            raise ProtocolError("bad_frame", f"rgb8 image of {hw[1]}x{hw[0]} needs {hw[0] * hw[1] * 3} bytes, got "
+                                             f"{len(data)}", fid)
+        return np.frombuffer(data, np.uint8).reshape(hw[0], hw[1], 3).copy()
+    if not data.startswith(_MAGIC[enc]):
+        raise ProtocolError("bad_frame", f"the image bytes are not a {enc.upper()} (wrong magic bytes)", fid)
+    actual = _image_hw(data, fid)
+    if actual != hw:
+        raise ProtocolError("bad_frame", f"header says {hw[1]}x{hw[0]} but the {enc} is {actual[1]}x{actual[0]}", fid)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.shape[:2] != hw:
+        raise ProtocolError("bad_frame", f"the {enc} image does not decode", fid)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def decode_depth(data: bytes, blob: dict[str, Any], image_hw: tuple[int, int], fid: int | None) -> np.ndarray:
+    """Depth blob -> ``(H, W) uint16`` raw depth, the colour image's size."""
+    hw = (blob["height"], blob["width"])
+    if hw != image_hw:
+        raise ProtocolError("bad_frame", f"depth is {hw[1]}x{hw[0]} but the image is {image_hw[1]}x{image_hw[0]}; "
+                                         "send depth aligned to the colour image", fid)
+    if blob["encoding"] == "u16":
+        if len(data) != hw[0] * hw[1] * 2:
+            raise ProtocolError("bad_frame", f"u16 depth of {hw[1]}x{hw[0]} needs {hw[0] * hw[1] * 2} bytes, "
+                                             f"got {len(data)}", fid)
+        return np.frombuffer(data, "<u2").reshape(hw).astype(np.uint16)
+    if not data.startswith(_MAGIC["png16"]) or _image_hw(data, fid) != hw:
+        raise ProtocolError("bad_frame", f"depth is not a {hw[1]}x{hw[0]} PNG", fid)
+    depth = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if depth is None or depth.ndim != 2 or depth.dtype != np.uint16:
+        raise ProtocolError("bad_frame", "png16 depth must be a 16-bit single-channel PNG", fid)
+    return depth
+
+
+def _intrinsics(header: dict[str, Any], hw: tuple[int, int], depth: dict[str, Any] | None,
+                fid: int | None) -> CameraIntrinsics | None:
+    k = header.get("intrinsics")
+    if k is None:
+        return None
+    _finite(k, "intrinsics [fx, fy, cx, cy]", "bad_frame", fid)
+    fx, fy, cx, cy = (float(v) for v in k)
+    if fx <= 0 or fy <= 0 or cx < 0 or cy < 0:
+        raise ProtocolError("bad_frame", f"intrinsics need fx, fy > 0 and cx, cy >= 0 (pixels), got {k}", fid)
+    scale = float(depth["scale_m"]) if depth else 0.001
+    try:
+        return CameraIntrinsics(hw[1], hw[0], fx, fy, cx, cy, scale)
+    except ValueError as exc:
+        raise ProtocolError("bad_frame", f"intrinsics: {exc}", fid) from None
+
+
+def _pose(values: list[float] | None, fid: int | None) -> np.ndarray | None:
+    if values is None:
+        return None
+    _finite(values, "pose", "bad_frame", fid)
+    pose = np.asarray(values, np.float64).reshape(4, 4)
+    rot = pose[:3, :3]
+    if not np.allclose(pose[3], (0, 0, 0, 1), atol=1e-6) or not np.allclose(rot @ rot.T, np.eye(3), atol=1e-3):
+        raise ProtocolError("bad_frame", "pose must be a rigid 4x4 camera-to-world transform (row-major, last row "
+                                         "0 0 0 1, orthonormal rotation)", fid)
+    return pose
+
+
+def _gaze(samples: list[dict[str, Any]], fid: int | None) -> tuple[GazeSample, ...]:
+    try:
+        return tuple(GazeSample(s["t_ns"], s["x"], s["y"], s["confidence"]) for s in samples)
+    except ValueError as exc:
+        raise ProtocolError("bad_frame", f"frame gaze: {exc}", fid) from None
+
+
+def gaze_sample(msg: dict[str, Any]) -> GazeSample:
+    """A checked ``gaze``/``cursor`` message -> ``GazeSample``."""
+    try:
+        return GazeSample(msg["t_ns"], msg["x"], msg["y"], msg["confidence"])
+    except ValueError as exc:
+        raise ProtocolError("bad_message", f"{msg['type']}: {exc}") from None
+
+
+def error_message(code: ErrorCode, message: str, frame_id: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if frame_id is not None:
+        out["frame_id"] = frame_id
+    return out

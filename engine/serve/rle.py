@@ -1,0 +1,82 @@
+"""COCO run-length encoding of masks, byte-for-byte as ``pycocotools.mask.encode`` writes it.
+
+A mask ``(H, W)`` is read column-major (Fortran order); ``counts`` alternate runs of 0 and 1,
+starting with 0 (a leading zero-length run when the first pixel is set). The compressed string
+codes each count (minus the count two back, from the fourth on) in 5-bit groups, low first, with
+0x20 as "more follows" and the last group's 0x10 as the sign, each plus 48 (``maskApi.c rleToString``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def mask_counts(mask: np.ndarray) -> np.ndarray:
+    """Uncompressed COCO run lengths of a bool/0-1 ``(H, W)`` mask, int64 ``(K,)``."""
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
+    flat = np.asarray(mask, bool).ravel(order="F")
+    if flat.size == 0:
+        return np.zeros(0, np.int64)
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    counts = np.diff(np.concatenate(([0], change, [flat.size]))).astype(np.int64)
+    return np.concatenate(([0], counts)) if flat[0] else counts
+
+
+def counts_to_string(counts: np.ndarray) -> str:
+    """Compress run lengths into the COCO ``counts`` string."""
+    out = bytearray()
+    values = [int(c) for c in counts]
+    for i, x in enumerate(values):
+        if i > 2:
+            x -= values[i - 2]
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = (x != -1) if (c & 0x10) else (x != 0)
+            if more:
+                c |= 0x20
+            out.append(c + 48)
+    return out.decode("ascii")
+
+
+def string_to_counts(text: str) -> np.ndarray:
+    """Inverse of :func:`counts_to_string` (``maskApi.c rleFrString``)."""
+    data = text.encode("ascii")
+    counts: list[int] = []
+    p = 0
+    while p < len(data):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(data):
+                raise ValueError("truncated COCO RLE counts string")
+            c = data[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return np.asarray(counts, np.int64)
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, object]:
+    """``{"size": [h, w], "counts": str}`` of a ``(H, W)`` mask, as pycocotools (counts as str)."""
+    h, w = int(mask.shape[0]), int(mask.shape[1])
+    return {"size": [h, w], "counts": counts_to_string(mask_counts(mask))}
+
+
+def decode_rle(rle: dict[str, object]) -> np.ndarray:
+    """COCO RLE (``counts`` a string or a list of ints) -> bool ``(H, W)`` mask."""
+    h, w = (int(v) for v in rle["size"])  # type: ignore[union-attr]
+    raw = rle["counts"]
+    counts = string_to_counts(raw) if isinstance(raw, str) else np.asarray(raw, np.int64)
+    if counts.size and (np.any(counts < 0) or int(counts.sum()) != h * w):
+        raise ValueError(f"RLE counts sum to {int(counts.sum())}, expected h*w = {h * w}")
+    values = np.arange(counts.size) % 2 == 1
+    flat = np.repeat(values, counts)
+    return flat.reshape((w, h)).T.copy() if flat.size else np.zeros((h, w), bool)

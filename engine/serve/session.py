@@ -1,0 +1,276 @@
+"""One ``arsel.v1`` session's engine side: prompts, gaze, frames -> ``result`` messages.
+
+A :class:`SessionCore` owns one ``StreamEngine`` (objects, keyframes, motion) and is touched by one
+worker thread only (``app`` runs every call on the session's own single-thread executor, in the
+order the messages came). Prompts name the frame they were made on: a prompt on the frame about to
+be stepped is stamped by the engine as usual; one on an earlier frame is stamped with that frame's
+grey image (kept for the last ``RECENT_FRAMES``), so the engine maps it through the motion between
+that frame and the keyframe (``StreamEngine._prompt_motion``). Gaze and cursor samples wait in a
+time-ordered buffer and are fed to the dwell logic before the first frame captured after them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from engine.gaze import GazeSample
+from engine.serve.protocol import FrameMessage, ProtocolError, check_prompt_inside, pack
+from engine.serve.rle import encode_rle
+from engine.stream.engine import StreamEngine
+from engine.stream.events import Prompt, ReleaseEvent, SelectEvent
+from engine.stream.prompt_sources import GazePrompts
+from engine.stream.results import StepResult
+from engine.types import Frame
+
+RECENT_FRAMES = 64  # frames a prompt may name (their grey images at the motion resolution)
+MAX_PENDING = 256  # prompts waiting for the frame they name
+MAX_GAZE_BUFFER = 20_000  # buffered gaze samples per session (oldest dropped beyond)
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedFrame:
+    """A received frame waiting for the worker; ``t_receive`` in ``time.perf_counter`` seconds."""
+
+    frame: FrameMessage
+    t_receive: float
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message for the client: ``text`` (JSON) or ``data`` (binary); ``frame_id`` of a result."""
+
+    text: str | None = None
+    data: bytes | None = None
+    frame_id: int | None = None
+
+
+def prompt_from_message(msg: dict[str, Any]) -> Prompt:
+    """A checked ``prompt`` message (add/refine) -> engine ``Prompt`` in the named frame's pixels."""
+    points = msg.get("points") or []
+    pts = np.array([p[:2] for p in points], np.float32).reshape(-1, 2) if points else None
+    labels = np.array([p[2] for p in points], np.float32) if points else None
+    box = None if msg.get("box") is None else np.asarray(msg["box"], np.float32)
+    return Prompt(pts, labels, box, source="cli")
+
+
+def quaternion_xyzw(rot: np.ndarray) -> list[float]:
+    """Rotation matrix ``(3, 3)`` (proper, axes as columns) -> unit quaternion ``[x, y, z, w]``."""
+    m = np.asarray(rot, np.float64)
+    w = np.sqrt(max(0.0, 1.0 + m[0, 0] + m[1, 1] + m[2, 2])) / 2
+    x = np.copysign(np.sqrt(max(0.0, 1.0 + m[0, 0] - m[1, 1] - m[2, 2])) / 2, m[2, 1] - m[1, 2])
+    y = np.copysign(np.sqrt(max(0.0, 1.0 - m[0, 0] + m[1, 1] - m[2, 2])) / 2, m[0, 2] - m[2, 0])
+    z = np.copysign(np.sqrt(max(0.0, 1.0 - m[0, 0] - m[1, 1] + m[2, 2])) / 2, m[1, 0] - m[0, 1])
+    q = np.array([x, y, z, w])
+    return [round(float(v), 6) for v in q / np.linalg.norm(q)]
+
+
+def _r(values: Any, nd: int = 4) -> list[float]:
+    return [round(float(v), nd) for v in values]
+
+
+class SessionCore:
+    """The engine side of one session (single-threaded; see the module docstring)."""
+
+    def __init__(self, engine: StreamEngine, mask_encoding: str = "coco_rle") -> None:
+        self.engine = engine
+        self.mask_encoding = mask_encoding
+        self.gaze = GazePrompts()
+        self._gaze_buffer: list[tuple[int, int, GazeSample]] = []
+        self._gaze_seq = 0
+        self._gaze_object: int | None = None
+        self._greys: OrderedDict[int, tuple[np.ndarray, tuple[int, int]]] = OrderedDict()
+        self._pending: list[dict[str, Any]] = []  # prompts on frames not stepped yet
+        self._last_stepped = -1
+        self._announced: set[int] = set()
+        self.gaze_dropped = 0
+
+    # --- prompts and gaze -------------------------------------------------------------------
+    def prompt(self, msg: dict[str, Any]) -> None:
+        """Apply a checked ``prompt`` now or, when it names a frame not stepped yet, before that frame."""
+        if msg["frame_id"] > self._last_stepped:
+            if len(self._pending) >= MAX_PENDING:
+                raise ProtocolError("rate_limited", f"over {MAX_PENDING} prompts wait for their frames", msg["frame_id"])
+            self._pending.append(msg)
+        else:
+            self._apply(msg, None)
+
+    def _apply(self, msg: dict[str, Any], stepping: FrameMessage | None) -> None:
+        """Apply a prompt; ``stepping``: the frame about to be stepped (None: between frames)."""
+        eng, fid, action, oid = self.engine, msg["frame_id"], msg["action"], msg.get("object_id")
+        if fid in self._greys:
+            check_prompt_inside(msg, self._greys[fid][1])
+        elif stepping is not None:
+            check_prompt_inside(msg, (stepping.rgb.shape[0], stepping.rgb.shape[1]))
+        if action == "clear":
+            eng.remove_object(None)
+            self._announced.clear()
+            return
+        if action in ("refine", "remove") and oid not in eng.tracker:
+            raise ProtocolError("bad_message", f"prompt {action}: no object {oid} in this session", fid)
+        if action == "remove":
+            eng.remove_object(oid)
+            self._announced.discard(oid)
+            return
+        prompt = prompt_from_message(msg)
+        if action == "add":
+            if oid is not None and oid in eng.tracker:
+                raise ProtocolError("bad_message", f"prompt add: object {oid} exists; refine it or add with "
+                                                   "object_id null", fid)
+            try:
+                oid = eng.add_object(prompt, oid)
+            except ValueError as exc:
+                raise ProtocolError("bad_message", f"prompt add: {exc}", fid) from None
+            self._announced.discard(oid)
+        else:
+            eng.tracker.refine(oid, prompt)
+        if stepping is None or fid != stepping.frame_id:
+            self._stamp(oid, fid)
+
+    def _stamp(self, object_id: int, frame_id: int) -> None:
+        """The object's prompt is in frame ``frame_id``'s pixels (an earlier or dropped frame)."""
+        grey = self._greys.get(frame_id)
+        if grey is None:
+            return  # forgotten meanwhile: the engine stamps it with the next stepped frame
+        obj = self.engine.tracker.get(object_id)
+        obj.prompt_frame_index, obj.prompt_grey, obj.prompt_hw = frame_id, grey[0], grey[1]
+
+    def remember(self, frame_id: int, rgb: np.ndarray) -> None:
+        """Keep a (dropped or stepped) frame's motion-resolution grey for prompts naming it."""
+        self._greys[frame_id] = (self.engine.motion_estimator.small_grey(rgb), (rgb.shape[0], rgb.shape[1]))
+        while len(self._greys) > RECENT_FRAMES:
+            self._greys.popitem(last=False)
+
+    def add_gaze(self, samples: tuple[GazeSample, ...] | list[GazeSample]) -> None:
+        """Buffer gaze/cursor samples (fed to the dwell logic by capture time, see ``_feed_gaze``)."""
+        for s in samples:
+            heapq.heappush(self._gaze_buffer, (s.timestamp_ns, self._gaze_seq, s))
+            self._gaze_seq += 1
+        while len(self._gaze_buffer) > MAX_GAZE_BUFFER:
+            self._gaze_buffer.remove(max(self._gaze_buffer))
+            heapq.heapify(self._gaze_buffer)
+            self.gaze_dropped += 1
+
+    def _feed_gaze(self, t_capture_ns: int) -> None:
+        while self._gaze_buffer and self._gaze_buffer[0][0] <= t_capture_ns:
+            _, _, sample = heapq.heappop(self._gaze_buffer)
+            for ev in self.gaze.push(sample):
+                if isinstance(ev, ReleaseEvent):  # gaze releases the object gaze selected, not the user's
+                    if self._gaze_object is not None:
+                        self.engine.remove_object(self._gaze_object)
+                        self._announced.discard(self._gaze_object)
+                    self._gaze_object = None
+                elif isinstance(ev, SelectEvent):
+                    self._gaze_object = self.engine.handle(ev)
+                    if self._gaze_object is not None:
+                        self._announced.discard(self._gaze_object)
+                else:
+                    self.engine.handle(ev)
+
+    # --- frames -------------------------------------------------------------------------------
+    def process(self, item: QueuedFrame, dropped: int) -> tuple[Outgoing, list[ProtocolError]]:
+        """Step one frame: apply its prompts and gaze, decode, lift; returns the result message and
+        the errors of prompts applied on the way (each still gets its ``error``)."""
+        t_start = time.perf_counter()
+        msg = item.frame
+        errors = self._apply_pending(msg)
+        self._feed_gaze(msg.t_capture_ns)
+        frame = Frame(msg.frame_id, msg.t_capture_ns, msg.rgb, msg.depth_raw, msg.intrinsics)
+        res = self.engine.step(frame)
+        self._last_stepped = msg.frame_id
+        self.remember(msg.frame_id, msg.rgb)
+        t_lift = time.perf_counter()
+        objects = [self._object(r, msg) for r in res.objects]
+        lift_ms = (time.perf_counter() - t_lift) * 1e3
+        out = self._result(res, objects, item, t_start, lift_ms, dropped)
+        return out, errors
+
+    def _apply_pending(self, stepping: FrameMessage) -> list[ProtocolError]:
+        errors, frame_id = [], stepping.frame_id
+        due = [m for m in self._pending if m["frame_id"] <= frame_id]
+        self._pending = [m for m in self._pending if m["frame_id"] > frame_id]
+        for m in due:
+            try:
+                self._apply(m, stepping)
+            except ProtocolError as exc:
+                errors.append(exc)
+        return errors
+
+    def _object(self, r: Any, msg: FrameMessage) -> dict[str, Any]:
+        new = r.object_id not in self._announced
+        self._announced.add(r.object_id)
+        status = "new" if new else r.wire_status
+        box = None
+        if r.found and r.mask.any():
+            ys, xs = np.nonzero(r.mask.any(axis=1))[0], np.nonzero(r.mask.any(axis=0))[0]
+            box = [float(xs[0]), float(ys[0]), float(xs[-1] + 1), float(ys[-1] + 1)]
+        score = float(r.score) if np.isfinite(r.score) else 0.0
+        obj: dict[str, Any] = {"id": int(r.object_id), "score": round(score, 4), "status": status, "bbox_xyxy": box}
+        if self.mask_encoding == "coco_rle":
+            obj["mask"] = encode_rle(r.mask)
+        if msg.depth_raw is not None and msg.intrinsics is not None and r.found and r.mask.any():
+            obj.update(self._lift(r.mask, msg))
+        return obj
+
+    def _lift(self, mask: np.ndarray, msg: FrameMessage) -> dict[str, Any]:
+        from engine.lift.single import lift
+
+        res = lift(mask, msg.depth_raw, msg.intrinsics, pose=msg.pose, compute_volume=False)  # type: ignore[arg-type]
+        if res.status != "ok":
+            return {}
+        return {"box3d": {"center_m": _r(res.obb_center_m), "extent_m": _r(res.obb_extent_m),
+                          "rotation_xyzw": quaternion_xyzw(res.obb_rotation)},
+                "centroid_m": _r(res.centroid_m)}
+
+    def _result(self, res: StepResult, objects: list[dict[str, Any]], item: QueuedFrame, t_start: float,
+                lift_ms: float, dropped: int) -> Outgoing:
+        import json
+
+        t = res.timings_ms
+        header: dict[str, Any] = {
+            "type": "result", "frame_id": item.frame.frame_id, "keyframe_id": int(res.keyframe_index),
+            "embedding_age_frames": max(0, int(res.embedding_age_frames)), "objects": objects,
+            "latency_ms": {"queue": 0.0, "motion": round(t.get("motion", 0.0), 2),
+                           "decode": round(t.get("decode", 0.0), 2), "postprocess": round(t.get("postprocess", 0.0), 2),
+                           "lift": round(lift_ms, 2), "server_total": 0.0},
+            "dropped": dropped,
+        }
+        lat = header["latency_ms"]
+        lat["queue"] = round(max(0.0, (t_start - item.t_receive) * 1e3), 2)
+        if self.mask_encoding == "png":
+            ok, png = cv2.imencode(".png", res.id_map())
+            if not ok:
+                raise RuntimeError("OpenCV could not encode the id-map PNG")
+            h, w = res.frame_hw
+            header["mask"] = {"encoding": "png", "width": w, "height": h, "bytes": len(png)}
+            lat["server_total"] = round((time.perf_counter() - item.t_receive) * 1e3, 2)
+            return Outgoing(data=pack(header, png.tobytes()), frame_id=item.frame.frame_id)
+        lat["server_total"] = round((time.perf_counter() - item.t_receive) * 1e3, 2)
+        return Outgoing(text=json.dumps(header, separators=(",", ":")), frame_id=item.frame.frame_id)
+
+    def close(self) -> None:
+        """Stop the engine's encoder worker, drop all state, hand freed heap back to the OS."""
+        self.engine.close()
+        self._greys.clear()
+        self._gaze_buffer.clear()
+        self._pending.clear()
+        trim_heap()
+
+
+def trim_heap() -> None:
+    """glibc keeps freed memory in per-thread arenas; every session's threads leave some behind.
+    ``malloc_trim(0)`` returns it, so a server's RSS falls back after sessions leave (no-op elsewhere)."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
