@@ -9,8 +9,7 @@ embedding is fixed ``(1, 256, 64, 64)``; upsampling to the original size stays o
 compares with torch before it reports success. ``export_model`` also writes an internal no-mask
 decoder pair (``engine.export.no_mask``) that ``OrtBackend`` uses for prompts without masks; a
 failure there only warns. Uses the TorchScript exporter (``dynamo=False``):
-the graphs have no control flow and it needs no ``onnxscript``. Measured on 2 CPU cores:
-lite_medsam encoder ~11 s, decoder ~3 s.
+the graphs have no control flow and it needs no ``onnxscript``.
 """
 
 from __future__ import annotations
