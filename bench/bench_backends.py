@@ -12,7 +12,7 @@ embedding; ``decode 1pt`` one click + pad point; ``decode 16pt`` one prompt of 1
 ``decode 4x`` four prompts (click + pad) in one batched call (ms for the whole call; per prompt
 in the last column). ``--variants`` adds ONNX Runtime with other session settings;
 ``--torch-options`` adds torch with channels-last and with ``torch.compile`` (compiled in the warm-up).
-A "reference" row runs the official implementation (``bench/reference.py``; off with
+A "reference" row runs the official implementation (``engine.reference.backend``; off with
 ``--no-reference`` or where its test-only packages are missing) at the same weights; its decode
 outputs are checked against ours before timing, and a second table gives ratios to it.
 
@@ -43,12 +43,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.host import describe_host  # noqa: E402
-from bench.reference import ReferenceBackend  # noqa: E402
 from engine.backends.factory import onnx_files  # noqa: E402
 from engine.backends.ort_backend import OrtBackend, physical_cores  # noqa: E402
 from engine.backends.torch_backend import TorchBackend  # noqa: E402
-from engine.models.registry import build_model, get_spec, load_model  # noqa: E402
 from engine.export.prompts import realistic_prompts  # noqa: E402
+from engine.models.registry import build_model, get_spec, load_model  # noqa: E402
+from engine.reference.backend import ReferenceBackend  # noqa: E402
 
 STAGES = ("encode", "decode 1pt", "decode 16pt", "decode 4x")
 SETTLE_S = 0.05  # pause after every timed run (see interleaved_times)

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.host import describe_host  # noqa: E402
 from engine.lift import lift  # noqa: E402
+from engine.lift.geometry import camera_rays  # noqa: E402
 from engine.types import CameraIntrinsics  # noqa: E402
 
 INTR = CameraIntrinsics(640, 480, 600.0, 600.0, 319.5, 239.5, 0.001)
@@ -59,8 +60,7 @@ def raycast_box_frame(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     right = np.cross(fwd, [0, 0, 1.0])
     right /= np.linalg.norm(right)
     rot = np.stack([right, np.cross(fwd, right), fwd], axis=1)
-    v, u = np.mgrid[0:480, 0:640].astype(np.float64)
-    rays_cam = np.stack([(u - INTR.cx) / INTR.fx, (v - INTR.cy) / INTR.fy, np.ones_like(u)], axis=-1)
+    rays_cam = camera_rays(INTR)
     rays = np.concatenate([np.broadcast_to(eye, rays_cam.shape), rays_cam @ rot.T], axis=-1)
     ans = scene.cast_rays(o3d.core.Tensor(rays.astype(np.float32)))
     z = np.nan_to_num(ans["t_hit"].numpy().astype(np.float64), posinf=0.0)

@@ -69,7 +69,7 @@ def bench(name: str, rgb: np.ndarray, repeats: int, dec_repeats: int, tmp: Path)
     point = np.array([[rgb.shape[1] / 2, rgb.shape[0] / 2]], np.float32)
     box = np.array([rgb.shape[1] * 0.25, rgb.shape[0] * 0.25, rgb.shape[1] * 0.75, rgb.shape[0] * 0.75], np.float32)
     if name == "lite_medsam":
-        from tests.refs import LiteMedSamRecipe, medsam_checkpoint
+        from engine.reference import LiteMedSamRecipe, medsam_checkpoint
 
         ckpt = medsam_checkpoint()
         ref = LiteMedSamRecipe(ckpt)
@@ -122,11 +122,11 @@ def main() -> None:
     args = parser.parse_args()
     import cv2
 
-    from tests.conftest import _data_dir
+    from engine.reference import shared_data_dir
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = _data_dir()
+    data = shared_data_dir()
     path = Path(args.image) if args.image else (data / "sam_images" / "truck.jpg" if data else None)
     rgb = (cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB) if path
            else np.random.default_rng(0).integers(0, 255, (1200, 1800, 3), dtype=np.uint8))

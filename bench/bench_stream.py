@@ -1,6 +1,7 @@
 """Stream engine benchmark: DAVIS tracking quality per keyframe setting, and throughput on 2 cores.
 
 Usage: python bench/bench_stream.py [--davis DIR] [--frames 100] [--skip-davis] [--skip-throughput]
+                                    [--skip-starts] [--starts-seqs DIR ...]
                                     [--runtimes torch onnxruntime] [--reuse-px 6] [--roi-margin 0.25]
                                     [--json OUT.json]
 
@@ -8,7 +9,14 @@ Usage: python bench/bench_stream.py [--davis DIR] [--frames 100] [--skip-davis] 
    propagation from the previous mask +5 %): mean J for the encoder on every frame and for a
    keyframe every 2/5/10 frames with/without motion compensation, and "auto". Encodes are shared
    between rows (``CachingBackend``), so the stage times there are decoder-side only.
-2. Throughput: a 640x480 stream (the DAVIS frames resized, played forwards then backwards), the
+2. Starts (drift guards, issue 18): on blackswan and the davis2016 clips (car-shadow, dog, camel),
+   keyframe 5 + homography, synchronous keyframes: J over frames 1.. (DAVIS protocol) for the
+   ground-truth box, an interior point and a simulated gaze dwell there; the status counters; the
+   worst area loss within 10 frames while the ground truth's area is stable (+-20 %). Then the
+   guards' cost: the blackswan box start with the guards off and on, alternated twice in one run,
+   decoder-stage p50 of each (targets: point and gaze J >= 0.9 x box J; worst loss < 50 %;
+   decode p50 with guards <= 1.15 x without).
+3. Throughput: a 640x480 stream (the DAVIS frames resized, played forwards then backwards), the
    process pinned to 2 cores, one torch thread per engine thread, keyframe every 5 frames with the
    async encoder (and the synchronous encoder for comparison): fps with a mask every frame, p50/p95
    frame latency (the decoder never waits for an encode); rows with decode reuse and with the
@@ -36,7 +44,16 @@ from bench.host import describe_host  # noqa: E402
 from engine.backends.torch_backend import TorchBackend  # noqa: E402
 from engine.models.registry import get_spec, load_model  # noqa: E402
 from engine.stream.engine import EngineConfig, StreamEngine  # noqa: E402
-from engine.stream.evaluate import CachingBackend, box_of, davis_annotations, evaluate_davis, jaccard  # noqa: E402
+from engine.stream.evaluate import (  # noqa: E402
+    START_KINDS,
+    CachingBackend,
+    box_of,
+    davis_annotations,
+    evaluate_davis,
+    jaccard,
+    worst_area_loss,
+)
+from engine.stream.guards import GuardConfig  # noqa: E402
 from engine.stream.events import Prompt  # noqa: E402
 from engine.stream.latency import LatencyRecorder  # noqa: E402
 from engine.stream.results import EngineStats  # noqa: E402
@@ -45,6 +62,7 @@ from engine.stream.sources import ArraySource, folder_images  # noqa: E402
 from engine.types import Frame  # noqa: E402
 from engine.weights import resolve  # noqa: E402
 
+GUARD_COUNTERS = ("ok", "drift_corrected", "lost", "reacquired")
 DAVIS_ROWS = (  # (name, keyframe policy, motion model, decode-reuse tolerance px)
     ("every frame", KeyframePolicy(interval=1), "none"),
     ("k2 + homography", KeyframePolicy(interval=2), "homography"),
@@ -93,6 +111,47 @@ def davis_table(folder: Path) -> list[dict[str, Any]]:
     for r in rows:
         r["ratio_vs_every_frame"] = round(r["mean_j"] / base, 3)
     return rows
+
+
+def starts_table(folders: list[Path]) -> list[dict[str, Any]]:
+    """J(1..) per sequence and start (box / point / gaze), status counters, worst area loss."""
+    backend = CachingBackend(_backend())
+    spec = get_spec("lite_medsam")
+    rows = []
+    for folder in folders:
+        for start in START_KINDS:
+            with StreamEngine(backend, spec, KeyframePolicy(interval=5), motion="homography") as eng:
+                res = evaluate_davis(eng, folder, start=start)
+            rows.append({"sequence": folder.name, "start": start, "mean_j_after_first": round(res.mean_j_after_first, 4),
+                         "worst_area_loss_10": round(worst_area_loss(res.area_px, res.truth_area_px), 3),
+                         **dict(eng.stats.track_status),
+                         "decode_p50_ms": res.latency["stages"]["decode"]["p50_ms"]})
+            print(f"  {folder.name:<12} {start:<5} J {res.mean_j_after_first:.4f}  {dict(eng.stats.track_status)}",
+                  flush=True)
+    for r in rows:
+        box = next(b for b in rows if b["sequence"] == r["sequence"] and b["start"] == "box")
+        r["ratio_vs_box"] = round(r["mean_j_after_first"] / box["mean_j_after_first"], 3)
+    return rows
+
+
+def guard_cost(folder: Path, repeats: int = 2) -> list[dict[str, Any]]:
+    """Box start with the guards off and on, alternated ``repeats`` times (shared encodes): decode p50."""
+    backend = CachingBackend(_backend())
+    spec = get_spec("lite_medsam")
+    samples: dict[str, list[float]] = {"off": [], "on": []}
+    rows = []
+    for _ in range(repeats):
+        for name in ("off", "on"):
+            config = EngineConfig(guard=GuardConfig(enabled=name == "on"))
+            with StreamEngine(backend, spec, KeyframePolicy(interval=5), motion="homography", config=config) as eng:
+                res = evaluate_davis(eng, folder)
+            samples[name] += eng.latency.stage("decode")[1:]  # the first decode waits on nothing cached
+            rows.append({"guards": name, "mean_j_after_first": round(res.mean_j_after_first, 4)})
+    p50 = {k: float(np.median(v)) for k, v in samples.items()}
+    out = [{"guards": k, "decode_p50_ms": round(p50[k], 2), "decode_p95_ms": round(float(np.percentile(samples[k], 95)), 2),
+            "decodes": len(samples[k]), "ratio_vs_off": round(p50[k] / p50["off"], 3),
+            "mean_j_after_first": [r["mean_j_after_first"] for r in rows if r["guards"] == k]} for k in ("off", "on")]
+    return out
 
 
 def stream_640x480(folder: Path, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -153,6 +212,10 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=100, help="frames of the throughput stream")
     ap.add_argument("--skip-davis", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--skip-starts", action="store_true")
+    ap.add_argument("--starts-seqs", type=Path, nargs="+",
+                    default=[default / "davis_blackswan", *(default / "davis2016" / n for n in ("car-shadow", "dog", "camel"))],
+                    help="DAVIS-layout sequences of the starts table")
     ap.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime"], help="backends of the throughput rows")
     ap.add_argument("--reuse-px", type=float, default=6.0, help="decode-reuse tolerance of the extra async row")
     ap.add_argument("--roi-margin", type=float, default=0.25, help="upscaling-window margin of the roi rows")
@@ -169,6 +232,14 @@ def main() -> int:
         print(_table(out["davis"], ["config", "mean_j", "ratio_vs_every_frame", "keyframes", "decodes_reused",
                                     "decode_p50_ms",
                                     "motion_p50_ms"]))
+    if not args.skip_starts:
+        print("Starts (box / interior point / gaze dwell), k5 + homography, J over frames 1..:", flush=True)
+        out["starts"] = starts_table(args.starts_seqs)
+        print(_table(out["starts"], ["sequence", "start", "mean_j_after_first", "ratio_vs_box", "worst_area_loss_10",
+                                     *GUARD_COUNTERS, "decode_p50_ms"]))
+        out["guard_cost"] = guard_cost(args.davis)
+        print(_table(out["guard_cost"], ["guards", "decode_p50_ms", "decode_p95_ms", "decodes", "ratio_vs_off",
+                                         "mean_j_after_first"]))
     if not args.skip_throughput:
         rows = [throughput(args.davis, args.frames, a, 5, rt) for rt in args.runtimes for a in (True, False)]
         rows += [throughput(args.davis, args.frames, True, 5, rt, args.reuse_px) for rt in args.runtimes[-1:]]

@@ -43,6 +43,7 @@ from engine.stream.prompt_sources import CursorPrompts, GazePrompts, open_live_g
 from engine.stream.scheduler import KeyframePolicy  # noqa: E402
 from engine.stream.sources import open_source  # noqa: E402
 from engine.types import Frame  # noqa: E402
+from engine.video import VideoWriter  # noqa: E402
 
 WINDOW = "arsel live select"
 
@@ -66,7 +67,7 @@ class App:
         self.mouse_as_gaze = False
         self.pending: list[PromptEvent] = []
         self.pointer_xy: tuple[float, float] | None = None
-        self.writer: cv2.VideoWriter | None = None
+        self.writer: VideoWriter | None = None
 
     # --- input -----------------------------------------------------------------------------------
     def on_mouse(self, event: int, x: int, y: int, flags: int, _param: Any = None) -> None:
@@ -158,13 +159,9 @@ class App:
         if self.args.out is None:
             return
         if self.writer is None:
-            h, w = bgr.shape[:2]
-            self.writer = cv2.VideoWriter(str(self.args.out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-            if not self.writer.isOpened():
-                self.writer = None
-                raise OSError(f"cannot write {self.args.out} with OpenCV's mp4v codec: check that its folder exists "
-                              "and is writable and the name ends in .mp4, or leave out --out")
-        self.writer.write(bgr)
+            self.writer = VideoWriter(self.args.out, fps, "check that its folder exists and is writable and the "
+                                      "name ends in .mp4, or leave out --out")
+        self.writer.write_bgr(bgr)
 
     # --- loops -----------------------------------------------------------------------------------
     def run(self) -> int:
@@ -232,7 +229,7 @@ class App:
             self.live_gaze.close()
             print(self.gaze_counters())
         if self.writer is not None:
-            self.writer.release()
+            self.writer.close()
             self.writer = None
 
 

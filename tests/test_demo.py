@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.demo.gaze_sim import simulate_gaze
+from engine.gaze.simulate import simulate_gaze
 from engine.demo.scene import D435_640, SceneObject, TableScene, look_at, orbit_poses, project_points, realsense_noise
 from engine.demo.source import OdometryPoses, SyntheticRGBDSource
 from engine.gaze import DwellSelector, GazeSmoother

@@ -24,7 +24,6 @@ TensorRT execution provider (profile max 16 prompts) larger prompt batches run i
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +42,7 @@ from engine.contract import (
     LOW_RES_HW,
 )
 from engine.export.no_mask_files import IMAGE_SIDE_OUTPUTS, NO_MASK_INPUTS, no_mask_paths, pair_is_current
+from engine.threads import physical_cores
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 # The TensorRT execution provider's decoder profile (as trt.build's DecoderProfile): prompts and
@@ -60,18 +60,6 @@ def _import_ort() -> Any:
             "onnxruntime-gpu (CUDA); or use backend='torch'"
         ) from None
     return onnxruntime
-
-
-def physical_cores() -> int:
-    """Physical CPU cores usable by this process (psutil when present, else the affinity mask)."""
-    try:
-        import psutil
-
-        n = psutil.cpu_count(logical=False)
-    except ImportError:
-        n = None
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(n or usable, usable))
 
 
 def default_providers(device: str = "cpu") -> list[str]:

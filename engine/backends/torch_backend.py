@@ -2,6 +2,9 @@
 
 Options (``TorchOptions``; ``create_backend(..., torch_options=...)`` passes them through):
 
+The CUDA paths (fp16/bf16 autocast, CUDA graphs, compile on CUDA) are not yet verified on a GPU:
+their tests are marked ``gpu`` and have only ever skipped here (no GPU).
+
 * ``precision``: "fp32", or "fp16"/"bf16" autocast (CUDA only).
 * ``channels_last``: the image encoder's convolutions in NHWC. ``None`` = on for CUDA (tensor-core
   convs want NHWC), off on CPU: no measured gain there. CPU, 2 shared cores (load avg ~3, so

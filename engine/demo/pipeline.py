@@ -22,7 +22,6 @@ still fused and written, and ``summary.json`` says why it stopped under ``"error
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -33,8 +32,8 @@ import numpy as np
 
 from engine.demo.objects import ObjectLog, largest_component, upright_box
 from engine.lift import fuse_tsdf, lift, oriented_box, save_ply
-from engine.stream.latency import LatencyRecorder
 from engine.frame_source import SourceError
+from engine.stream.latency import LatencyRecorder, track_status_line
 from engine.types import Frame
 
 InputKind = Literal["synthetic", "realsense", "bag", "camera"]
@@ -96,13 +95,11 @@ def build_engine(config: DemoConfig) -> Any:
     intra-op thread pool of half the cores for each of the encoder worker and the decoder."""
     from engine.stream.engine import StreamEngine
     from engine.stream.scheduler import KeyframePolicy
+    from engine.threads import apply_threads, engine_threads
 
     backend = _backend(config.backend, config.device)
-    threads = max(1, (os.cpu_count() or 2) // 2)
-    if backend == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
+    threads = engine_threads()
+    apply_threads(backend, threads)
     return StreamEngine.from_name(
         config.model, Path(config.checkpoint) if config.checkpoint else None, config.device, backend=backend,
         threads=threads,
@@ -215,7 +212,7 @@ class Demo:
         pose, truth = self._pose(frame)
         n_true = 0 if truth is None else int(len(self.source.scene.objects))
         for r in res.objects:
-            if r.status != "ok":
+            if not r.found:
                 continue
             log = self.objects.setdefault(r.object_id, ObjectLog(r.object_id))
             log.frames_selected += 1
@@ -225,7 +222,8 @@ class Demo:
                 self._lift(log, frame, r.mask, pose)
         if self.video is not None:
             t0 = time.perf_counter()
-            self.video.write(frame, res, self.gaze.gaze_xy, self.engine.latency.hud_lines(), self.objects)
+            hud = [*self.engine.latency.hud_lines(), track_status_line(self.engine.stats.track_status)]
+            self.video.write(frame, res, self.gaze.gaze_xy, hud, self.objects)
             self.latency.add("overlay", (time.perf_counter() - t0) * 1e3)
 
     def _lift(self, log: ObjectLog, frame: Frame, mask: np.ndarray, pose: np.ndarray | None) -> None:

@@ -176,7 +176,7 @@ def open_input(config: Any) -> tuple[Any, Any]:
     from engine.stream.prompt_sources import GazeReplay
 
     if config.input == "synthetic":
-        from engine.demo.gaze_sim import simulate_gaze
+        from engine.gaze.simulate import simulate_gaze
 
         source = SyntheticRGBDSource(config.frames, seed=config.seed)
         times = [source.timestamp_ns(i) for i in range(len(source))]

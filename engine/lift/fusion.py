@@ -99,10 +99,9 @@ def fuse_tsdf(
             sharp (projective TSDF bulges edges by ~trunc/2), large truncation tolerates noise.
         max_depth_m: depth beyond this is not integrated.
         min_weight: surface voxels seen fewer times than this are not meshed ("voxel_block_grid").
-        backend: ``"voxel_block_grid"`` (``open3d.t.geometry.VoxelBlockGrid``, default) or
-            ``"scalable"`` (legacy ``o3d.pipelines.integration.ScalableTSDFVolume``). The legacy
-            volume integrates nothing in the open3d 0.20.0 x86_64 pip wheel (even Open3D's own
-            Redwood example gives 0 points; tests/test_lift.py checks and skips), hence the default.
+        backend: ``"voxel_block_grid"`` (``open3d.t.geometry.VoxelBlockGrid``), the only one. (The
+            legacy ``ScalableTSDFVolume`` was dropped: it integrates nothing in the pinned open3d
+            0.20.0 pip wheel, not even Open3D's own Redwood example.)
         device: Open3D device for "voxel_block_grid", e.g. ``"CUDA:0"``.
 
     Returns:
@@ -118,9 +117,10 @@ def fuse_tsdf(
     trunc = 3 * voxel_m if trunc_m is None else trunc_m
     if trunc <= voxel_m:
         raise ValueError(f"trunc_m must exceed voxel_m ({voxel_m}), got {trunc}; use 2-4 voxels")
-    if backend not in ("voxel_block_grid", "scalable"):
-        raise ValueError(f"unknown TSDF backend {backend!r}; use 'voxel_block_grid' or 'scalable'")
-    volume: _BlockGrid | _Scalable | None = None
+    if backend != "voxel_block_grid":
+        raise ValueError(f"unknown TSDF backend {backend!r}; use 'voxel_block_grid' (the legacy 'scalable' "
+                         "volume was removed: it integrates nothing in open3d 0.20's wheel)")
+    volume: _BlockGrid | None = None
     seen = integrated = 0
     for i, frame in enumerate(frames):
         seen += 1
@@ -129,8 +129,7 @@ def fuse_tsdf(
         if not np.any(depth > 0):
             continue
         if volume is None:
-            volume = (_BlockGrid(intrinsics, voxel_m, trunc, max_depth_m, device) if backend == "voxel_block_grid"
-                      else _Scalable(intrinsics, voxel_m, trunc, max_depth_m))
+            volume = _BlockGrid(intrinsics, voxel_m, trunc, max_depth_m, device)
         volume.integrate(rgb, depth, np.linalg.inv(pose))
         integrated += 1
     if seen == 0:
@@ -177,32 +176,3 @@ class _BlockGrid:
 
     def mesh(self, min_weight: float) -> Any:
         return self.grid.extract_triangle_mesh(weight_threshold=min_weight).to_legacy()
-
-
-class _Scalable:
-    """Same as :class:`_BlockGrid` with the legacy ``ScalableTSDFVolume`` (``min_weight`` unused)."""
-
-    def __init__(self, intrinsics: CameraIntrinsics, voxel_m: float, trunc_m: float, max_depth_m: float) -> None:
-        import open3d as o3d
-
-        self._o3d, self.max_depth_m = o3d, max_depth_m
-        self.volume = o3d.pipelines.integration.ScalableTSDFVolume(
-            voxel_length=voxel_m, sdf_trunc=trunc_m, color_type=o3d.pipelines.integration.TSDFVolumeColorType.RGB8
-        )
-        self.cam = o3d.camera.PinholeCameraIntrinsic(
-            intrinsics.width, intrinsics.height, intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy
-        )
-
-    def integrate(self, rgb: np.ndarray, depth: np.ndarray, extrinsic: np.ndarray) -> None:
-        o3d = self._o3d
-        rgbd = o3d.geometry.RGBDImage.create_from_color_and_depth(
-            o3d.geometry.Image(np.ascontiguousarray(rgb)),
-            o3d.geometry.Image(depth),
-            depth_scale=1.0,
-            depth_trunc=self.max_depth_m,
-            convert_rgb_to_intensity=False,
-        )
-        self.volume.integrate(rgbd, self.cam, extrinsic)
-
-    def mesh(self, min_weight: float) -> Any:
-        return self.volume.extract_triangle_mesh()

@@ -106,6 +106,12 @@ class LatencyRecorder:
         return lines
 
 
+def track_status_line(counts: Mapping[str, int]) -> str:
+    """HUD line of the per-object tracking counters (``EngineStats.track_status``)."""
+    short = {"ok": "ok", "drift_corrected": "fixed", "lost": "lost", "reacquired": "reacq"}
+    return "track " + " ".join(f"{short.get(k, k)} {v}" for k, v in counts.items() if k in short)
+
+
 def draw_hud(rgb: np.ndarray, lines: list[str], origin_xy: tuple[int, int] = (8, 8), scale: float = 0.5) -> np.ndarray:
     """Draw ``lines`` of text on a dark box at the top-left of an ``HxWx3 uint8`` image (in place)."""
     if not lines:
