@@ -279,4 +279,4 @@ def test_cli_everything_bad_points_per_side(tmp_path: Path, data_dir: Path, caps
     code = main(["everything", str(data_dir / "sam_images" / "dog.jpg"), "--model", "lite_medsam",
                  "--checkpoint", str(medsam_checkpoint()), "--points-per-side", "0", "--out", str(tmp_path)])
     assert code == 2
-    assert "points_per_side must be an integer >= 1" in capsys.readouterr().err
+    assert "--points-per-side must be in [1, 128], got 0" in capsys.readouterr().err
