@@ -3,7 +3,6 @@ expectation in the current frame (``guards.check`` / ``guards.candidate_score``)
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import cv2
@@ -11,7 +10,7 @@ import numpy as np
 
 from engine.predictor import Predictor
 from engine.prompts import build_prompts
-from engine.stream.decoding import Decoded, upsample_logits
+from engine.stream.decoding import Decoded
 from engine.stream.guards import Expectation, GuardCheck, GuardConfig, candidate_score, check
 
 
@@ -28,19 +27,6 @@ class Candidate:
     @property
     def score(self) -> float:
         return candidate_score(self.check)
-
-
-def decode_boxes(predictor: Predictor, boxes_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """One batched decode of ``(K, 4)`` boxes (keyframe pixels) on ``predictor.embedding``:
-    predicted IoU float32 ``(K,)``, low-res logits float32 ``(K, 256, 256)``, decoder ms."""
-    emb, spec = predictor.embedding, predictor.spec
-    prompts = build_prompts(emb.original_hw, emb.input_hw, box_xyxy=np.asarray(boxes_xyxy, np.float32),
-                            uniform_scale=spec.uniform_scale)
-    t0 = time.perf_counter()
-    iou, low = predictor.backend.decode(emb.features, prompts.point_coords, prompts.point_labels,
-                                        prompts.mask_input, prompts.has_mask_input)
-    ms = (time.perf_counter() - t0) * 1e3
-    return np.asarray(iou)[:, 0].astype(np.float32), np.ascontiguousarray(np.asarray(low)[:, 0], np.float32), ms
 
 
 def to_frame(logits: np.ndarray, matrix: np.ndarray | None, frame_hw: tuple[int, int], threshold: float,
@@ -64,14 +50,16 @@ def batched_candidates(predictor: Predictor, boxes_key_xyxy: np.ndarray, exp: Ex
                        matrix: np.ndarray | None, frame_hw: tuple[int, int], threshold: float,
                        outside_logit: float, min_iou: float | None = None,
                        rgb: np.ndarray | None = None) -> tuple[list[Candidate], float]:
-    """Decode ``(K, 4)`` keyframe boxes in one call; every mask upsampled, warped and checked.
-    Returns the candidates and the decoder's time (ms)."""
+    """Decode ``(K, 4)`` keyframe boxes in one ``Predictor.decode`` call; every mask warped to the
+    current frame and checked. Returns the candidates and the decoder's time (ms)."""
     emb, spec = predictor.embedding, predictor.spec
-    iou, low, decoder_ms = decode_boxes(predictor, boxes_key_xyxy)
+    prompts = build_prompts(emb.original_hw, emb.input_hw, box_xyxy=np.asarray(boxes_key_xyxy, np.float32),
+                            uniform_scale=spec.uniform_scale)
+    pred = predictor.decode(prompts, multimask_output=False)
+    decoder_ms, upsample_ms = pred.timings_ms["decode_ms"], pred.timings_ms["postprocess_ms"]
     out = []
-    for k in range(len(iou)):
-        t0 = time.perf_counter()
-        logits = upsample_logits(low[k], emb.input_hw, emb.original_hw, spec.input_size)
-        dec = Decoded(logits, low[k], float(iou[k]), decoder_ms / len(iou), (time.perf_counter() - t0) * 1e3)
+    for k in range(len(boxes_key_xyxy)):
+        dec = Decoded(pred.logits[k, 0], pred.low_res_logits[k, 0], float(pred.scores[k, 0]),  # type: ignore[index]
+                      decoder_ms / len(boxes_key_xyxy), upsample_ms / len(boxes_key_xyxy))
         out.append(score_decoded(dec, exp, config, matrix, frame_hw, threshold, outside_logit, min_iou, rgb))
     return out, decoder_ms
