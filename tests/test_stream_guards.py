@@ -227,4 +227,4 @@ def test_car_shadow_box_start_no_longer_decays(cached_backend: CachingBackend, d
         res = evaluate_davis(eng, folder)
     assert len(res.j_per_frame) == 40
     assert res.mean_j_after_first >= 0.5, res.mean_j_after_first  # before the guards: 0.387 (area 0.9 -> 0.04)
-    assert res.area_px[-1] >= 0.4 * res.area_px[0]
+    assert res.area_px[-1] >= 0.5 * res.truth_area_px[-1]  # the car drives off (41.8k -> 12.1k px); before: 0.04
