@@ -66,7 +66,7 @@ def test_doctor_says_no_gpu(capsys: pytest.CaptureFixture[str], clean_env: Path)
     import torch
 
     if shutil.which("nvidia-smi") or torch.cuda.is_available():
-        pytest.skip("this machine has an NVIDIA GPU (the no-GPU report needs a machine without one)")
+        pytest.skip("hardware: this machine has an NVIDIA GPU (the no-GPU report needs a machine without one)")
     gpu = _doctor_json(capsys)["gpu"]
     assert gpu["status"] == "warn" and gpu["info"]["gpus"] == []
     assert "no NVIDIA GPU" in gpu["detail"] and gpu["info"]["probe"] == "nvidia-smi not found"

@@ -6,13 +6,12 @@ sequential execution, all graph optimisations. CUDA (and TensorRT) execution pro
 when the installed onnxruntime has them and the device asks for CUDA; the embedding then stays
 on the GPU between ``encode`` and ``decode`` (I/O binding).
 
-Measured with bench/bench_backends.py on 2 AVX-512 cores (README host B'), ORT vs our torch eager
-vs the official code: LiteMedSAM encoder 859 / 1101 / 1622 ms, MobileSAM 857 / 951 / 1829 ms
-(TinyViT's conv stages and MLPs export as channels-first convs for ORT's NCHWc kernels,
-``engine.models.tiny_vit``; 1.2x torch before); decoder one click 27 / 33 / 114 ms.
-ORT_ENABLE_ALL matters (basic level: decoder 166 ms on host A); BatchNorm is already folded into
-the convolutions by the exporter; a pre-optimised model file is not cached because sessions open in
-0.3-0.5 s. When other work shares the cores, ``threads=1`` or ``spin=False`` can beat the default.
+Figures against torch eager and the official code: ``bench/bench_backends.py``
+(docs/benchmarks.md). TinyViT's conv stages and MLPs export as channels-first convs so ORT runs
+them on its NCHWc kernels (``engine.models.tiny_vit``). ORT_ENABLE_ALL matters (``--variants``
+times the basic level); BatchNorm is already folded into the convolutions by the exporter; a
+pre-optimised model file is not cached because sessions open in well under a second. When other
+work shares the cores, ``threads=1`` or ``spin=False`` can beat the default.
 
 Decoder: prompts without masks (clicks, boxes) run through ``engine.export.no_mask``'s internal pair
 when its files lie next to the decoder and record this decoder file's sha256: an image-side graph

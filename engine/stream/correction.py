@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from engine.predictor import Predictor
+from engine.types import Prediction
 from engine.prompts import build_prompts
 from engine.stream.decoding import Decoded
 from engine.stream.guards import Expectation, GuardCheck, GuardConfig, candidate_score, check
@@ -27,6 +28,15 @@ class Candidate:
     @property
     def score(self) -> float:
         return candidate_score(self.check)
+
+
+def decode_boxes(predictor: Predictor, boxes_xyxy: np.ndarray) -> Prediction:
+    """One batched decode of ``(K, 4)`` boxes (keyframe pixels) on ``predictor.embedding`` through
+    ``Predictor.decode`` (the one decode path): single-mask output, full-size logits for all K."""
+    emb, spec = predictor.embedding, predictor.spec
+    prompts = build_prompts(emb.original_hw, emb.input_hw, box_xyxy=np.asarray(boxes_xyxy, np.float32),
+                            uniform_scale=spec.uniform_scale)
+    return predictor.decode(prompts, multimask_output=False)
 
 
 def to_frame(logits: np.ndarray, matrix: np.ndarray | None, frame_hw: tuple[int, int], threshold: float,
@@ -50,16 +60,14 @@ def batched_candidates(predictor: Predictor, boxes_key_xyxy: np.ndarray, exp: Ex
                        matrix: np.ndarray | None, frame_hw: tuple[int, int], threshold: float,
                        outside_logit: float, min_iou: float | None = None,
                        rgb: np.ndarray | None = None) -> tuple[list[Candidate], float]:
-    """Decode ``(K, 4)`` keyframe boxes in one ``Predictor.decode`` call; every mask warped to the
-    current frame and checked. Returns the candidates and the decoder's time (ms)."""
-    emb, spec = predictor.embedding, predictor.spec
-    prompts = build_prompts(emb.original_hw, emb.input_hw, box_xyxy=np.asarray(boxes_key_xyxy, np.float32),
-                            uniform_scale=spec.uniform_scale)
-    pred = predictor.decode(prompts, multimask_output=False)
-    decoder_ms, upsample_ms = pred.timings_ms["decode_ms"], pred.timings_ms["postprocess_ms"]
+    """Decode ``(K, 4)`` keyframe boxes in one call; every mask upsampled, warped and checked.
+    Returns the candidates and the decoder's time (ms)."""
+    pred = decode_boxes(predictor, boxes_key_xyxy)
+    decoder_ms, k = pred.timings_ms["decode_ms"], len(pred.scores)
+    upsample_ms = pred.timings_ms["postprocess_ms"] / max(k, 1)
     out = []
-    for k in range(len(boxes_key_xyxy)):
-        dec = Decoded(pred.logits[k, 0], pred.low_res_logits[k, 0], float(pred.scores[k, 0]),  # type: ignore[index]
-                      decoder_ms / len(boxes_key_xyxy), upsample_ms / len(boxes_key_xyxy))
+    for i in range(k):
+        dec = Decoded(pred.logits[i, 0], pred.low_res_logits[i, 0], float(pred.scores[i, 0]), decoder_ms / k,
+                      upsample_ms)
         out.append(score_decoded(dec, exp, config, matrix, frame_hw, threshold, outside_logit, min_iou, rgb))
     return out, decoder_ms

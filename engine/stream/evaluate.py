@@ -1,12 +1,13 @@
 """Offline evaluation of the stream engine on DAVIS-layout sequences (mean J = region IoU).
 
 A DAVIS sequence folder holds ``JPEGImages/NNNNN.jpg`` and ``Annotations/NNNNN.png`` (object ids;
-here every non-zero pixel is the object). ``CachingBackend`` memoises encodes by input bytes so
+here every non-zero pixel is the object): the shared ``davis_blackswan/`` and ``davis2016/<seq>/``
+alike. Mean J leaves out frame 0, which carries the prompt (DAVIS protocol). ``CachingBackend`` memoises encodes by input bytes so
 several keyframe settings can be compared on one sequence for the price of one set of encodes.
 
 Three starts per sequence (``START_KINDS``): the ground-truth box of frame 0; an interior point
 (the distance-transform maximum of the frame-0 mask); and a simulated gaze dwell at that point
-(``engine.demo.gaze_sim``: fixation jitter, drift and a blink, through ``engine.gaze.DwellSelector``;
+(``engine.gaze.simulate``: fixation jitter, drift and a blink, through ``engine.gaze.DwellSelector``;
 the selection's point is the prompt). DAVIS protocol: frame 0 (the prompted frame) is not scored.
 """
 
@@ -84,7 +85,7 @@ def gaze_dwell_point(point_xy: np.ndarray, seed: int = 0, fps: float = 30.0) -> 
     """Where a simulated gaze dwell on ``point_xy`` (``(2,)``) selects, float32 ``(2,)``: two
     fixations of ~1 s on the point (jitter, drift, a blink in the second), fed to a default
     ``DwellSelector``; its first selection's point."""
-    from engine.demo.gaze_sim import simulate_gaze
+    from engine.gaze.simulate import simulate_gaze
     from engine.gaze import DwellSelector
     from engine.stream.events import SelectEvent
 
@@ -116,7 +117,10 @@ def start_prompt(kind: StartKind, first_truth: np.ndarray, seed: int = 0) -> Pro
 
 @dataclass(frozen=True, slots=True)
 class TrackEval:
-    """Per-frame J (float64 ``(N,)``), its mean, keyframes used and the engine's latency summary."""
+    """Per-frame J (float64 ``(N,)``, frame 0 included), keyframes used and the engine's latency summary.
+
+    ``mean_j_after_first`` follows the DAVIS protocol: frame 0, which carries the prompt, is left out.
+    """
 
     j_per_frame: np.ndarray
     keyframes: tuple[int, ...]
@@ -129,6 +133,11 @@ class TrackEval:
     def mean_j(self) -> float:
         """Mean J over every frame (frame 0 included)."""
         return float(np.mean(self.j_per_frame))
+
+    @property
+    def embedding_age_mean(self) -> float | None:
+        """Mean frames between the keyframe decoded on and the frame (None when never recorded)."""
+        return self.latency.get("embedding_age_frames", {}).get("mean")
 
     @property
     def mean_j_after_first(self) -> float:
