@@ -112,7 +112,7 @@ def test_correction_boxes_and_recentre(data_dir: Path) -> None:
         ({"fit_area_ratio": (0.9, 2.0)}, "fit_area_ratio"),
         ({"min_iou": 1.5}, "min_iou"),
         ({"ref_rate": 0.0}, "ref_rate"),
-        ({"strategy": "magic"}, "strategy"),
+        ({"strategy": "magic"}, "strategy must be 'auto'"),
         ({"margins": ()}, "margins"),
     ],
 )
@@ -216,7 +216,7 @@ def test_blackswan_point_and_gaze_starts_hold_j(cached_backend: CachingBackend, 
         assert worst_area_loss(res.area_px, res.truth_area_px) < 0.5, start
     print(f"\nblackswan J(1-49): {js}")
     assert js["box"] >= 0.476, js  # the box start before the guards (issue 18)
-    assert js["point"] >= 0.42 and js["gaze"] >= 0.42, js  # before the guards: 0.059
+    assert js["point"] >= 0.44 and js["gaze"] >= 0.44, js  # before the guards: 0.059
     assert js["point"] >= 0.85 * js["box"] and js["gaze"] >= 0.85 * js["box"], js
 
 
@@ -227,4 +227,4 @@ def test_car_shadow_box_start_no_longer_decays(cached_backend: CachingBackend, d
         res = evaluate_davis(eng, folder)
     assert len(res.j_per_frame) == 40
     assert res.mean_j_after_first >= 0.5, res.mean_j_after_first  # before the guards: 0.387 (area 0.9 -> 0.04)
-    assert res.area_px[-1] >= 0.4 * res.area_px[0]
+    assert res.area_px[-1] >= 0.5 * res.truth_area_px[-1]  # the car drives off (41.8k -> 12.1k px); before: 0.04

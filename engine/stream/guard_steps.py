@@ -55,39 +55,60 @@ def expectation(engine: Any, obj: TrackedObject, kf: Keyframe, motion: MotionInf
     return exp
 
 
-def _candidates(engine: Any, obj: TrackedObject, tp: TrackPrompt, exp: Expectation, kf: Keyframe,
-                motion: MotionInfo, frame: Frame, timings: dict, min_iou: float | None) -> list[Candidate]:
+def _proposals(engine: Any, exp: Expectation, kf: Keyframe, motion: MotionInfo, frame: Frame, timings: dict,
+               min_iou: float | None) -> list[Candidate]:
+    """The correction boxes (``guards.correction_boxes``) mapped into the keyframe, one batched decode."""
     cfg, ecfg = engine.config.guard, engine.config
     frame_hw = (int(frame.rgb.shape[0]), int(frame.rgb.shape[1]))
+    t0 = time.perf_counter()
+    inv = np.linalg.inv(_key_to_frame(motion))
+    mapped = [map_prompt(Prompt.box(b, source="mask"), inv, kf.frame_hw)
+              for b in guards.correction_boxes(exp, cfg, frame_hw)]
+    boxes = [m.box_xyxy for m in mapped if m is not None and m.box_xyxy is not None]
+    if not boxes:
+        return []
     matrix = None if motion.is_identity else motion.matrix
-    if cfg.strategy == "proposals":
-        t0 = time.perf_counter()
-        inv = np.linalg.inv(_key_to_frame(motion))
-        mapped = [map_prompt(Prompt.box(b, source="mask"), inv, kf.frame_hw)
-                  for b in guards.correction_boxes(exp, cfg, frame_hw)]
-        boxes = [m.box_xyxy for m in mapped if m is not None and m.box_xyxy is not None]
-        if not boxes:
-            return []
-        out, decoder_ms = batched_candidates(engine.predictor, np.stack(boxes), exp, cfg, matrix, frame_hw,
-                                 ecfg.mask_threshold, ecfg.outside_logit, min_iou, frame.rgb)
-        timings["decode"] += decoder_ms
-        timings["postprocess"] += (time.perf_counter() - t0) * 1e3 - decoder_ms
-        return out
-    mask_input = obj.low_res if obj.low_res_keyframe == kf.frame_index else None
-    if cfg.strategy == "mask_input" and mask_input is not None:
-        prompt = TrackPrompt(tp.prompt, mask_input, "track")
-    else:
-        box = guards.correction_boxes(exp, replace(cfg, anchor_scales=()), frame_hw)
-        if len(box) == 0:
-            return []
-        box = box[min(1, len(box) - 1)]
-        points = None if engine.spec.box_only else exp.anchor_xy[None]
-        labels = None if points is None else np.ones(1, np.float32)
-        prompt = TrackPrompt(Prompt(points, labels, box, source="mask"), None, "track")
+    out, decoder_ms = batched_candidates(engine.predictor, np.stack(boxes), exp, cfg, matrix, frame_hw,
+                                         ecfg.mask_threshold, ecfg.outside_logit, min_iou, frame.rgb)
+    timings["decode"] += decoder_ms
+    timings["postprocess"] += (time.perf_counter() - t0) * 1e3 - decoder_ms
+    return out
+
+
+def _single(engine: Any, prompt: TrackPrompt, exp: Expectation, kf: Keyframe, motion: MotionInfo, frame: Frame,
+            timings: dict, min_iou: float | None) -> list[Candidate]:
     res, low_res = engine._decode_prompt(prompt, None, kf, motion, frame, timings)
     if not res.found:
         return []
-    return [Candidate(res.mask, res.score, low_res, guards.check(res.mask, exp, cfg, min_iou, frame.rgb))]
+    chk = guards.check(res.mask, exp, engine.config.guard, min_iou, frame.rgb)
+    return [Candidate(res.mask, res.score, low_res, chk)]
+
+
+def _candidates(engine: Any, obj: TrackedObject, tp: TrackPrompt, exp: Expectation, kf: Keyframe,
+                motion: MotionInfo, frame: Frame, timings: dict, min_iou: float | None) -> list[Candidate]:
+    """Re-decodes of ``GuardConfig.strategy`` ("auto": "proposals" for a box start, "mask_input"
+    for a point start); "mask_input" without low-res logits on this keyframe
+    (a new keyframe, a loss) falls back to "box"."""
+    cfg = engine.config.guard
+    strategy = cfg.strategy
+    if strategy == "auto":  # a point start's mask grows back with its logits; a box start's holds best by boxes
+        strategy = "proposals" if obj.user_prompt.box_xyxy is not None else "mask_input"
+    out: list[Candidate] = []
+    mask_input = obj.low_res if obj.low_res_keyframe == kf.frame_index else None
+    if strategy in ("mask_input", "combined") and mask_input is not None:
+        out += _single(engine, TrackPrompt(tp.prompt, mask_input, "track"), exp, kf, motion, frame, timings, min_iou)
+    if strategy in ("proposals", "combined"):
+        return out + _proposals(engine, exp, kf, motion, frame, timings, min_iou)
+    if out:
+        return out
+    frame_hw = (int(frame.rgb.shape[0]), int(frame.rgb.shape[1]))
+    box = guards.correction_boxes(exp, replace(cfg, anchor_scales=(), anchor_squares=()), frame_hw)
+    if len(box) == 0:
+        return []
+    points = None if engine.spec.box_only else exp.anchor_xy[None]
+    labels = None if points is None else np.ones(1, np.float32)
+    prompt = TrackPrompt(Prompt(points, labels, box[min(1, len(box) - 1)], source="mask"), None, "track")
+    return _single(engine, prompt, exp, kf, motion, frame, timings, min_iou)
 
 
 def correct(engine: Any, obj: TrackedObject, tp: TrackPrompt, exp: Expectation, kf: Keyframe,

@@ -22,7 +22,7 @@ import numpy as np
 
 from engine.transforms import mask_to_box_xyxy
 
-Strategy = Literal["proposals", "box", "mask_input"]
+Strategy = Literal["auto", "proposals", "box", "mask_input", "combined"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +37,11 @@ class GuardConfig:
     squares of ``anchor_squares`` times the frame's shorter side (as the point proposals, so
     independent of a drifted mask), centred on the anchor. ``strategy``: "proposals" (all those
     boxes in one batched decode, scored against the expectation), "box" (the expected box grown
-    by ``margins[1]``, plus the anchor point on point-capable models) or "mask_input" (the
-    tracking prompt again with the previous low-res logits as ``mask_input``)."""
+    by ``margins[1]``, plus the anchor point on point-capable models), "mask_input" (the
+    tracking prompt again with the previous low-res logits as ``mask_input``; "box" without
+    them), "combined" (the "mask_input" decode and the "proposals" boxes, best one kept) or
+    "auto" ("proposals" for an object started from a box, "mask_input" for one started from a
+    point). "proposals" is the default: the best on the four DAVIS clips taken together."""
 
     enabled: bool = True
     min_area_ratio: float = 0.8
@@ -67,8 +70,9 @@ class GuardConfig:
                              f"{self.reacquire_min_iou}")
         if not 0 < self.ref_rate <= 1:
             raise ValueError(f"ref_rate must be in (0, 1], got {self.ref_rate}")
-        if self.strategy not in ("proposals", "box", "mask_input"):
-            raise ValueError(f"strategy must be 'proposals', 'box' or 'mask_input', got {self.strategy!r}")
+        if self.strategy not in ("auto", "proposals", "box", "mask_input", "combined"):
+            raise ValueError(f"strategy must be 'auto', 'proposals', 'box', 'mask_input' or 'combined', "
+                             f"got {self.strategy!r}")
         if not self.margins or any(m < 0 for m in self.margins) or any(s <= 0 for s in self.anchor_scales):
             raise ValueError(f"margins must be non-empty and >= 0, anchor_scales > 0; got {self.margins}, "
                              f"{self.anchor_scales}")
