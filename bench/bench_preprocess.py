@@ -1,6 +1,6 @@
 """Per-keyframe preprocessing cost of each resize recipe (``engine.transforms.preprocess``).
 
-Usage: python bench/bench_preprocess.py [--repeats 30] [--out bench/results/preprocess.json]
+Usage: python bench/bench_preprocess.py [--repeats 30] [--out runs/bench_preprocess.json]
 
 Cases: the shared SAM photos (truck 1800x1200, dog 800x534) and a 640x480 stream frame (a crop of
 truck), each through ``preprocess`` (resize + normalise + pad to the model input) with every
@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.host import describe_host  # noqa: E402
+from bench.harness import describe_host  # noqa: E402
 from engine.imageio import load_rgb  # noqa: E402
 from engine.transforms import RESIZE_METHODS, preprocess, resize_longest_side  # noqa: E402
 
@@ -113,7 +113,7 @@ def _versions() -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--out", type=Path, default=Path("bench/results/preprocess.json"))
+    ap.add_argument("--out", type=Path, default=Path("runs/bench_preprocess.json"))
     args = ap.parse_args()
     report = run(args.repeats)
     args.out.parent.mkdir(parents=True, exist_ok=True)

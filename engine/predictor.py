@@ -1,6 +1,6 @@
 """Two-step predictor: ``set_image`` encodes once, ``predict`` decodes many prompts cheaply.
 
-Measured on 2 CPU cores, torch eager fp32 (see bench/bench_model.py for the current table).
+Latency per model against the reference predictors: ``bench/bench_model.py`` (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -70,6 +70,17 @@ def test_remote_masks_equal_arsel_track(server, data_dir: Path, tmp_path: Path) 
     assert j_remote == pytest.approx(j_local, abs=1e-9) and j_local > 0.3
     for a, b in zip(local, remote):
         assert np.array_equal(a, b)
+    # the demo client writes the same masks/ as arsel track, from the same folder
+    import demos.serve_client as demo
+
+    assert demo.main([str(src), "--box", box_arg, "--url", server.ws_url, "--encoding", "png", "--no-overlay",
+                      "--out", str(tmp_path / "remote")]) == 0
+    for i in range(N_FRAMES):
+        a = cv2.imread(str(tmp_path / "local" / "masks" / f"{i:05d}.png"), cv2.IMREAD_UNCHANGED)
+        b = cv2.imread(str(tmp_path / "remote" / "masks" / f"{i:05d}.png"), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(a, b)
+    metrics = json.loads((tmp_path / "remote" / "metrics.json").read_text())
+    assert metrics["masks_written"] == N_FRAMES and metrics["server_errors"] == []
 
 
 def test_png_masks_match_rle(server, data_dir: Path) -> None:

@@ -227,3 +227,40 @@ def test_rle_equals_pycocotools() -> None:
         assert mine["counts"] == ref["counts"].decode() and mine["size"] == list(ref["size"])
         assert np.array_equal(decode_rle(mine), m)
         assert np.array_equal(mask_util.decode({"size": mine["size"], "counts": mine["counts"]}).astype(bool), m)
+
+
+# ------------------------------------------------------------------ CLI guards, TLS
+def test_serve_refuses_public_host_without_token(capsys: pytest.CaptureFixture) -> None:
+    from engine.cli import main
+
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert "--token" in err and "0.0.0.0" in err
+    assert main(["serve", "--tls-cert", "only-cert.pem"]) == 2
+    assert "--tls-key" in capsys.readouterr().err
+
+
+def test_tls_wss(engines: LocalEngines, tmp_path: Path) -> None:
+    """With a certificate the same app serves wss:// (a headset browser needs it for its camera)."""
+    import shutil
+    import ssl
+    import subprocess
+
+    from engine.serve.app import create_app
+    from engine.serve.cli import BackgroundServer
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl (the command) is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    ctx = ssl.create_default_context(cafile=str(cert))
+    ctx.check_hostname = False
+    srv = BackgroundServer(create_app(engines, token="t"), ssl_certfile=str(cert), ssl_keyfile=str(key)).start()
+    try:
+        url = f"wss://127.0.0.1:{srv.port}/v1/stream?token=t"
+        with websockets_sync.connect(url, ssl=ctx) as ws:
+            ws.send(json.dumps({"type": "hello"}))
+            assert json.loads(ws.recv(timeout=30))["type"] == "welcome"
+    finally:
+        srv.stop()

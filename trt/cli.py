@@ -20,7 +20,12 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     from engine.models.registry import get_spec
     from trt.build import build_engine, import_tensorrt
 
+    from engine.validate import output_dir
+
     spec = get_spec(args.model)
+    output_dir("--out", args.out)
+    if args.int8 and not Path(args.int8).is_dir():
+        raise FileNotFoundError(f"--int8 {args.int8}: calibration image folder not found")
     try:
         import_tensorrt()  # fail before a long export, as one line on the command line
     except ImportError as exc:

@@ -44,6 +44,7 @@ class ServerStats:
 
     started: float = field(default_factory=time.time)
     sessions: int = 0
+    closing: int = 0
     sessions_total: int = 0
     frames: int = 0
     dropped: int = 0
@@ -79,7 +80,7 @@ def create_app(engines: EngineFactory, limits: Limits | None = None, token: str 
     def healthz() -> Any:
         return JSONResponse({"status": "ok", "protocol": PROTOCOL, "model": engines.model,
                              "backend": engines.backend_name, "sessions": stats.sessions,
-                             "max_sessions": max_sessions, "uptime_s": round(time.time() - stats.started, 1),
+                             "closing": stats.closing, "max_sessions": max_sessions, "uptime_s": round(time.time() - stats.started, 1),
                              "sessions_total": stats.sessions_total, "frames": stats.frames,
                              "dropped": stats.dropped, "errors_sent": stats.errors_sent,
                              "exceptions": stats.exceptions})
@@ -112,8 +113,6 @@ def create_app(engines: EngineFactory, limits: Limits | None = None, token: str 
         except Exception:  # noqa: BLE001 - a session's failure is logged and counted, never the server's
             stats.exceptions += 1
             log.exception("session failed")
-        finally:
-            stats.sessions -= 1
 
     return app
 
@@ -153,18 +152,28 @@ class _Session:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        self.core = await loop.run_in_executor(self.worker, lambda: SessionCore(self.engines()))
+        try:
+            self.core = await loop.run_in_executor(self.worker, lambda: SessionCore(self.engines()))
+        except BaseException:
+            self.stats.sessions -= 1
+            self.worker.shutdown(wait=False)
+            raise
         processor = asyncio.create_task(self._process_loop())
         try:
             await self._receive_loop()
-        finally:
+        finally:  # the slot frees at once; the state goes once a running encode finished
             self.closed = True
+            self.stats.sessions -= 1
+            self.stats.closing += 1
             processor.cancel()
             await asyncio.gather(processor, return_exceptions=True)
             self.queue.clear()
             core, self.core = self.core, None
-            await loop.run_in_executor(self.worker, core.close)
-            self.worker.shutdown(wait=False)
+            try:
+                await loop.run_in_executor(self.worker, core.close)
+            finally:
+                self.worker.shutdown(wait=False)
+                self.stats.closing -= 1
 
     async def send(self, out: Outgoing | dict[str, Any]) -> None:
         if isinstance(out, dict):

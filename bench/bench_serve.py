@@ -1,0 +1,242 @@
+"""``arsel serve`` benchmark: 640x480 JPEG at 30 fps over loopback, LiteMedSAM, async encoder.
+
+Usage: python bench/bench_serve.py [--seconds 20] [--clients 1 4] [--repeats 1] [--threads 1]
+                                   [--keyframe-interval 5] [--json OUT.json]
+
+1. Reference: in-process ``StreamEngine.step`` on the same frames (async encoder, keyframe every
+   5 frames) paced at 30 fps: median and p95 step time.
+2. ``arsel serve`` in its own process; one client, then N clients at once (each its own session),
+   each waiting for its first keyframe, then sending JPEG frames at 30 fps without waiting and
+   reading results as they come. Per session: processed fps, send->result
+   p50/p95, dropped (server-side), embedding age; overall: fairness (slowest / fastest session fps)
+   and the server's overhead over the in-process step at the median (send->result p50 / step p50 - 1).
+Targets (issue #12): one client >= 20 fps, p95 <= 80 ms, overhead <= 15 %; four clients >= 5 fps
+each, fairness >= 0.7. Results JSON: every run's figures plus the median and spread over repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import describe_host  # noqa: E402
+from engine.serve.client import encode_frame  # noqa: E402
+from engine.stream.events import Prompt  # noqa: E402
+from engine.stream.scheduler import KeyframePolicy  # noqa: E402
+from engine.types import Frame  # noqa: E402
+
+FPS = 30.0
+HW = (480, 640)
+
+
+def frames_640(data: Path, n: int = 50) -> list[np.ndarray]:
+    paths = sorted((data / "davis_blackswan" / "JPEGImages").glob("*.jpg"))[:n]
+    if not paths:
+        raise FileNotFoundError(f"no DAVIS blackswan frames under {data}; pass --data /path/to/shared/data")
+    rgb = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
+    return [cv2.resize(f, (HW[1], HW[0]), interpolation=cv2.INTER_AREA) for f in rgb]
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def reference(engines: Any, frames: list[np.ndarray], box: list[float], seconds: float) -> dict[str, Any]:
+    """In-process StreamEngine.step at 30 fps on one engine of the same factory."""
+    eng = engines()
+    steps, ages = [], []
+    try:
+        eng.add_object(Prompt.box(box))
+        eng.step(Frame(0, time.time_ns(), frames[0]))
+        eng.encoder.wait_idle()  # timing starts with an embedding, as a live stream's steady state
+        t_start, i = time.perf_counter(), 1
+        while time.perf_counter() - t_start < seconds:
+            due = t_start + i / FPS
+            time.sleep(max(0.0, due - time.perf_counter()))
+            t0 = time.perf_counter()
+            res = eng.step(Frame(i, time.time_ns(), frames[i % len(frames)]))  # index = frame_id
+            steps.append((time.perf_counter() - t0) * 1e3)
+            ages.append(res.embedding_age_frames)
+            i += 1
+    finally:
+        eng.close()
+    warm = steps[len(steps) // 10:]
+    assert res.status == "ok", "the engine has no embedding: the encoder never finished"
+    return {"frames": len(steps), "step_p50_ms": _pct(warm, 50), "step_p95_ms": _pct(warm, 95),
+            "embedding_age_p50": _pct(ages, 50)}
+
+
+async def _client(url: str, jpegs: list[bytes], box: list[float], seconds: float) -> dict[str, Any]:
+    from websockets.asyncio.client import connect
+
+    sent: dict[int, float] = {}
+    lat, ages, got = [], [], []
+    last: dict[str, Any] = {}
+    async with connect(url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "hello", "client": "bench"}))
+        await ws.send(json.dumps({"type": "prompt", "frame_id": 0, "action": "add", "box": box, "points": []}))
+
+        async def reader() -> None:
+            async for raw in ws:
+                msg = json.loads(raw)
+                if msg["type"] == "result":
+                    lat.append((time.perf_counter() - sent[msg["frame_id"]]) * 1e3)
+                    ages.append(msg["embedding_age_frames"])
+                    got.append(time.perf_counter())
+                    last.update(msg)
+
+        i = 0  # frames at 2 fps until results come on a keyframe: then the clock starts
+        while True:
+            await ws.send(_with_id(jpegs[i % len(jpegs)], i))
+            i += 1
+            msg = json.loads(await ws.recv())
+            while msg["type"] != "result":
+                msg = json.loads(await ws.recv())
+            if msg["keyframe_id"] >= 0:
+                break
+            await asyncio.sleep(0.5)
+        task = asyncio.create_task(reader())
+        t_start, first = time.perf_counter(), i
+        while time.perf_counter() - t_start < seconds:
+            await asyncio.sleep(max(0.0, t_start + (i - first) / FPS - time.perf_counter()))
+            sent[i] = time.perf_counter()
+            await ws.send(_with_id(jpegs[i % len(jpegs)], i))
+            i += 1
+        await asyncio.sleep(1.0)
+        task.cancel()
+    warm_lat = lat[len(lat) // 10:]
+    span = (got[-1] - got[len(got) // 10]) if len(got) > 10 else float("nan")
+    return {"sent": i - first, "results": len(lat), "fps": (len(got) - len(got) // 10 - 1) / span if span > 0 else 0.0,
+            "latency_p50_ms": _pct(warm_lat, 50), "latency_p95_ms": _pct(warm_lat, 95),
+            "dropped": last.get("dropped", 0), "embedding_age_p50": _pct(ages, 50),
+            "server_total_ms_last": last.get("latency_ms", {}).get("server_total")}
+
+
+def _with_id(frame_msg: bytes, frame_id: int) -> bytes:
+    """Re-number a packed frame message (JSON header rewritten, blob kept)."""
+    from engine.serve.protocol import pack, unpack
+
+    header, blob = unpack(frame_msg)
+    header["frame_id"], header["t_capture_ns"] = frame_id, time.time_ns()
+    return pack(header, bytes(blob))
+
+
+def served_run(frames: list[np.ndarray], box: list[float], clients: int, seconds: float,
+               args: argparse.Namespace) -> dict[str, Any]:
+    """``arsel serve`` in its own process (as deployed), ``clients`` sessions from this one."""
+    import os
+    import re
+    import subprocess
+
+    jpegs = [encode_frame(0, f, encoding="jpeg", jpeg_quality=85) for f in frames]
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": str(args.threads)}
+    cmd = [sys.executable, "-c", "import sys, torch; torch.set_num_threads(int(sys.argv[1])); "
+           "from engine.cli import main; sys.exit(main(sys.argv[2:]))", str(args.threads), "serve", "--port", "0",
+           "--keyframe-interval", str(args.keyframe_interval), "--max-sessions", str(clients + 1)]
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        port = re.search(r"127\.0\.0\.1:(\d+)/", line)
+        if port is None:
+            raise RuntimeError(f"arsel serve did not start: {line!r}")
+        url = f"ws://127.0.0.1:{port.group(1)}/v1/stream"
+
+        async def all_clients() -> list[dict[str, Any]]:
+            return await asyncio.gather(*[_client(url, jpegs, box, seconds) for _ in range(clients)])
+
+        sessions = asyncio.run(all_clients())
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    fps = [s["fps"] for s in sessions]
+    return {"clients": clients, "sessions": sessions, "fps_min": min(fps), "fps_max": max(fps),
+            "fairness": min(fps) / max(fps) if max(fps) > 0 else 0.0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="/work/shared/data", help="shared data root (DAVIS blackswan)")
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (process-wide)")
+    p.add_argument("--keyframe-interval", type=int, default=5)
+    p.add_argument("--json", default="runs/bench_serve.json", help="results JSON (default runs/bench_serve.json)")
+    args = p.parse_args(argv)
+    import torch
+
+    from engine.serve.engines import LocalEngines
+
+    torch.set_num_threads(args.threads)
+    frames = frames_640(Path(args.data))
+    box = [190.0, 90.0, 480.0, 330.0]  # the swan in the 640x480 frames
+    engines = LocalEngines.load("lite_medsam", policy=KeyframePolicy(interval=args.keyframe_interval),
+                                async_encoder=True)
+    runs = []
+    for r in range(args.repeats):
+        run: dict[str, Any] = {"reference": reference(engines, frames, box, args.seconds)}
+        for n in args.clients:
+            run[f"clients_{n}"] = served_run(frames, box, n, args.seconds, args)
+        one = run.get("clients_1")
+        if one:
+            s = one["sessions"][0]
+            run["overhead_vs_step_p50"] = s["latency_p50_ms"] / run["reference"]["step_p50_ms"] - 1
+        runs.append(run)
+        print(json.dumps(_brief(run), indent=1), flush=True)
+    out = {"host": describe_host(), "args": vars(args), "runs": runs, "summary": _summary(runs)}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.json}")
+    return 0
+
+
+def _brief(run: dict[str, Any]) -> dict[str, Any]:
+    out = {"step_p50_ms": round(run["reference"]["step_p50_ms"], 1)}
+    for k, v in run.items():
+        if k.startswith("clients_"):
+            out[k] = {"fps": [round(s["fps"], 1) for s in v["sessions"]],
+                      "p50_ms": [round(s["latency_p50_ms"], 1) for s in v["sessions"]],
+                      "p95_ms": [round(s["latency_p95_ms"], 1) for s in v["sessions"]],
+                      "dropped": [s["dropped"] for s in v["sessions"]],
+                      "age_p50": [s["embedding_age_p50"] for s in v["sessions"]],
+                      "fairness": round(v["fairness"], 2)}
+    if "overhead_vs_step_p50" in run:
+        out["overhead_vs_step_p50"] = round(run["overhead_vs_step_p50"], 3)
+    return out
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and min..max over repeats of the headline figures."""
+    keys = {"step_p50_ms": lambda r: r["reference"]["step_p50_ms"],
+            "one_fps": lambda r: r["clients_1"]["sessions"][0]["fps"],
+            "one_p95_ms": lambda r: r["clients_1"]["sessions"][0]["latency_p95_ms"],
+            "overhead_vs_step_p50": lambda r: r["overhead_vs_step_p50"],
+            "four_fps_min": lambda r: r["clients_4"]["fps_min"],
+            "four_fairness": lambda r: r["clients_4"]["fairness"]}
+    out = {}
+    for name, get in keys.items():
+        try:
+            vals = [get(r) for r in runs]
+        except KeyError:
+            continue
+        out[name] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
