@@ -45,6 +45,7 @@ def _session_pids(session: str) -> list[int]:
 def encoder() -> Iterator[object]:
     from engine.serve.ray_encoder import BatchedEncoder
 
+    usage_stats = os.environ.get("RAY_USAGE_STATS_ENABLED")
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     session_dir = Path(ray._private.worker._global_node.get_session_dir_path())  # noqa: SLF001
@@ -55,6 +56,10 @@ def encoder() -> Iterator[object]:
     finally:
         serve.shutdown()
         ray.shutdown()
+        if usage_stats is None:
+            os.environ.pop("RAY_USAGE_STATS_ENABLED", None)
+        else:
+            os.environ["RAY_USAGE_STATS_ENABLED"] = usage_stats
         deadline = time.monotonic() + 30
         while _session_pids(session_dir.name) and time.monotonic() < deadline:
             time.sleep(0.5)
