@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,10 @@ def _export_onnx(args: argparse.Namespace, out: Path, ckpt: Path) -> None:
     from engine.export.onnx_export import export_model
 
     with AtomicOutputs() as outs:  # the encoder, decoder and export.json appear together, or not at all
-        result = export_model(args.model, outs.folder(out), ckpt, opset=args.opset, fp16=args.fp16)
+        tmp = outs.folder(out)
+        result = export_model(args.model, tmp, ckpt, opset=args.opset, fp16=args.fp16)
+        report = tmp / f"{args.model}_export.json"  # name the files where they will live, not the temporary
+        report.write_text(report.read_text().replace(json.dumps(str(tmp))[1:-1], json.dumps(str(out))[1:-1]))
     print(f"{out / result.encoder_path.name}: max |onnx - torch| {result.encoder_max_abs_diff:.2e}")
     print(f"{out / result.decoder_path.name}: max |onnx - torch| {result.decoder_max_abs_diff:.2e}")
     print(f"weights sha256 {result.model_sha256}")
