@@ -2,4 +2,6 @@
 
 FastAPI/uvicorn (``pip install 'arsel[serve]'``) are imported only by ``app`` and ``cli`` when run;
 ``protocol``, ``rle`` and ``client`` need only numpy, OpenCV, jsonschema and ``websockets``.
+``ray_encoder`` (a batching Ray Serve keyframe encoder and the backend that calls it) needs
+``pip install 'arsel[ray]'``.
 """
