@@ -71,10 +71,10 @@ def step_result(msg: dict[str, Any], hw: tuple[int, int]) -> StepResult:
 
 
 def _prompts(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from engine.cli import _floats, parse_box
+    from engine.cli_common import parse_box, parse_floats
 
     out = [{"box": [float(v) for v in parse_box(b)]} for b in args.box or []]
-    out += [{"points": [[*_floats(t, (2,), "--point"), 1]]} for t in args.point or []]
+    out += [{"points": [[*parse_floats(t, (2,), "--point"), 1]]} for t in args.point or []]
     return out
 
 
