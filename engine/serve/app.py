@@ -29,7 +29,7 @@ from starlette.websockets import WebSocketDisconnect
 from engine.serve.engines import EngineFactory
 from engine.serve.protocol import (PROTOCOL, Limits, ProtocolError, check_prompt_inside, error_message, gaze_sample,
                                    parse_frame, parse_text)
-from engine.serve.session import Outgoing, QueuedFrame, SessionCore
+from engine.serve.session import Outgoing, QueuedFrame, SessionCore, release_memory
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 CLOSE_UNAUTHORIZED, CLOSE_BUSY, CLOSE_NORMAL = 4401, 1013, 1000
@@ -171,6 +171,8 @@ class _Session:
             core, self.core = self.core, None
             try:
                 await loop.run_in_executor(self.worker, core.close)
+                del core
+                await loop.run_in_executor(self.worker, release_memory)
             finally:
                 self.worker.shutdown(wait=False)
                 self.stats.closing -= 1
