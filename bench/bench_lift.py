@@ -1,6 +1,9 @@
 """Latency of lifting one 640x480 selection: cloud + outlier removal + DBSCAN + oriented box.
 
-Usage: python bench/bench_lift.py [--repeats 20] [--threads 2]
+Usage: python bench/bench_lift.py [--short] [--repeats 20] [--threads 2] [--out FILE.json]
+
+Modes: full (default: 20 runs, full-res 4); ``--short`` (5 runs, full-res 3). Writes
+``bench/results/bench_lift-*.json`` (``bench/make_docs.py`` renders it) and prints where.
 
 Cases: a raycast box filling a large part of a 640x480 RealSense-like frame (noisy depth with
 flying pixels and holes), and a real slambook2 Kinect frame with a 200x150 rectangle selection.
@@ -16,32 +19,19 @@ import argparse
 import os
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.host import describe_host  # noqa: E402
+from bench.harness import Run, add_mode_args, describe_host, ratio, repeat_ms, spread  # noqa: E402
 from engine.lift import lift  # noqa: E402
+from engine.lift.geometry import camera_rays  # noqa: E402
 from engine.types import CameraIntrinsics  # noqa: E402
 
 INTR = CameraIntrinsics(640, 480, 600.0, 600.0, 319.5, 239.5, 0.001)
 DATA = Path(os.environ.get("ARSEL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def median_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """(median, min) wall time in ms of ``repeats`` calls after two warm-ups."""
-    fn()
-    fn()  # warm-up (Open3D allocates its thread pool on first use)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times), min(times)
 
 
 def raycast_box_frame(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -59,8 +49,7 @@ def raycast_box_frame(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     right = np.cross(fwd, [0, 0, 1.0])
     right /= np.linalg.norm(right)
     rot = np.stack([right, np.cross(fwd, right), fwd], axis=1)
-    v, u = np.mgrid[0:480, 0:640].astype(np.float64)
-    rays_cam = np.stack([(u - INTR.cx) / INTR.fx, (v - INTR.cy) / INTR.fy, np.ones_like(u)], axis=-1)
+    rays_cam = camera_rays(INTR)
     rays = np.concatenate([np.broadcast_to(eye, rays_cam.shape), rays_cam @ rot.T], axis=-1)
     ans = scene.cast_rays(o3d.core.Tensor(rays.astype(np.float32)))
     z = np.nan_to_num(ans["t_hit"].numpy().astype(np.float64), posinf=0.0)
@@ -84,31 +73,35 @@ def real_frame() -> tuple[np.ndarray, np.ndarray, CameraIntrinsics] | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=None, help="timed lifts per case after 2 warm-ups (20; short 5)")
     parser.add_argument("--threads", type=int, default=2, help="OpenMP threads for Open3D")
+    add_mode_args(parser, "5 runs per case")
     args = parser.parse_args()
+    repeats = args.repeats or (5 if args.short else 20)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
     cases = [("raycast box", *raycast_box_frame(), INTR)]
     real = real_frame()
     if real is not None:
         cases.append(("slambook2 200x150", *real))
-    load = os.getloadavg()[0]
-    print(describe_host())
-    print(
-        f"lift, 640x480 frame, median of {args.repeats} runs, {os.environ['OMP_NUM_THREADS']} threads, "
-        f"{os.cpu_count()} cores, load average {load:.1f} (numbers inflate when load > cores)"
-    )
+    run = Run("bench_lift", {"mode": "short" if args.short else "full", "repeats": repeats,
+                             "omp_threads": os.environ["OMP_NUM_THREADS"], "frame_wh": [640, 480]},
+              notes=["full-res = the same pipeline on every pixel (no organised downsampling)"])
+    print(describe_host(run.host))
+    print(f"lift, 640x480 frame, median of {repeats} runs, {os.environ['OMP_NUM_THREADS']} threads")
     for name, mask, depth, intr in cases:
         stage_runs: list[dict[str, float]] = []
         res = lift(mask, depth, intr)
-        fast, fast_min = median_ms(lambda: stage_runs.append(lift(mask, depth, intr).timings_ms), args.repeats)
-        full, _ = median_ms(lambda: lift(mask, depth, intr, max_points=10**7), max(3, args.repeats // 5))
-        stages = ", ".join(f"{k} {statistics.median(r[k] for r in stage_runs):.2f}" for k in res.timings_ms)
-        print(
-            f"  {name:18s} mask {int(mask.sum()):6d} px -> {res.num_points:6d} pts  lift {fast:6.2f} ms "
-            f"(min {fast_min:5.2f})   full-res {full:7.1f} ms ({full / fast:4.1f}x)   [median ms: {stages}]"
-        )
+        fast = spread(repeat_ms(lambda: stage_runs.append(lift(mask, depth, intr).timings_ms), repeats, warmup=2))
+        full = spread(repeat_ms(lambda: lift(mask, depth, intr, max_points=10**7), max(3, repeats // 5), warmup=1))
+        stages = {f"{k}_ms": spread([r[k] for r in stage_runs[2:]]) for k in res.timings_ms}
+        run.add({"case": name}, {"mask_px": int(mask.sum()), "points": res.num_points, "lift_ms": fast,
+                                 "full_res_ms": full, "full_res_x_lift": ratio(full, fast), **stages})
+        print(f"  {name:18s} mask {int(mask.sum()):6d} px -> {res.num_points:6d} pts  lift {fast['median']:6.2f} ms "
+              f"(p5-p95 {fast['p5']:.2f}-{fast['p95']:.2f})   full-res {full['median']:7.1f} ms "
+              f"({ratio(full, fast):4.1f}x)   [median ms: "
+              + ", ".join(f"{k} {statistics.median(r[k] for r in stage_runs):.2f}" for k in res.timings_ms) + "]")
+    run.write(args.out)
 
 
 if __name__ == "__main__":

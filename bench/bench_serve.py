@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.host import describe_host  # noqa: E402
+from bench.harness import describe_host  # noqa: E402
 from engine.serve.client import encode_frame  # noqa: E402
 from engine.stream.events import Prompt  # noqa: E402
 from engine.stream.scheduler import KeyframePolicy  # noqa: E402

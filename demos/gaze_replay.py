@@ -29,6 +29,7 @@ from engine.stream.prompt_sources import GazeReplay  # noqa: E402
 from engine.stream.scheduler import KeyframePolicy  # noqa: E402
 from engine.stream.sources import open_source  # noqa: E402
 from engine.types import Frame  # noqa: E402
+from engine.video import VideoWriter  # noqa: E402
 
 
 class App:
@@ -39,7 +40,7 @@ class App:
         self.engine = StreamEngine.from_name(args.model, args.checkpoint, args.device, backend=args.backend,
                                              policy=KeyframePolicy.parse(args.keyframe), motion=args.motion)
         self.replay: GazeReplay | None = None
-        self.writer: cv2.VideoWriter | None = None
+        self.writer: VideoWriter | None = None
         self.selections = 0
 
     def events(self, frame: Frame) -> list:
@@ -69,14 +70,9 @@ class App:
                     continue
                 bgr = self.draw(frame, res)
                 if self.writer is None:
-                    h, w = bgr.shape[:2]
-                    fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-                    self.writer = cv2.VideoWriter(str(self.args.out), fourcc, source.fps, (w, h))
-                    if not self.writer.isOpened():
-                        self.writer = None
-                        raise OSError(f"cannot write {self.args.out} with OpenCV's mp4v codec: check that its "
-                                      "folder exists and is writable and the name ends in .mp4")
-                self.writer.write(bgr)
+                    self.writer = VideoWriter(self.args.out, source.fps, "check that its folder exists and is "
+                                              "writable and the name ends in .mp4")
+                self.writer.write_bgr(bgr)
                 frames += 1
                 if self.args.show:
                     cv2.imshow("arsel gaze replay", bgr)
@@ -88,7 +84,7 @@ class App:
             source.close()
             self.engine.close()
             if self.writer is not None:
-                self.writer.release()
+                self.writer.close()
             if self.args.show:
                 cv2.destroyAllWindows()
         dropped = 0 if self.replay is None else self.replay.prompts.dropped_out_of_order

@@ -43,6 +43,7 @@ from engine.stream.prompt_sources import CursorPrompts, GazePrompts, open_live_g
 from engine.stream.scheduler import KeyframePolicy  # noqa: E402
 from engine.stream.sources import open_source  # noqa: E402
 from engine.types import Frame  # noqa: E402
+from engine.video import VideoWriter  # noqa: E402
 
 WINDOW = "arsel live select"
 
@@ -53,6 +54,8 @@ class App:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         policy = KeyframePolicy.parse(args.keyframe)
+        # the live tracker first: a bad or busy port fails in milliseconds, before the model loads
+        self.live_gaze = open_live_gaze(args.gaze_live) if args.gaze_live else None
         self.engine = StreamEngine.from_name(args.model, args.checkpoint, args.device, backend=args.backend,
                                              policy=policy, motion=args.motion, async_encoder=not args.sync_encoder)
         self.cursor = CursorPrompts(hover=False)
@@ -62,10 +65,9 @@ class App:
         self.gaze = GazePrompts()
         self.mouse_gaze = GazePrompts()
         self.mouse_as_gaze = False
-        self.live_gaze = open_live_gaze(args.gaze_live) if args.gaze_live else None
         self.pending: list[PromptEvent] = []
         self.pointer_xy: tuple[float, float] | None = None
-        self.writer: cv2.VideoWriter | None = None
+        self.writer: VideoWriter | None = None
 
     # --- input -----------------------------------------------------------------------------------
     def on_mouse(self, event: int, x: int, y: int, flags: int, _param: Any = None) -> None:
@@ -84,10 +86,12 @@ class App:
             kind, button = kinds[event]
             self.pending += self.cursor.feed(CursorEvent(kind, x, y, button, shift, now))  # type: ignore[arg-type]
 
-    def poll_live_gaze(self) -> int:
-        """Feed the live tracker's new samples to the gaze prompts; returns how many arrived."""
+    def poll_live_gaze(self, frame_hw: tuple[int, int] | None = None) -> int:
+        """Feed the live tracker's new samples to the gaze prompts; returns how many arrived.
+        With ``frame_hw``, gaze off the frame counts as lost (``gaze.off_frame``): it never selects."""
         if self.live_gaze is None:
             return 0
+        self.gaze.frame_hw = frame_hw or self.gaze.frame_hw
         samples = self.live_gaze.poll()
         for sample in samples:
             self.pending += self.gaze.push(sample)
@@ -144,7 +148,8 @@ class App:
 
     def gaze_counters(self) -> str:
         """One line of gaze counters: samples dropped as out of order, the live receiver's stats."""
-        text = f"gaze out-of-order {self.gaze.dropped_out_of_order + self.mouse_gaze.dropped_out_of_order}"
+        text = (f"gaze out-of-order {self.gaze.dropped_out_of_order + self.mouse_gaze.dropped_out_of_order} "
+                f"off-frame {self.gaze.off_frame}")
         if self.live_gaze is not None:
             stats = getattr(self.live_gaze, "stats", {})
             text += " " + " ".join(f"{k} {v}" for k, v in stats.items() if v)
@@ -154,13 +159,9 @@ class App:
         if self.args.out is None:
             return
         if self.writer is None:
-            h, w = bgr.shape[:2]
-            self.writer = cv2.VideoWriter(str(self.args.out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-            if not self.writer.isOpened():
-                self.writer = None
-                raise OSError(f"cannot write {self.args.out} with OpenCV's mp4v codec: check that its folder exists "
-                              "and is writable and the name ends in .mp4, or leave out --out")
-        self.writer.write(bgr)
+            self.writer = VideoWriter(self.args.out, fps, "check that its folder exists and is writable and the "
+                                      "name ends in .mp4, or leave out --out")
+        self.writer.write_bgr(bgr)
 
     # --- loops -----------------------------------------------------------------------------------
     def run(self) -> int:
@@ -171,7 +172,7 @@ class App:
             cv2.namedWindow(WINDOW)
             cv2.setMouseCallback(WINDOW, self.on_mouse)
             for frame in source:
-                self.poll_live_gaze()
+                self.poll_live_gaze(frame.rgb.shape[:2])
                 self.apply()
                 bgr = self.draw(frame, self.engine.step(frame))
                 self.record(bgr, source.fps)
@@ -190,7 +191,7 @@ class App:
         try:
             for frame in source:
                 self.script(frame)
-                self.poll_live_gaze()
+                self.poll_live_gaze(frame.rgb.shape[:2])
                 self.apply()
                 res = self.engine.step(frame)
                 self.record(self.draw(frame, res), source.fps)
@@ -228,7 +229,7 @@ class App:
             self.live_gaze.close()
             print(self.gaze_counters())
         if self.writer is not None:
-            self.writer.release()
+            self.writer.close()
             self.writer = None
 
 
@@ -252,7 +253,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return App(parse_args(argv)).run()
+    args = parse_args(argv)
+    try:
+        app = App(args)
+    except (OSError, ValueError, ImportError, RuntimeError) as exc:  # bad/busy port, model, flags: one line
+        print(f"live_select: error: {exc}", file=sys.stderr)
+        return 2
+    return app.run()
 
 
 if __name__ == "__main__":

@@ -77,7 +77,8 @@ def add_model_args(
                    help=model_help or f"registered model name (default {default}; see `arsel models`)")
     add_checkpoint_arg(p)
     p.add_argument("--device", default="cpu", help=device_help)
-    p.add_argument("--backend", default=backend_default, choices=BACKENDS, help=backend_help)
+    p.add_argument("--backend", default=backend_default, choices=BACKENDS,
+                   help=f"{backend_help}; tensorrt is not yet verified on a GPU")
 
 
 def build_predictor(args: argparse.Namespace) -> Any:

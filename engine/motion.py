@@ -109,8 +109,7 @@ def estimate_motion(
     forward-backward LK error (downscaled pixels) for a track to count. A textureless or black frame
     gives ``ok=False`` with the identity matrix; it never raises for image content.
 
-    Measured cost at 640x480 -> 320x240 (~190 corners tracked), 2 shared CPU cores: 5-9 ms per
-    call, LK's two passes being most of it; corner error vs. the truth 0.1-0.6 px on real photos.
+    LK's two passes are most of the cost (the ``motion`` stage in ``bench/bench_stream.py``).
     """
     if model not in MODELS:
         raise ValueError(f"unknown motion model {model!r}; choose one of {', '.join(MODELS)}")

@@ -1,6 +1,6 @@
 """Two-step predictor: ``set_image`` encodes once, ``predict`` decodes many prompts cheaply.
 
-Measured on 2 CPU cores, torch eager fp32 (see bench/bench_model.py for the current table).
+Latency per model against the reference predictors: ``bench/bench_model.py`` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -17,6 +17,8 @@ from engine.models.registry import ModelSpec, get_spec
 from engine.prompts import DecoderPrompts, build_prompts
 from engine.transforms import postprocess_logits, preprocess
 from engine.types import Embedding, Prediction
+
+MaskSelect = Literal["all", "best"]
 
 
 def load_backend(spec: ModelSpec, checkpoint: Path | None = None, device: str = "cpu",
@@ -52,7 +54,8 @@ class Predictor:
     def set_image(self, rgb: np.ndarray, frame_index: int = 0) -> Embedding:
         """Encode an ``HxWx3 uint8 RGB`` image; the embedding is kept for ``predict``."""
         t0 = time.perf_counter()
-        x, input_hw = preprocess(rgb, self.spec.input_size, self.spec.pixel_norm)  # type: ignore[arg-type]
+        x, input_hw = preprocess(rgb, self.spec.input_size, self.spec.pixel_norm,  # type: ignore[arg-type]
+                                 self.spec.resize)  # type: ignore[arg-type]
         features = self.backend.encode(x)
         self._embedding = Embedding(features, tuple(rgb.shape[:2]), input_hw, frame_index)
         self.encode_ms = (time.perf_counter() - t0) * 1e3
@@ -100,17 +103,38 @@ class Predictor:
         )
         return self.decode(prompts, multimask_output, mask_threshold)
 
-    def decode(self, prompts: DecoderPrompts, multimask_output: bool, mask_threshold: float = 0.0) -> Prediction:
-        """Decode already-converted prompts (the stream engine builds them itself)."""
+    def decode(
+        self,
+        prompts: DecoderPrompts,
+        multimask_output: bool,
+        mask_threshold: float = 0.0,
+        select: MaskSelect = "all",
+        roi: tuple[int, int, int, int] | None = None,
+    ) -> Prediction:
+        """Decode already-converted prompts (``predict`` and the stream engine both come here).
+
+        ``multimask_output``: the three multimask outputs, else the single-mask one. ``select``:
+        "all" keeps them (M = 3 or 1); "best" keeps, per prompt, the one with the highest predicted
+        IoU (M = 1). ``roi``: image-token window ``(row0, row1, col0, col1)`` to upscale the masks
+        in (background logits outside), on a backend that ``supports_roi`` only.
+        """
+        if select not in ("all", "best"):
+            raise ValueError(f"select must be 'all' or 'best', got {select!r}")
+        if roi is not None and not getattr(self.backend, "supports_roi", False):
+            raise ValueError(f"{type(self.backend).__name__} decodes whole masks only; pass roi=None "
+                             "(an upscaling window needs the eager torch backend)")
         emb = self.embedding
         t0 = time.perf_counter()
-        iou, low = self.backend.decode(
-            emb.features, prompts.point_coords, prompts.point_labels, prompts.mask_input, prompts.has_mask_input
-        )
+        args = (emb.features, prompts.point_coords, prompts.point_labels, prompts.mask_input, prompts.has_mask_input)
+        iou, low = self.backend.decode(*args) if roi is None else self.backend.decode(*args, roi=roi)
         t1 = time.perf_counter()
         sel = slice(1, None) if multimask_output else slice(0, 1)
-        iou, low = np.ascontiguousarray(iou[:, sel]), np.ascontiguousarray(low[:, sel])
+        iou, low = iou[:, sel], low[:, sel]
+        if select == "best":
+            best = np.argmax(iou, axis=1)[:, None]
+            iou, low = np.take_along_axis(iou, best, 1), np.take_along_axis(low, best[..., None, None], 1)
+        iou, low = np.ascontiguousarray(iou, np.float32), np.ascontiguousarray(low, np.float32)
         logits = postprocess_logits(low, emb.input_hw, emb.original_hw, self.spec.input_size)
         t2 = time.perf_counter()
         timings = {"decode_ms": (t1 - t0) * 1e3, "postprocess_ms": (t2 - t1) * 1e3}
-        return Prediction(logits > mask_threshold, iou.astype(np.float32), low, logits, timings)
+        return Prediction(logits > mask_threshold, iou, low, logits, timings)

@@ -1,4 +1,4 @@
-"""Pre- and post-processing shared by every backend (numpy + OpenCV only).
+"""Pre- and post-processing shared by every backend (numpy, OpenCV and Pillow).
 
 The torch, ONNX Runtime and TensorRT backends all receive the arrays made here, so a model gives
 the same answer whichever runtime runs it.
@@ -6,6 +6,17 @@ the same answer whichever runtime runs it.
 Frames: the *original* frame is the caller's ``HxW`` image; the *input* frame is that image after
 resize-longest-side to the model size ``S`` (``input_hw``, before padding); the *padded* frame is
 ``SxS`` with the image at the top-left.
+
+Resize recipes (``ResizeMethod``), each model's official one by default (``ModelSpec.resize``):
+
+* ``"pil"``: Pillow's bilinear resize (antialiased when shrinking), bit-exact with
+  segment-anything's / MobileSAM's ``ResizeLongestSide.apply_image`` (torchvision's ``resize`` on a
+  PIL image calls ``Image.resize(size, BILINEAR)``). SAM ViT-B/L/H and MobileSAM.
+* ``"area"``: OpenCV ``INTER_AREA`` both ways, as LiteMedSAM's ``CVPR24_LiteMedSAM_infer.py``.
+* ``"fast"``: OpenCV ``INTER_AREA`` down / ``INTER_LINEAR`` up. Not any model's recipe (embeddings
+  of SAM models move by ~1 % relative L2 on large photos): an explicit opt-in for streams where the
+  keyframe preprocessing time matters (``dataclasses.replace(spec, resize="fast")``);
+  ``bench/bench_preprocess.py`` measures the three.
 """
 
 from __future__ import annotations
@@ -14,8 +25,14 @@ from typing import Literal
 
 import cv2
 import numpy as np
+from PIL import Image
 
 PixelNorm = Literal["imagenet", "minmax"]
+ResizeMethod = Literal["pil", "area", "fast"]
+RESIZE_METHODS: tuple[str, ...] = ("pil", "area", "fast")
+# The recipe each pixel normalisation's model family was trained with: SAM-style (imagenet) models
+# resize with PIL, LiteMedSAM (minmax) with OpenCV's INTER_AREA.
+OFFICIAL_RESIZE: dict[str, ResizeMethod] = {"imagenet": "pil", "minmax": "area"}
 
 # SAM's pixel statistics on 0..255 RGB (segment-anything `Sam.pixel_mean` / `pixel_std`).
 SAM_PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
@@ -45,13 +62,19 @@ def check_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
-    """Resize ``HxWx3 uint8`` so its longest side is ``long_side`` (area filter down, linear up)."""
+def resize_longest_side(image: np.ndarray, long_side: int, method: ResizeMethod = "pil") -> np.ndarray:
+    """Resize ``HxWx3 uint8`` so its longest side is ``long_side`` with recipe ``method`` (module
+    docstring); returns ``(h, w, 3) uint8`` with ``(h, w) = input_hw_for(...)``."""
     h, w = image.shape[:2]
     new_h, new_w = input_hw_for((h, w), long_side)
+    if method == "pil":
+        return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
+    if method not in ("area", "fast"):
+        raise ValueError(f"unknown resize method {method!r}; expected one of {', '.join(RESIZE_METHODS)}")
     if (new_h, new_w) == (h, w):
         return image
-    interp = cv2.INTER_AREA if new_h * new_w < h * w else cv2.INTER_LINEAR
+    shrink = new_h * new_w < h * w
+    interp = cv2.INTER_AREA if method == "area" or shrink else cv2.INTER_LINEAR
     return cv2.resize(image, (new_w, new_h), interpolation=interp)
 
 
@@ -70,10 +93,18 @@ def normalize(image: np.ndarray, pixel_norm: PixelNorm) -> np.ndarray:
     raise ValueError(f"unknown pixel_norm {pixel_norm!r}; expected 'imagenet' or 'minmax'")
 
 
-def preprocess(image: np.ndarray, long_side: int, pixel_norm: PixelNorm) -> tuple[np.ndarray, tuple[int, int]]:
-    """RGB image -> encoder input ``(1, 3, S, S) float32`` (zero padded bottom/right) and ``input_hw``."""
+def preprocess(
+    image: np.ndarray, long_side: int, pixel_norm: PixelNorm, resize: ResizeMethod | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """RGB image -> encoder input ``(1, 3, S, S) float32`` (zero padded bottom/right) and ``input_hw``.
+
+    ``resize``: the recipe (module docstring); None takes the official one for ``pixel_norm``
+    (``OFFICIAL_RESIZE``). Callers holding a ``ModelSpec`` pass its ``resize``.
+    """
     image = check_rgb(image)
-    resized = resize_longest_side(image, long_side)
+    if pixel_norm not in OFFICIAL_RESIZE:
+        raise ValueError(f"unknown pixel_norm {pixel_norm!r}; expected 'imagenet' or 'minmax'")
+    resized = resize_longest_side(image, long_side, resize or OFFICIAL_RESIZE[pixel_norm])
     x = normalize(resized, pixel_norm)
     h, w = x.shape[:2]
     out = np.zeros((1, 3, long_side, long_side), dtype=np.float32)

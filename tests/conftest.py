@@ -7,19 +7,14 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _data_dir() -> Path | None:
-    env = os.environ.get("ARSEL_DATA")
-    path = Path(env) if env else REPO.parent / "shared" / "data"
-    return path if path.is_dir() else None
+from engine.reference.weights import shared_data_dir
+from tests.skip_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 (hooks)
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """Root of the shared real data; skips the test where it is absent (a user's laptop)."""
-    path = _data_dir()
+    path = shared_data_dir()
     if path is None:
         if os.environ.get("ARSEL_REQUIRE_DATA") == "1":
             pytest.fail("ARSEL_REQUIRE_DATA=1 but the shared data is missing; set ARSEL_DATA")

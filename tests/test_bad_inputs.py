@@ -94,6 +94,8 @@ ROWS = [
     Row("ex-ckpt-missing", "export lite_medsam --out {o}/x --checkpoint {kit}/none.pth", 2, "does not exist"),
     Row("be-model-unknown", "build-engine nosuch --out {o}/e", 2, "nosuch"),
     Row("be-no-tensorrt", "build-engine lite_medsam --out {o}/e", 2, "TensorRT"),
+    Row("be-out-file", "build-engine lite_medsam --out {afile_txt}", 2, "not a folder"),
+    Row("be-int8-missing", "build-engine lite_medsam --out {o}/e --int8 {kit}/none", 2, "--int8"),
     # ---------------------------------------------------------------- track
     Row("tr-no-prompt", TR, 2, "give one kind of prompt"),
     Row("tr-two-kinds", TR + " --box 1,1,9,9 --point 3,3", 2, "give one kind of prompt"),
@@ -270,3 +272,40 @@ def test_debug_shows_the_traceback_of_a_usage_error(tmp_path: Path) -> None:
     res = run_cli(["--debug", "segment", "sample:dog", "--out", str(tmp_path / "m.png"), "--box", "1,1,9,9"])
     assert res.code is None and "Traceback" in res.text and "unknown sample" in res.text
     assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------- demos: live gaze ports
+def _live_select():  # noqa: ANN202
+    import sys
+
+    demos = Path(__file__).resolve().parents[1] / "demos"
+    sys.path.insert(0, str(demos))
+    try:
+        return __import__("live_select")
+    finally:
+        sys.path.remove(str(demos))
+
+
+@pytest.mark.parametrize("spec,fragment", [("udp:99999", "port"), ("udp:busy", "cannot bind"),
+                                           ("udp:1:2:3", "bad live gaze source")])
+def test_live_select_bad_or_busy_port_is_one_line(spec: str, fragment: str, no_model: None,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        spec = spec.replace("busy", str(busy.getsockname()[1]))
+        code = _live_select().main(["--headless", "--frames", "2", "--gaze-live", spec])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_live_gaze_off_frame_never_selects() -> None:
+    from engine.gaze import GazeSample
+    from engine.stream.prompt_sources import GazePrompts
+
+    prompts = GazePrompts(frame_hw=(48, 64))
+    events = [e for k in range(200) for e in prompts.push(GazeSample(k * 10**7, 5000.0, 5000.0, 1.0))]
+    assert events == [] and prompts.off_frame == 200
+    on = [e for k in range(200, 400) for e in prompts.push(GazeSample(k * 10**7, 30.0, 20.0, 1.0))]
+    assert on, "gaze back on the frame dwells and selects again"

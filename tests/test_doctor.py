@@ -66,7 +66,7 @@ def test_doctor_says_no_gpu(capsys: pytest.CaptureFixture[str], clean_env: Path)
     import torch
 
     if shutil.which("nvidia-smi") or torch.cuda.is_available():
-        pytest.skip("this machine has an NVIDIA GPU (the no-GPU report needs a machine without one)")
+        pytest.skip("hardware: this machine has an NVIDIA GPU (the no-GPU report needs a machine without one)")
     gpu = _doctor_json(capsys)["gpu"]
     assert gpu["status"] == "warn" and gpu["info"]["gpus"] == []
     assert "no NVIDIA GPU" in gpu["detail"] and gpu["info"]["probe"] == "nvidia-smi not found"
@@ -170,3 +170,11 @@ def test_weights_in_the_user_cache_are_found_there(clean_env: Path) -> None:
     assert checks["weights:mobile_sam"].status == "ok" and checks["weights:mobile_sam"].info["origin"] == "user cache"
     assert checks["weights:sam_vit_h"].status == "missing" and checks["weights:sam_vit_h"].fix.startswith(
         "arsel weights fetch sam_vit_h")
+
+
+def test_serve_without_its_extra_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    assert main(["serve", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert err.startswith("arsel serve: error: arsel serve needs the serve extra: pip install 'arsel[serve]' (uvicorn")

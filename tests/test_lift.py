@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import cv2
@@ -286,15 +285,9 @@ def test_redwood_log_and_fusion(data_dir: Path) -> None:
     assert inside.all(), f"{(~inside).sum()} vertices outside every camera's depth range"
 
 
-def test_scalable_tsdf_backend_when_it_works(data_dir: Path) -> None:
-    root = data_dir / "open3d_rgbd" / "redwood"
-    depth = cv2.imread(str(root / "depth" / "00000.png"), cv2.IMREAD_UNCHANGED)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the empty-mesh warning when the legacy volume is broken
-        mesh = fuse_tsdf([(None, depth, None, np.eye(4))], PRIMESENSE, voxel_m=0.02, backend="scalable")
-    if len(mesh.vertices) == 0:
-        pytest.skip(f"ScalableTSDFVolume integrates nothing in this open3d {o3d.__version__} build")
-    assert len(mesh.triangles) > 100
+def test_removed_scalable_backend_is_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="legacy 'scalable' volume was removed"):
+        fuse_tsdf([], PRIMESENSE, backend="scalable")
 
 
 def test_bad_redwood_log(tmp_path: Path) -> None:

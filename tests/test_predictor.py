@@ -14,7 +14,6 @@ import torch
 from engine.backends.torch_backend import TorchBackend
 from engine.models.registry import get_spec, load_model
 from engine.predictor import Predictor
-from engine.transforms import resize_longest_side
 from tests.refs import LiteMedSamRecipe, medsam_checkpoint, official_mobile_sam
 
 
@@ -36,10 +35,7 @@ def mobile_pair(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     rng = np.random.default_rng(0)
     rgb = cv2.GaussianBlur(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8), (0, 0), 3)
     ours.set_image(rgb)
-    # Same resized pixels for both (the official resize is PIL's; ours is OpenCV's), then each
-    # side normalises and pads itself.
-    resized = torch.from_numpy(resize_longest_side(rgb, 1024)).permute(2, 0, 1)[None].float()
-    official.set_torch_image(resized, rgb.shape[:2])
+    official.set_image(rgb)  # each side resizes, normalises and pads the uint8 image itself
     return ours, official, rgb
 
 

@@ -341,7 +341,7 @@ def test_missing_depth_is_yielded_and_counted_and_gaps_are_dropped() -> None:
 
 def test_no_camera_gives_one_clear_error() -> None:
     if len(rs.context().query_devices()):
-        pytest.skip("a RealSense camera is attached; the no-device path cannot be exercised")
+        pytest.skip("hardware: a RealSense camera is attached; the no-device path cannot be exercised")
     with pytest.raises(SourceError, match=r"no RealSense camera found: connect .* USB 3 .*--bag FILE"):
         RealSenseSource()
 

@@ -128,6 +128,8 @@ def test_track_gaze(tmp_path: Path, fake_model: None) -> None:
     assert len(metrics["keyframes_used"]) <= 7
     last = cv2.imread(str(out / "masks" / "00029.png"), cv2.IMREAD_UNCHANGED)
     assert last.max() == 255  # a 600 ms dwell at 30 fps selected the disc
+    gaze = metrics["gaze"]  # the replay's counters: every sample up to the last frame fed, none off the frame
+    assert gaze["samples"] == 100 and gaze["off_frame"] == 0 and 0 < gaze["accepted"] == gaze["fed"] <= 100
 
 
 @pytest.mark.parametrize(

@@ -85,3 +85,47 @@ def test_mask_to_box() -> None:
     assert T.mask_to_box_xyxy(m) is None
     m[2:5, 3:9] = True
     assert T.mask_to_box_xyxy(m).tolist() == [3, 2, 8, 4]
+
+
+def _photos(data_dir) -> list[np.ndarray]:  # noqa: ANN001
+    from engine.imageio import load_rgb
+
+    out = []
+    for name in ("truck.jpg", "groceries.jpg", "dog.jpg"):
+        rgb = load_rgb(data_dir / "sam_images" / name)
+        out += [rgb, np.ascontiguousarray(rgb.transpose(1, 0, 2)), np.ascontiguousarray(rgb[:200, :300])]
+    return out
+
+
+@pytest.mark.parametrize("side", [1024, 256])
+def test_pil_resize_is_bit_exact_with_official_apply_image(data_dir, side: int) -> None:  # noqa: ANN001
+    """Landscape, portrait, larger and smaller than the model side: the same uint8 pixels."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    for rgb in _photos(data_dir) + [np.random.default_rng(2).integers(0, 256, (37, 61, 3), dtype=np.uint8)]:
+        ref = ResizeLongestSide(side).apply_image(rgb)
+        ours = T.resize_longest_side(rgb, side, "pil")
+        assert ours.dtype == np.uint8 and ours.shape == ref.shape, (rgb.shape, ours.shape, ref.shape)
+        assert np.array_equal(ours, ref), (rgb.shape, int(np.abs(ours.astype(int) - ref).max()))
+
+
+def test_preprocess_defaults_to_each_models_official_resize() -> None:
+    """imagenet (SAM, MobileSAM) -> PIL; minmax (LiteMedSAM) -> cv2 INTER_AREA, also when enlarging."""
+    import cv2
+    from PIL import Image
+
+    rgb = np.random.default_rng(3).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    x, (h, w) = T.preprocess(rgb, 1024, "imagenet")
+    pil = np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR), np.float32)
+    np.testing.assert_array_equal(x[0, :, :h, :w], ((pil - T.SAM_PIXEL_MEAN) / T.SAM_PIXEL_STD).transpose(2, 0, 1))
+    x, (h, w) = T.preprocess(rgb, 256, "minmax")
+    area = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
+    ref = (area - area.min()) / (area.max() - area.min())
+    np.testing.assert_allclose(x[0, :, :h, :w], ref.transpose(2, 0, 1), atol=1e-6)
+    fast, _ = T.preprocess(rgb, 256, "minmax", "fast")  # the opt-in recipe enlarges with INTER_LINEAR
+    assert not np.array_equal(fast, x)
+
+
+def test_unknown_resize_method_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown resize method 'bicubic'; expected one of pil, area, fast"):
+        T.preprocess(np.zeros((10, 10, 3), np.uint8), 64, "imagenet", "bicubic")  # type: ignore[arg-type]

@@ -20,7 +20,12 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     from engine.models.registry import get_spec
     from trt.build import build_engine, import_tensorrt
 
+    from engine.validate import output_dir
+
     spec = get_spec(args.model)
+    output_dir("--out", args.out)
+    if args.int8 and not Path(args.int8).is_dir():
+        raise FileNotFoundError(f"--int8 {args.int8}: calibration image folder not found")
     try:
         import_tensorrt()  # fail before a long export, as one line on the command line
     except ImportError as exc:
@@ -43,12 +48,12 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 
 def add_build_engine_parser(subparsers: Any) -> argparse.ArgumentParser:
     """``arsel build-engine MODEL [--fp16] [--int8 CALIB_DIR] --out DIR``."""
-    p = subparsers.add_parser("build-engine", help="build TensorRT engines (exports the ONNX first if needed)")
+    p = subparsers.add_parser("build-engine", help="build TensorRT engines (not yet verified on a GPU; exports the ONNX first if needed)")
     add_model_arg(p)
     p.add_argument("--out", required=True, help="engine folder (engines are cached by ONNX hash, TRT version, GPU)")
     p.add_argument("--onnx-dir", help="folder of MODEL_encoder.onnx / MODEL_decoder.onnx (default: --out)")
-    p.add_argument("--fp16", action="store_true", help="fp16 kernels; LayerNorm/softmax/reductions stay fp32")
+    p.add_argument("--fp16", action="store_true", help="fp16 kernels; LayerNorm/softmax/reductions stay fp32 (not yet verified on a GPU)")
     p.add_argument("--int8", metavar="CALIB_DIR", help="int8 encoder calibrated on the images of CALIB_DIR "
-                   "(TensorRT 10; the decoder is built fp16)")
+                   "(TensorRT 10; the decoder is built fp16; not yet verified on a GPU)")
     p.set_defaults(func=cmd_build_engine)
     return p

@@ -1,5 +1,7 @@
 """``TrtBackend``: the ``Backend`` interface on two TensorRT engines (TensorRT >= 10 named tensors).
 
+Not yet verified on a GPU (its tests are marked ``tensorrt`` and have only skipped here).
+
 At load time the engines' tensor names, dtypes and shapes are checked against ``engine.contract``;
 an engine built by another TensorRT version or on another GPU is refused with both versions named.
 I/O buffers are torch CUDA tensors allocated once: the decoder's at the profile's maximum shape,

@@ -87,6 +87,8 @@ def onnx_files(model_name: str, checkpoint: Path | None, cache_dir: Path | None 
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         export_model(model_name, tmp, ckpt)
+        report = tmp / f"{model_name}_export.json"  # it names the files where they will live, not the temporary
+        report.write_text(report.read_text().replace(json.dumps(str(tmp))[1:-1], json.dumps(str(folder))[1:-1]))
         write_manifest(tmp / "manifest.json", [p for p in tmp.iterdir() if p.is_file()])
         shutil.rmtree(folder, ignore_errors=True)
         try:

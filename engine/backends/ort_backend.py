@@ -6,13 +6,12 @@ sequential execution, all graph optimisations. CUDA (and TensorRT) execution pro
 when the installed onnxruntime has them and the device asks for CUDA; the embedding then stays
 on the GPU between ``encode`` and ``decode`` (I/O binding).
 
-Measured with bench/bench_backends.py on 2 AVX-512 cores (README host B'), ORT vs our torch eager
-vs the official code: LiteMedSAM encoder 859 / 1101 / 1622 ms, MobileSAM 857 / 951 / 1829 ms
-(TinyViT's conv stages and MLPs export as channels-first convs for ORT's NCHWc kernels,
-``engine.models.tiny_vit``; 1.2x torch before); decoder one click 27 / 33 / 114 ms.
-ORT_ENABLE_ALL matters (basic level: decoder 166 ms on host A); BatchNorm is already folded into
-the convolutions by the exporter; a pre-optimised model file is not cached because sessions open in
-0.3-0.5 s. When other work shares the cores, ``threads=1`` or ``spin=False`` can beat the default.
+Figures against torch eager and the official code: ``bench/bench_backends.py``
+(docs/benchmarks.md). TinyViT's conv stages and MLPs export as channels-first convs so ORT runs
+them on its NCHWc kernels (``engine.models.tiny_vit``). ORT_ENABLE_ALL matters (``--variants``
+times the basic level); BatchNorm is already folded into the convolutions by the exporter; a
+pre-optimised model file is not cached because sessions open in well under a second. When other
+work shares the cores, ``threads=1`` or ``spin=False`` can beat the default.
 
 Decoder: prompts without masks (clicks, boxes) run through ``engine.export.no_mask``'s internal pair
 when its files lie next to the decoder and record this decoder file's sha256: an image-side graph
@@ -24,7 +23,6 @@ TensorRT execution provider (profile max 16 prompts) larger prompt batches run i
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +41,7 @@ from engine.contract import (
     LOW_RES_HW,
 )
 from engine.export.no_mask_files import IMAGE_SIDE_OUTPUTS, NO_MASK_INPUTS, no_mask_paths, pair_is_current
+from engine.threads import physical_cores
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 # The TensorRT execution provider's decoder profile (as trt.build's DecoderProfile): prompts and
@@ -60,18 +59,6 @@ def _import_ort() -> Any:
             "onnxruntime-gpu (CUDA); or use backend='torch'"
         ) from None
     return onnxruntime
-
-
-def physical_cores() -> int:
-    """Physical CPU cores usable by this process (psutil when present, else the affinity mask)."""
-    try:
-        import psutil
-
-        n = psutil.cpu_count(logical=False)
-    except ImportError:
-        n = None
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(n or usable, usable))
 
 
 def default_providers(device: str = "cpu") -> list[str]:

@@ -2,16 +2,15 @@
 
 Options (``TorchOptions``; ``create_backend(..., torch_options=...)`` passes them through):
 
+The CUDA paths (fp16/bf16 autocast, CUDA graphs, compile on CUDA) are not yet verified on a GPU:
+their tests are marked ``gpu`` and have only ever skipped here (no GPU).
+
 * ``precision``: "fp32", or "fp16"/"bf16" autocast (CUDA only).
 * ``channels_last``: the image encoder's convolutions in NHWC. ``None`` = on for CUDA (tensor-core
-  convs want NHWC), off on CPU: no measured gain there. CPU, 2 shared cores (load avg ~3, so
-  seconds instead of ~0.2 s), torch 2.14, encoder only. Real lite_medsam weights, 7 runs
-  interleaved: NCHW median 7.5 s / min 2.35 s, NHWC 7.6 s / 2.58 s. Random weights, blocks of 5
-  and 3 runs: lite_medsam 10.3 -> 7.8 s, mobile_sam 7.7 -> 6.7 s median (min 8.6 -> 6.9 and
-  6.5 -> 6.5 s), a gain that the interleaved runs did not confirm. NHWC also changes rounding by
-  ~1e-5 against the ONNX/official parity references. (TinyViT already runs its convs
-  channels-last internally, ``Conv2dBN.forward_cl``; the option matters most for ViT's patch
-  embedding and neck, and for the stem.)
+  convs want NHWC), off on CPU: no gain there in interleaved runs (``bench_backends.py
+  --torch-options``), and NHWC changes rounding by ~1e-5 against the parity references.
+  (TinyViT already runs its convs channels-last internally, ``Conv2dBN.forward_cl``; the option
+  matters most for ViT's patch embedding and neck, and for the stem.)
 * ``cuda_graphs``: replay the decoder as one CUDA graph per prompt shape (B prompts, N points),
   with an LRU of ``max_graphs`` captured shapes, and the encoder (fixed ``1x3xSxS``) as one graph.
 * ``compile``: ``torch.compile`` the encoder and the decoder, compiled on first use; True means
@@ -20,14 +19,9 @@ Options (``TorchOptions``; ``create_backend(..., torch_options=...)`` passes the
   part warns once and runs eager from then on; ``describe()`` names the parts that fell back.
   With "reduce-overhead" or "max-autotune" the compiled encoder's output lives in CUDA-graph-tree
   memory that the next compiled call overwrites, so a compiled ``encode`` returns a clone (as with
-  ``cuda_graphs``).
-  lite_medsam on 2 loaded CPU cores: the first encode (compiling) took 219 s, and dynamo hit its
-  recompile limit in TinyViT's ``Conv2dBN.fused`` (one guard per conv shape) and broke the graph
-  in ``forward_cl``, so parts of the encoder stayed eager (measured while TinyViT's weight caches
-  were still on under dynamo; they are off while compiling now, not re-measured). Then,
-  5 interleaved runs (median / min): encode eager 3.9 / 3.4 s vs compiled 4.5 / 4.3 s; decode
-  1 click eager 660 / 168 ms vs compiled 1020 / 1004 ms (compiled code is the traced graph: no
-  eager image-side cache, mask convs always run). So on CPU it is slower; it is for CUDA.
+  ``cuda_graphs``). On CPU it is slower than eager (compiling takes minutes, and the traced
+  decoder has no image-side cache and always runs the mask convs; ``bench_backends.py
+  --torch-options``): it is for CUDA.
 """
 
 from __future__ import annotations

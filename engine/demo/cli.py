@@ -108,8 +108,10 @@ def format_summary(summary: dict[str, Any], out: Path) -> str:
     """The lines ``arsel demo`` prints: throughput, then true vs lifted extents per object."""
     lat = summary["latency_ms"]
     frame = {k: lat.get("frame", {}).get(k, float("nan")) for k in ("p50_ms", "p95_ms")}
-    lines = [f"{out}: {summary['frames']} frames in {summary['wall_s']:.1f} s, {summary['fps']:.2f} fps "
-             f"(engine step p50 {frame['p50_ms']:.0f} ms, p95 {frame['p95_ms']:.0f} ms), {summary['backend']}, "
+    engine_fps = summary.get("engine_fps") or float("nan")
+    lines = [f"{out}: {summary['frames']} frames in {summary['wall_s']:.1f} s: engine {engine_fps:.1f} fps "
+             f"(step p50 {frame['p50_ms']:.0f} ms, p95 {frame['p95_ms']:.0f} ms), wall {summary['wall_fps']:.2f} fps "
+             f"(rendering, lifting, video and keyframe waits included), {summary['backend']}, "
              f"lifting: {summary['lifting']}"]
     for obj in summary["objects"]:
         lifted = obj.get("lifted_extent_m")
@@ -117,6 +119,8 @@ def format_summary(summary: dict[str, Any], out: Path) -> str:
         if "true_object" in obj:
             text += f" ({obj['true_object']}, mask IoU {obj['mask_iou_vs_truth']:.2f})"
             text += f": true {_cm(obj['true_extent_m'])}"
+            if "visible_extent_m" in obj:
+                text += f", visible {_cm(obj['visible_extent_m'])}"
         text += f", lifted {_cm(lifted) if lifted else 'n/a'} [{obj['method']}, {obj['frames_selected']} frames]"
         lines.append(text)
     if not summary["objects"]:

@@ -19,7 +19,10 @@ class ObjectLog:
 
     ``overlap``: per frame selected, (K+1,) intersection and (K+1,) union pixel counts of the mask
     with each true object id (synthetic only); ``fusion``: frames for TSDF (lifted pixels as mask),
-    every ``fusion_stride``-th of the ``fusion_seen`` offered to :meth:`add_fusion`.
+    every ``fusion_stride``-th of the ``fusion_seen`` offered to :meth:`add_fusion`; ``visible``:
+    per fusion frame (synthetic only), ``{true object id: ((N, 3), (M, 3)) float32 world points of
+    its surface seen in that frame, and of the part inside the mask}`` for the true objects the
+    mask overlaps.
     """
 
     object_id: int
@@ -31,6 +34,7 @@ class ObjectLog:
     union: list[np.ndarray] = field(default_factory=list)
     best: LiftResult | None = None
     live_extent_m: np.ndarray | None = None
+    visible: list[dict[int, tuple[np.ndarray, np.ndarray]]] = field(default_factory=list)
 
     def add_truth(self, mask: np.ndarray, truth_ids: np.ndarray, n_true: int) -> None:
         area_true = np.bincount(truth_ids.ravel(), minlength=n_true + 1)[: n_true + 1]
@@ -38,7 +42,8 @@ class ObjectLog:
         self.inter.append(inter)
         self.union.append(area_true + int(mask.sum()) - inter)
 
-    def add_fusion(self, frame: FusionFrame, keep: int) -> None:
+    def add_fusion(self, frame: FusionFrame, keep: int,
+                   visible: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> None:
         """Offer a fusion frame; keeps ``keep`` to ``2 * keep - 1`` of all offered, evenly spread.
 
         Kept are the offered frames number 0, s, 2s, ... (s = ``fusion_stride``): at ``2 * keep``
@@ -48,9 +53,16 @@ class ObjectLog:
         if seen % self.fusion_stride:
             return
         self.fusion.append(frame)
+        self.visible.append(visible or {})
         if len(self.fusion) >= 2 * keep:
-            self.fusion = self.fusion[::2]
+            self.fusion, self.visible = self.fusion[::2], self.visible[::2]
             self.fusion_stride *= 2
+
+    def visible_points_m(self, true_id: int, in_mask: bool = False) -> np.ndarray | None:
+        """(N, 3) world points of true object ``true_id`` seen in the fused frames (``in_mask``:
+        only where the masks covered it); None without truth."""
+        parts = [v[true_id][int(in_mask)] for v in self.visible if true_id in v]
+        return np.concatenate(parts) if parts and sum(len(p) for p in parts) else None
 
     def true_id(self) -> int | None:
         """The true object its masks overlap most (None without truth or overlap)."""

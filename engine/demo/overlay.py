@@ -12,40 +12,20 @@ import numpy as np
 from engine.imageio import draw_overlay
 from engine.stream.latency import draw_hud
 from engine.types import Frame
+from engine.video import VideoWriter
 
 
-class OverlayVideo:
-    """Writes one ``HxWx3`` frame per call into an mp4 (OpenCV ``mp4v``) at ``fps``; opened at the
-    first frame's size. ``fix``: how to run without the video, said when OpenCV cannot write it."""
+class OverlayVideo(VideoWriter):
+    """The demo's overlay mp4 (``engine.video.VideoWriter``); ``fix``: how to run without the video,
+    said when OpenCV cannot write it."""
 
     def __init__(self, path: Path, fps: float, fix: str = "pass --no-video") -> None:
-        self.path, self.fps, self.fix = Path(path), float(fps), fix
-        self.frames = 0
-        self._writer: cv2.VideoWriter | None = None
-
-    def _open(self, hw: tuple[int, int]) -> cv2.VideoWriter:
-        writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (hw[1], hw[0]))
-        if not writer.isOpened():
-            raise OSError(f"cannot write {self.path} with OpenCV's mp4v codec; {self.fix}")
-        return writer
-
-    def write_bgr(self, bgr: np.ndarray) -> None:
-        """Append an already drawn ``HxWx3 uint8 BGR`` frame."""
-        if self._writer is None:
-            self._writer = self._open(bgr.shape[:2])
-        self._writer.write(bgr)
-        self.frames += 1
+        super().__init__(path, fps, fix)
 
     def write(self, frame: Frame, res: Any, gaze_xy: tuple[float, float] | None, hud: list[str],
               objects: Mapping[int, Any]) -> None:
         """Draw ``res`` (a ``StepResult``) on ``frame.rgb`` with the smoothed gaze point and HUD lines."""
-        img = render_overlay(frame, res, gaze_xy, hud, objects)
-        self.write_bgr(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+        self.write_rgb(render_overlay(frame, res, gaze_xy, hud, objects))
 
 
 def render_overlay(frame: Frame, res: Any, gaze_xy: tuple[float, float] | None, hud: list[str],
@@ -53,7 +33,7 @@ def render_overlay(frame: Frame, res: Any, gaze_xy: tuple[float, float] | None, 
     """``HxWx3 uint8 RGB``: masks tinted by object id, boxes, gaze dot (grey ring when the eye is
     closed or lost), HUD top-left, each object's live single-view 3D extents bottom-left."""
     masks = res.masks_by_id()
-    boxes = [r.box_xyxy for r in res.objects if r.box_xyxy is not None and r.status == "ok"]
+    boxes = [r.box_xyxy for r in res.objects if r.box_xyxy is not None and r.found]
     img = draw_overlay(frame.rgb, masks, boxes_xyxy=np.array(boxes) if boxes else None)
     h, w = img.shape[:2]
     if gaze_xy is not None:

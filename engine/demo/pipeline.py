@@ -9,10 +9,15 @@ are TSDF-fused (``engine.lift.fuse_tsdf``) into a mesh whose oriented box gives 
 Poses: the renderer's for the synthetic scene, Open3D RGB-D odometry for RealSense input; without
 any pose the best single view is kept. A camera without depth runs the 2D part only.
 
-Extents: for the synthetic scene (world z up) the gravity-aligned box of the fused surface
-(``upright_box``: what a tape measures), with the PCA box as ``lifted_extent_pca_m``; for real
-input (world = the first camera) the PCA box. Only what was seen is measured: a can seen from one
-side comes out half as deep, a ball's rim (grazing depth, eroded) a little small.
+Extents are measured on the fused frames' lifted points (``fuse_points``; the TSDF mesh, written
+as the PLY, stops short of a curved object's rim): for the synthetic scene (world z up) their
+gravity-aligned box (``upright_box``: what a tape measures), with the PCA box as
+``lifted_extent_pca_m``; for real input (world = the first camera) the PCA box. Only what was seen
+can be measured (a can seen from one side comes out half as deep), so the synthetic summary gives
+the error against the full object (``extent_error_m``) and against the renderer's truth of the
+surface visible in the fused frames (``visible_extent_m``, ``visible_extent_error_m``), and the
+extent of that visible surface inside the masks (``visible_in_masks_extent_m``: the part of the
+error that segmentation, not lifting, makes).
 
 Outputs in ``out``: ``overlay.mp4`` (masks, gaze dot, HUD), ``object_<id>.ply`` (fused mesh, or
 the single-view cloud), ``gaze.csv`` (the simulated trace) and ``summary.json``. When the input
@@ -22,8 +27,6 @@ still fused and written, and ``summary.json`` says why it stopped under ``"error
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -33,9 +36,9 @@ from typing import Any, Literal
 import numpy as np
 
 from engine.demo.objects import ObjectLog, largest_component, upright_box
-from engine.lift import fuse_tsdf, lift, oriented_box, save_ply
-from engine.stream.latency import LatencyRecorder
+from engine.lift import fuse_points, fuse_tsdf, lift, oriented_box, save_ply
 from engine.frame_source import SourceError
+from engine.stream.latency import LatencyRecorder, track_status_line
 from engine.types import Frame
 
 InputKind = Literal["synthetic", "realsense", "bag", "camera"]
@@ -48,7 +51,9 @@ class DemoConfig:
     installed, else torch; ``device``: "cpu" or "cuda[:N]" (``--backend tensorrt`` needs CUDA);
     ``voxel_m``/``trunc_m``: TSDF voxel and truncation (m); ``max_fusion_frames``: each object's
     fusion keeps between this many and twice as many frames, evenly spread over all the frames
-    it was lifted in (memory stays bounded)."""
+    it was lifted in (memory stays bounded); ``erode_px``/``edge_gap_m``: ``lift``'s flying-pixel
+    filters (the depth-edge test keeps a ball's rim, a 2 px erosion cost it ~1 cm);
+    ``points_voxel_m``: voxel of the fused points the extents are measured on."""
 
     frames: int = 150
     model: str = "lite_medsam"
@@ -66,7 +71,9 @@ class DemoConfig:
     trunc_m: float = 0.012
     max_fusion_frames: int = 40
     max_embedding_age: int | None = 10
-    erode_px: int = 2
+    erode_px: int = 0
+    edge_gap_m: float | None = 0.01
+    points_voxel_m: float = 0.002
 
     def __post_init__(self) -> None:
         if self.frames < 2:
@@ -97,13 +104,11 @@ def build_engine(config: DemoConfig) -> Any:
     intra-op thread pool of half the cores for each of the encoder worker and the decoder."""
     from engine.stream.engine import StreamEngine
     from engine.stream.scheduler import KeyframePolicy
+    from engine.threads import apply_threads, engine_threads
 
     backend = _backend(config.backend, config.device)
-    threads = max(1, (os.cpu_count() or 2) // 2)
-    if backend == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
+    threads = engine_threads()
+    apply_threads(backend, threads)
     return StreamEngine.from_name(
         config.model, Path(config.checkpoint) if config.checkpoint else None, config.device, backend=backend,
         threads=threads,
@@ -216,24 +221,25 @@ class Demo:
         pose, truth = self._pose(frame)
         n_true = 0 if truth is None else int(len(self.source.scene.objects))
         for r in res.objects:
-            if r.status != "ok":
+            if not r.found:
                 continue
             log = self.objects.setdefault(r.object_id, ObjectLog(r.object_id))
             log.frames_selected += 1
             if truth is not None:
                 log.add_truth(r.mask, truth.object_ids, n_true)
             if frame.depth_raw is not None and frame.intrinsics is not None:
-                self._lift(log, frame, r.mask, pose)
+                self._lift(log, frame, r.mask, pose, truth)
         if self.video is not None:
             t0 = time.perf_counter()
-            self.video.write(frame, res, self.gaze.gaze_xy, self.engine.latency.hud_lines(), self.objects)
+            hud = [*self.engine.latency.hud_lines(), track_status_line(self.engine.stats.track_status)]
+            self.video.write(frame, res, self.gaze.gaze_xy, hud, self.objects)
             self.latency.add("overlay", (time.perf_counter() - t0) * 1e3)
 
-    def _lift(self, log: ObjectLog, frame: Frame, mask: np.ndarray, pose: np.ndarray | None) -> None:
+    def _lift(self, log: ObjectLog, frame: Frame, mask: np.ndarray, pose: np.ndarray | None, truth: Any) -> None:
         self.intrinsics = self.intrinsics or frame.intrinsics
         t0 = time.perf_counter()
         lifted = lift(mask, frame.depth_raw, frame.intrinsics, rgb=frame.rgb, max_depth_m=4.0,  # type: ignore[arg-type]
-                      erode_px=self.config.erode_px, compute_volume=False)
+                      erode_px=self.config.erode_px, edge_gap_m=self.config.edge_gap_m, compute_volume=False)
         self.latency.add("lift", (time.perf_counter() - t0) * 1e3)
         if lifted.status != "ok":
             return
@@ -244,14 +250,21 @@ class Demo:
             kept = np.zeros(mask.shape, bool)
             kept[lifted.pixels_xy[:, 1], lifted.pixels_xy[:, 0]] = True  # type: ignore[index]
             fusion_frame = (frame.rgb, frame.depth_raw, kept, pose)
-            log.add_fusion(fusion_frame, self.config.max_fusion_frames)  # type: ignore[arg-type]
+            visible = None
+            if truth is not None:  # the true surfaces this mask overlaps, as the renderer saw them
+                ids = np.unique(truth.object_ids[mask])
+                visible = {int(i): (truth.visible_points_m(int(i), frame.intrinsics),
+                                    truth.visible_points_m(int(i), frame.intrinsics, mask)) for i in ids if i > 0}
+            log.add_fusion(fusion_frame, self.config.max_fusion_frames, visible)  # type: ignore[arg-type]
 
     # --- after the stream ----------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
         """Fuse every object, write the PLYs and ``summary.json``; returns the summary."""
         objects = [self._object_summary(log) for log in sorted(self.objects.values(), key=lambda o: o.object_id)]
         summary = self._summary([o for o in objects if o is not None])
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        from engine.validate import json_text
+
+        (self.out / "summary.json").write_text(json_text(summary))  # strict JSON: NaN becomes null
         return summary
 
     def _object_summary(self, log: ObjectLog) -> dict[str, Any] | None:
@@ -267,35 +280,42 @@ class Demo:
                                                self.config.trunc_m, max_depth_m=4.0))
             self.latency.add("fusion", (time.perf_counter() - t0) * 1e3)
         if mesh is not None and len(mesh.triangles) > 0:
-            pts = np.asarray(mesh.vertices)
             save_mesh(path, mesh)
-            record.update(method="tsdf")
+            pts = fuse_points(log.fusion, self.intrinsics, self.config.points_voxel_m, max_depth_m=4.0)
+            record.update(method="tsdf", num_points=int(len(mesh.vertices)), fused_points=int(len(pts)))
         elif log.best is not None:
             pts = log.best.points_m
             save_ply(path, log.best)
-            record.update(method="single_view")
+            record.update(method="single_view", num_points=int(len(pts)))
         else:
             pts = None
             record.update(method="none")
+        upright = self.config.input == "synthetic"  # world z is up; real input: world = first camera
         if pts is not None:
-            upright = self.config.input == "synthetic"  # world z is up; real input: world = first camera
-            if upright:
-                center, extent = upright_box(pts)
-            else:
-                center, _, extent = oriented_box(pts)
-            record.update(lifted_extent_m=_r(np.sort(extent)[::-1]), centroid_m=_r(pts.mean(axis=0)),
+            center, extent = _box(pts, upright)
+            record.update(lifted_extent_m=_r(extent), centroid_m=_r(pts.mean(axis=0)),
                           lifted_extent_pca_m=_r(np.sort(oriented_box(pts)[2])[::-1]),
-                          obb_center_m=_r(center), obb="upright" if upright else "pca", num_points=int(len(pts)),
-                          ply=path.name)
+                          obb_center_m=_r(center), obb="upright" if upright else "pca", ply=path.name)
         true_id = log.true_id()
         if true_id is not None:
-            obj = self.source.scene.object(true_id)
-            record.update(true_object=obj.name, true_id=true_id, true_extent_m=_r(obj.true_extent_m),
-                          true_center_m=_r(obj.center_m),
-                          mask_iou_vs_truth=round(log.mean_iou(true_id), 4))
-            if pts is not None:
-                record["extent_error_m"] = _r(np.asarray(record["lifted_extent_m"]) - obj.true_extent_m)
+            record.update(self._truth_record(log, true_id, record.get("lifted_extent_m"), upright))
         return record
+
+    def _truth_record(self, log: ObjectLog, true_id: int, lifted: list[float] | None, upright: bool) -> dict[str, Any]:
+        """Errors against the full true object and against the surface the fused frames saw."""
+        obj = self.source.scene.object(true_id)
+        out: dict[str, Any] = {"true_object": obj.name, "true_id": true_id, "true_extent_m": _r(obj.true_extent_m),
+                               "true_center_m": _r(obj.center_m), "mask_iou_vs_truth": round(log.mean_iou(true_id), 4)}
+        visible, in_mask = log.visible_points_m(true_id), log.visible_points_m(true_id, in_mask=True)
+        if visible is not None:
+            out["visible_extent_m"] = _r(_box(visible.astype(np.float64), upright)[1])
+        if in_mask is not None:  # what a perfect lifting of these masks would give: segmentation error alone
+            out["visible_in_masks_extent_m"] = _r(_box(in_mask.astype(np.float64), upright)[1])
+        if lifted is not None:
+            out["extent_error_m"] = _r(np.asarray(lifted) - obj.true_extent_m)
+            if visible is not None:
+                out["visible_extent_error_m"] = _r(np.asarray(lifted) - np.asarray(out["visible_extent_m"]))
+        return out
 
     def _summary(self, objects: list[dict[str, Any]]) -> dict[str, Any]:
         eng = self.engine
@@ -314,7 +334,8 @@ class Demo:
             "frames": self.frames_done,
             "stream_fps": round(float(getattr(self.source, "fps", float("nan"))), 3),
             "wall_s": round(self.wall_s, 2),
-            "fps": round(self.frames_done / self.wall_s, 3) if self.wall_s > 0 else None,
+            "wall_fps": round(self.frames_done / self.wall_s, 3) if self.wall_s > 0 else None,
+            "engine_fps": _finite(eng.latency.engine_fps()),
             "latency_ms": lat,
             "embedding_age_frames": eng.latency.to_json()["embedding_age_frames"],
             "keyframes_used": eng.stats.keyframes_total,
@@ -325,6 +346,19 @@ class Demo:
             "objects": objects,
             **({"error": self.error} if self.error else {}),
         }
+
+
+def _box(pts: np.ndarray, upright: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(center (3,), extents (3,) sorted descending) of the upright or the PCA box of ``pts``."""
+    if upright:
+        center, extent = upright_box(pts)
+    else:
+        center, _, extent = oriented_box(pts)
+    return center, np.sort(extent)[::-1]
+
+
+def _finite(value: float) -> float | None:
+    return round(value, 3) if np.isfinite(value) else None
 
 
 def _r(arr: np.ndarray) -> list[float]:

@@ -25,10 +25,21 @@ SECONDS_PER_OBJECT = 1.3
 
 @dataclass(frozen=True, slots=True)
 class FrameTruth:
-    """Ground truth of one synthetic frame: ``object_ids`` (H, W) uint8, ``pose`` (4, 4) camera-to-world."""
+    """Ground truth of one synthetic frame: ``object_ids`` (H, W) uint8, ``pose`` (4, 4)
+    camera-to-world, ``z_m`` (H, W) float64 noise-free z-depth (0 = nothing hit)."""
 
     object_ids: np.ndarray
     pose: np.ndarray
+    z_m: np.ndarray
+
+    def visible_points_m(self, object_id: int, intrinsics: CameraIntrinsics, mask: np.ndarray | None = None) -> np.ndarray:
+        """(N, 3) float32 world points of ``object_id``'s surface seen in this frame (noise-free),
+        only inside ``mask`` (HxW bool) when given."""
+        seen = (self.object_ids == object_id) & (self.z_m > 0)
+        v, u = np.nonzero(seen if mask is None else seen & mask)
+        z = self.z_m[v, u]
+        cam = np.stack([(u - intrinsics.cx) * z / intrinsics.fx, (v - intrinsics.cy) * z / intrinsics.fy, z], 1)
+        return (cam @ self.pose[:3, :3].T + self.pose[:3, 3]).astype(np.float32)
 
 
 class SyntheticRGBDSource:
@@ -72,7 +83,7 @@ class SyntheticRGBDSource:
             t0 = time.perf_counter()
             view = self.scene.render(pose, self._rng)
             self.render_ms.append((time.perf_counter() - t0) * 1e3)
-            self._truth[i] = FrameTruth(view.object_ids, view.pose)
+            self._truth[i] = FrameTruth(view.object_ids, view.pose, view.z_m)
             self.stats.delivered += 1
             yield Frame(i, self.timestamp_ns(i), view.rgb, view.depth_raw, self.intrinsics)
 
@@ -176,7 +187,7 @@ def open_input(config: Any) -> tuple[Any, Any]:
     from engine.stream.prompt_sources import GazeReplay
 
     if config.input == "synthetic":
-        from engine.demo.gaze_sim import simulate_gaze
+        from engine.gaze.simulate import simulate_gaze
 
         source = SyntheticRGBDSource(config.frames, seed=config.seed)
         times = [source.timestamp_ns(i) for i in range(len(source))]

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     output_dir("--out", out)
     ckpt = resolve(args.model, Path(args.checkpoint) if args.checkpoint else None)  # a missing file fails here
     with AtomicOutputs() as outs:  # the encoder, decoder and export.json appear together, or not at all
-        result = export_model(args.model, outs.folder(out), ckpt, opset=args.opset, fp16=args.fp16)
+        tmp = outs.folder(out)
+        result = export_model(args.model, tmp, ckpt, opset=args.opset, fp16=args.fp16)
+        report = tmp / f"{args.model}_export.json"  # name the files where they will live, not the temporary
+        report.write_text(report.read_text().replace(json.dumps(str(tmp))[1:-1], json.dumps(str(out))[1:-1]))
     print(f"{out / result.encoder_path.name}: max |onnx - torch| {result.encoder_max_abs_diff:.2e}")
     print(f"{out / result.decoder_path.name}: max |onnx - torch| {result.decoder_max_abs_diff:.2e}")
     print(f"weights sha256 {result.model_sha256}")

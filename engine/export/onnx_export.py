@@ -9,8 +9,7 @@ embedding is fixed ``(1, 256, 64, 64)``; upsampling to the original size stays o
 compares with torch before it reports success. ``export_model`` also writes an internal no-mask
 decoder pair (``engine.export.no_mask``) that ``OrtBackend`` uses for prompts without masks; a
 failure there only warns. Uses the TorchScript exporter (``dynamo=False``):
-the graphs have no control flow and it needs no ``onnxscript``. Measured on 2 CPU cores:
-lite_medsam encoder ~11 s, decoder ~3 s.
+the graphs have no control flow and it needs no ``onnxscript``.
 """
 
 from __future__ import annotations
@@ -193,7 +192,7 @@ def _sample_image(side: int, spec: ModelSpec) -> np.ndarray:
     rng = np.random.default_rng(0)
     small = rng.integers(0, 256, (side // 16, side // 16, 3), dtype=np.uint8)
     rgb = cv2.resize(small, (side, side), interpolation=cv2.INTER_CUBIC)
-    x, _ = preprocess(rgb, side, spec.pixel_norm)  # type: ignore[arg-type]
+    x, _ = preprocess(rgb, side, spec.pixel_norm, spec.resize)  # type: ignore[arg-type]
     return x
 
 

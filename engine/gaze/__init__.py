@@ -1,6 +1,7 @@
 """Gaze input: samples and the gaze CSV, One-Euro smoothing with confidence gating, fixation
 detection (I-VT, I-DT), dwell-time selection, and live receivers: UDP JSON lines from any
-tracker, and Pupil Labs' real-time API (``PupilLabsGazeReceiver``, needs ``arsel[gaze]``).
+tracker, and Pupil Labs' real-time API (``PupilLabsGazeReceiver``, needs ``arsel[gaze]``); a gaze
+simulator (``simulate``: fixations, jitter, blinks) for the demo and the evaluation's gaze starts.
 
 Coordinates are scene-camera pixels (x right, y down); times are integer nanoseconds.
 Mapping tracker coordinates into the scene camera is :mod:`calibration.gaze`.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.lift.geometry import check_depth, check_mask, check_pose, depth_to_m
+from engine.lift.geometry import check_depth, check_mask, check_pose, deproject_pixels, depth_to_m, transform_points
 from engine.types import CameraIntrinsics
 
 FusionFrame = tuple[np.ndarray | None, np.ndarray, np.ndarray | None, np.ndarray]
@@ -99,10 +100,9 @@ def fuse_tsdf(
             sharp (projective TSDF bulges edges by ~trunc/2), large truncation tolerates noise.
         max_depth_m: depth beyond this is not integrated.
         min_weight: surface voxels seen fewer times than this are not meshed ("voxel_block_grid").
-        backend: ``"voxel_block_grid"`` (``open3d.t.geometry.VoxelBlockGrid``, default) or
-            ``"scalable"`` (legacy ``o3d.pipelines.integration.ScalableTSDFVolume``). The legacy
-            volume integrates nothing in the open3d 0.20.0 x86_64 pip wheel (even Open3D's own
-            Redwood example gives 0 points; tests/test_lift.py checks and skips), hence the default.
+        backend: ``"voxel_block_grid"`` (``open3d.t.geometry.VoxelBlockGrid``), the only one. (The
+            legacy ``ScalableTSDFVolume`` was dropped: it integrates nothing in the pinned open3d
+            0.20.0 pip wheel, not even Open3D's own Redwood example.)
         device: Open3D device for "voxel_block_grid", e.g. ``"CUDA:0"``.
 
     Returns:
@@ -118,9 +118,10 @@ def fuse_tsdf(
     trunc = 3 * voxel_m if trunc_m is None else trunc_m
     if trunc <= voxel_m:
         raise ValueError(f"trunc_m must exceed voxel_m ({voxel_m}), got {trunc}; use 2-4 voxels")
-    if backend not in ("voxel_block_grid", "scalable"):
-        raise ValueError(f"unknown TSDF backend {backend!r}; use 'voxel_block_grid' or 'scalable'")
-    volume: _BlockGrid | _Scalable | None = None
+    if backend != "voxel_block_grid":
+        raise ValueError(f"unknown TSDF backend {backend!r}; use 'voxel_block_grid' (the legacy 'scalable' "
+                         "volume was removed: it integrates nothing in open3d 0.20's wheel)")
+    volume: _BlockGrid | None = None
     seen = integrated = 0
     for i, frame in enumerate(frames):
         seen += 1
@@ -129,8 +130,7 @@ def fuse_tsdf(
         if not np.any(depth > 0):
             continue
         if volume is None:
-            volume = (_BlockGrid(intrinsics, voxel_m, trunc, max_depth_m, device) if backend == "voxel_block_grid"
-                      else _Scalable(intrinsics, voxel_m, trunc, max_depth_m))
+            volume = _BlockGrid(intrinsics, voxel_m, trunc, max_depth_m, device)
         volume.integrate(rgb, depth, np.linalg.inv(pose))
         integrated += 1
     if seen == 0:
@@ -141,6 +141,65 @@ def fuse_tsdf(
         warnings.warn(f"TSDF fusion produced an empty mesh: {why}", stacklevel=2)
     mesh.compute_vertex_normals()
     return mesh
+
+
+def fuse_points(frames: Iterable[FusionFrame], intrinsics: CameraIntrinsics, voxel_m: float = 0.002,
+                max_depth_m: float = 4.0, min_view_frac: float = 1 / 3, vote_voxel_m: float = 0.006) -> np.ndarray:
+    """World points (N, 3) float64 metres of the frames' masked valid depth: the mean point of each
+    ``voxel_m`` voxel whose ``vote_voxel_m`` voxel at least ``min_view_frac`` of the frames with
+    depth saw (at least one frame).
+
+    Unlike a TSDF mesh this keeps the rim of curved surfaces seen at grazing angles (a masked TSDF
+    observes no voxel beside the silhouette, so its surface stops short of the rim); the vote
+    drops what only a few masks leaked onto. Use it to measure what was seen.
+    """
+    if not 0 < voxel_m <= vote_voxel_m or not 0 <= min_view_frac <= 1:
+        raise ValueError(f"need 0 < voxel_m <= vote_voxel_m and 0 <= min_view_frac <= 1, "
+                         f"got {voxel_m}, {vote_voxel_m}, {min_view_frac}")
+    fine: list[np.ndarray] = []  # per frame (V, 4): sum x, y, z, count of each fine voxel
+    votes: list[np.ndarray] = []  # per frame: the coarse voxels it saw
+    for i, frame in enumerate(frames):
+        _check_frame(i, frame, intrinsics)
+        z = _masked_depth_image(frame[1], frame[2], intrinsics, max_depth_m)
+        v, u = np.nonzero(z > 0)
+        if v.size == 0:
+            continue
+        pts = transform_points(deproject_pixels(u, v, z[v, u].astype(np.float64), intrinsics), check_pose(frame[3]))
+        fine.append(_voxel_sums(pts, voxel_m))
+        votes.append(np.unique(np.floor(pts / vote_voxel_m).astype(np.int64), axis=0))
+    if not fine:
+        return np.zeros((0, 3))
+    coarse, views = np.unique(np.concatenate(votes), axis=0, return_counts=True)
+    seen = coarse[views >= max(1, math.ceil(min_view_frac * len(fine) - 1e-9))]
+    sums = _merge_sums(np.concatenate(fine))
+    pts = sums[:, :3] / sums[:, 3:]
+    keys = np.floor(pts / vote_voxel_m).astype(np.int64)
+    return pts[_rows_in(keys, seen)]
+
+
+def _voxel_sums(pts: np.ndarray, voxel_m: float) -> np.ndarray:
+    """(V, 7): voxel key (3, as float), sum of x, y, z, point count."""
+    keys, inv = np.unique(np.floor(pts / voxel_m).astype(np.int64), axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    sums = [np.bincount(inv, weights=pts[:, k], minlength=len(keys)) for k in range(3)]
+    return np.column_stack([keys.astype(np.float64), *sums, np.bincount(inv, minlength=len(keys))])
+
+
+def _merge_sums(rows: np.ndarray) -> np.ndarray:
+    """(V, 4) sums of x, y, z and count per voxel key, merged over frames."""
+    keys, inv = np.unique(rows[:, :3], axis=0, return_inverse=True)
+    out = np.zeros((len(keys), 4))
+    np.add.at(out, inv.reshape(-1), rows[:, 3:])
+    return out
+
+
+def _rows_in(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bool (len(a),): which int64 rows of ``a`` (N, 3) occur in ``b`` (M, 3)."""
+    both = np.concatenate([a, b])
+    lo = both.min(axis=0)
+    span = both.max(axis=0) - lo + 1
+    code = lambda k: ((k[:, 0] - lo[0]) * span[1] + (k[:, 1] - lo[1])) * span[2] + (k[:, 2] - lo[2])  # noqa: E731
+    return np.isin(code(a), code(b))
 
 
 def _empty_mesh() -> Any:
@@ -177,32 +236,3 @@ class _BlockGrid:
 
     def mesh(self, min_weight: float) -> Any:
         return self.grid.extract_triangle_mesh(weight_threshold=min_weight).to_legacy()
-
-
-class _Scalable:
-    """Same as :class:`_BlockGrid` with the legacy ``ScalableTSDFVolume`` (``min_weight`` unused)."""
-
-    def __init__(self, intrinsics: CameraIntrinsics, voxel_m: float, trunc_m: float, max_depth_m: float) -> None:
-        import open3d as o3d
-
-        self._o3d, self.max_depth_m = o3d, max_depth_m
-        self.volume = o3d.pipelines.integration.ScalableTSDFVolume(
-            voxel_length=voxel_m, sdf_trunc=trunc_m, color_type=o3d.pipelines.integration.TSDFVolumeColorType.RGB8
-        )
-        self.cam = o3d.camera.PinholeCameraIntrinsic(
-            intrinsics.width, intrinsics.height, intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy
-        )
-
-    def integrate(self, rgb: np.ndarray, depth: np.ndarray, extrinsic: np.ndarray) -> None:
-        o3d = self._o3d
-        rgbd = o3d.geometry.RGBDImage.create_from_color_and_depth(
-            o3d.geometry.Image(np.ascontiguousarray(rgb)),
-            o3d.geometry.Image(depth),
-            depth_scale=1.0,
-            depth_trunc=self.max_depth_m,
-            convert_rgb_to_intensity=False,
-        )
-        self.volume.integrate(rgbd, self.cam, extrinsic)
-
-    def mesh(self, min_weight: float) -> Any:
-        return self.volume.extract_triangle_mesh()

@@ -52,13 +52,24 @@ def depth_to_m(
     return z
 
 
+def pixel_rays(u: np.ndarray, v: np.ndarray, intrinsics: CameraIntrinsics) -> np.ndarray:
+    """Rays through pixels ``u, v`` (arrays of one shape) -> ``(..., 3)`` float64 with z = 1, so the
+    camera-frame point at z-depth ``z_m`` is ``z_m * ray``. The one place the pinhole back-projection
+    is written (lifting, the demo's ray caster, the synthetic RealSense scene, bench_lift use it)."""
+    u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
+    return np.stack([(u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy, np.ones_like(u)], -1)
+
+
+def camera_rays(intrinsics: CameraIntrinsics) -> np.ndarray:
+    """``pixel_rays`` of every pixel: ``(H, W, 3)`` float64 with z = 1 (a hit distance along the ray
+    is the pixel's z-depth)."""
+    v, u = np.mgrid[0 : intrinsics.height, 0 : intrinsics.width].astype(np.float64)
+    return pixel_rays(u, v, intrinsics)
+
+
 def deproject_pixels(u: np.ndarray, v: np.ndarray, z_m: np.ndarray, intrinsics: CameraIntrinsics) -> np.ndarray:
     """Pixels ``u, v`` (N,) and depths ``z_m`` (N,) metres -> (N, 3) float64 camera-frame points."""
-    pts = np.empty((z_m.shape[0], 3), dtype=np.float64)
-    pts[:, 0] = (u - intrinsics.cx) * (z_m / intrinsics.fx)
-    pts[:, 1] = (v - intrinsics.cy) * (z_m / intrinsics.fy)
-    pts[:, 2] = z_m
-    return pts
+    return pixel_rays(u, v, intrinsics) * np.asarray(z_m, np.float64)[:, None]
 
 
 def deproject(

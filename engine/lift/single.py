@@ -2,7 +2,10 @@
 
 Pipeline (:func:`lift`), all in the camera frame until the optional pose is applied:
 
-1. erode the mask by ``erode_px`` (drops flying pixels on depth edges at the mask border);
+1. erode the mask by ``erode_px`` (drops flying pixels on depth edges at the mask border), or,
+   with ``edge_gap_m``, drop only the mask pixels lying more than ``edge_gap_m`` behind the
+   nearest depth within ``edge_px`` pixels (flying pixels and the far side of depth edges): a
+   blanket erosion also trims the rim of curved objects, which the depth test keeps;
 2. drop invalid depth (0, NaN/inf, beyond ``max_depth_m``);
 3. organised downsampling: when more than ``max_points`` pixels remain, the mask's bounding box is
    cut into ``s x s`` pixel blocks and each block is represented by its *median-depth pixel*
@@ -15,10 +18,9 @@ Pipeline (:func:`lift`), all in the camera frame until the optional pose is appl
    it back to full resolution: a pixel survives when its block's representative does and its
    depth lies within ``eps`` of the representative's.
 
-Measured on 2 cores (``bench/bench_lift.py``), 640x480 frame, 48k-pixel box selection: Open3D
-SOR + DBSCAN on all 45k points take ~730 ms; on <= 1000 representatives ~3 ms; the whole lift
-8.7 ms median (30k-pixel real Kinect selection: 5.2 ms). Centroid, box and the returned points
-are full resolution; the hull volume uses the cluster's representatives.
+SOR and DBSCAN run on at most ``max_points`` representatives: on every pixel the lift costs
+10-100x more (``bench/bench_lift.py``, "full-res"). Centroid, box and the returned points are
+full resolution; the hull volume uses the cluster's representatives.
 """
 
 from __future__ import annotations
@@ -121,15 +123,13 @@ def _empty(status: str, frame: str, cam: np.ndarray, timings: dict[str, float]) 
     return LiftResult(status, np.zeros((0, 3)), camera_center_m=cam, frame=frame, timings_ms=timings)
 
 
-def _crop_and_erode(mask: np.ndarray, erode_px: int) -> tuple[np.ndarray, int, int] | None:
-    """Crop to the mask's box (padded for erosion) and erode; ``None`` for an empty mask.
-
-    A mask that erosion would wipe out entirely (thinner than ~2*erode_px) is kept uneroded.
-    """
+def _crop_and_erode(mask: np.ndarray, erode_px: int, edge_px: int = 0) -> tuple[np.ndarray, int, int] | None:
+    """Crop to the mask's box (padded by ``max(erode_px, edge_px) + 1``) and erode; ``None`` for
+    an empty mask. A mask that erosion would wipe out entirely (thinner than ~2*erode_px) stays."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
         return None
-    pad = max(erode_px, 0) + 1
+    pad = max(erode_px, edge_px, 0) + 1
     y0, y1 = max(rows[0] - pad, 0), min(rows[-1] + pad + 1, mask.shape[0])
     x0, x1 = max(cols[0] - pad, 0), min(cols[-1] + pad + 1, mask.shape[1])
     crop = mask[y0:y1, x0:x1]
@@ -139,6 +139,16 @@ def _crop_and_erode(mask: np.ndarray, erode_px: int) -> tuple[np.ndarray, int, i
         if eroded.any():
             crop = eroded
     return crop, int(y0), int(x0)
+
+
+def _behind_depth_edge(z_m: np.ndarray, edge_px: int, gap_m: float) -> np.ndarray:
+    """HxW bool: pixels of ``z_m`` (metres, NaN = invalid) more than ``gap_m`` behind the nearest
+    valid depth within ``edge_px`` pixels (a (2*edge_px+1) square window)."""
+    far = np.float32(1e6)
+    zf = np.where(np.isnan(z_m), far, z_m).astype(np.float32)
+    nearest = cv2.erode(zf, np.ones((2 * edge_px + 1, 2 * edge_px + 1), np.uint8))
+    with np.errstate(invalid="ignore"):
+        return (z_m - nearest) > gap_m
 
 
 def _block_reps(z: np.ndarray, step: int) -> _Reps:
@@ -219,12 +229,15 @@ def _choose_cluster(
 
 
 def _check_args(
-    depth_raw: np.ndarray, rgb: np.ndarray | None, prompt_xy: Any, erode_px: int, max_points: int
+    depth_raw: np.ndarray, rgb: np.ndarray | None, prompt_xy: Any, erode_px: int, max_points: int,
+    edge_px: int = 2, edge_gap_m: float | None = None,
 ) -> np.ndarray | None:
     if rgb is not None and (rgb.shape[:2] != depth_raw.shape or rgb.ndim != 3 or rgb.shape[2] != 3):
         raise ValueError(f"rgb must be HxWx3 matching depth {depth_raw.shape}, got {rgb.shape}")
     if erode_px < 0 or max_points < 1:
         raise ValueError(f"erode_px must be >= 0 and max_points >= 1, got {erode_px}, {max_points}")
+    if edge_gap_m is not None and not (edge_gap_m > 0 and edge_px >= 1):
+        raise ValueError(f"edge_gap_m must be > 0 (or None = off) and edge_px >= 1, got {edge_gap_m}, {edge_px}")
     if prompt_xy is None:
         return None
     arr = np.asarray(prompt_xy, dtype=np.float64).reshape(-1)
@@ -249,6 +262,8 @@ def lift(
     dbscan_min_points: int = 6,
     max_points: int = 1000,
     compute_volume: bool = True,
+    edge_gap_m: float | None = None,
+    edge_px: int = 2,
 ) -> LiftResult:
     """Lift one object mask into a 3D point cloud with centroid, oriented box and volume.
 
@@ -267,6 +282,10 @@ def lift(
         max_points: about this many representatives (at most one per block) go through outlier
             removal and DBSCAN; more is finer clustering and slower.
         compute_volume: compute ``volume_m3`` (convex hull, ~0.7 ms).
+        edge_gap_m: drop mask pixels more than this far (metres) behind the nearest depth within
+            ``edge_px`` pixels (``None`` = off). With ``erode_px=0`` it replaces the erosion:
+            flying pixels go, the rim of a curved object stays.
+        edge_px: window radius (pixels) of the ``edge_gap_m`` test.
 
     Returns:
         :class:`LiftResult`; ``status`` "empty_mask", "no_depth" (no valid depth under the
@@ -279,18 +298,20 @@ def lift(
     t0 = time.perf_counter()
     check_depth(depth_raw, intrinsics)
     mask = check_mask(mask, depth_raw)
-    prompt = _check_args(depth_raw, rgb, prompt_xy, erode_px, max_points)
+    prompt = _check_args(depth_raw, rgb, prompt_xy, erode_px, max_points, edge_px, edge_gap_m)
     pose = check_pose(pose)
     frame = "camera" if pose is None else "world"
     cam = np.zeros(3) if pose is None else pose[:3, 3].copy()
     timings: dict[str, float] = {}
 
-    cropped = _crop_and_erode(mask, erode_px)
+    cropped = _crop_and_erode(mask, erode_px, edge_px if edge_gap_m is not None else 0)
     if cropped is None:
         return _empty("empty_mask", frame, cam, timings)
     crop, y0, x0 = cropped
     h, w = crop.shape
     z = depth_to_m(depth_raw[y0 : y0 + h, x0 : x0 + w], intrinsics.depth_scale_m, max_depth_m)
+    if edge_gap_m is not None:
+        crop = crop & ~_behind_depth_edge(z, edge_px, edge_gap_m)
     z[~crop] = np.nan
     n_valid = int(np.count_nonzero(~np.isnan(z)))
     if n_valid < max(dbscan_min_points, 1):

@@ -30,6 +30,9 @@ class ModelSpec:
     mean/std) or "minmax" (per-image [0, 1]). ``prompt_kinds``: prompts the released checkpoint
     answers ("point", "box", "mask"); ``box_only`` models need points turned into box proposals.
     ``uniform_scale``: prompts are mapped with one ratio ``S / max(H, W)`` (LiteMedSAM's recipe).
+    ``resize``: the image resize recipe of ``engine.transforms`` ("pil": segment-anything's
+    ``ResizeLongestSide``; "area": LiteMedSAM's OpenCV INTER_AREA; "fast": OpenCV, no model's
+    recipe, opt in with ``dataclasses.replace(spec, resize="fast")``).
     """
 
     name: str
@@ -39,6 +42,7 @@ class ModelSpec:
     prompt_kinds: frozenset[str]
     encoder: Callable[[], nn.Module]
     uniform_scale: bool = False
+    resize: str = "pil"
 
     @property
     def box_only(self) -> bool:
@@ -62,6 +66,7 @@ REGISTRY: Mapping[str, ModelSpec] = {
             frozenset({"box", "mask"}),
             lite_medsam_encoder,
             uniform_scale=True,
+            resize="area",
         ),
     )
 }

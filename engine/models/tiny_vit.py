@@ -6,25 +6,22 @@ for MobileSAM, 1x1 stride 1 for LiteMedSAM), an MBConv stage, then windowed-atte
 learned per-offset ``attention_biases``, patch-merging convs between stages (stride 1 into the
 last stage), and a conv neck to 256 channels.
 
-BatchNorm runs with its running statistics (call ``eval()``). Eager CPU speed (interleaved with
-mobilesam-mirror's TinyViT, 2 shared cores; ours / reference at 1 | 2 threads): original port
-0.94-1.05 | 0.99-1.05, with all of the below 0.62-0.64 | 0.57-0.61:
+BatchNorm runs with its running statistics (call ``eval()``). Eager CPU speed choices (each
+faster than the official TinyViT in interleaved runs; current figures: ``bench/bench_model.py``):
 * channels-last ``(B, H, W, C)`` grids: 1x1 convs are one 2-D ``addmm``, depthwise convs use
-  oneDNN's channels-last kernels (177 vs 283 ms for the 256x256x256 MBConv depthwise, 1 thread);
+  oneDNN's channels-last kernels;
 * eval-mode BN folded into the convs (cached, keyed on the sources' identity and version counters,
-  ``engine.models.fast_ops``): saves the ~8% ``native_batch_norm``;
+  ``engine.models.fast_ops``);
 * attention is matmul + in-place bias + softmax with the gathered bias and the q-scale (folded
-  into the qkv weight) cached; SDPA's float-mask path spent ~5% in isneginf/all/where;
-* in-place GELU and residual adds on fresh intermediates (``gelu`` 145 -> ``gelu_`` 31 ms on a
-  67 MB tensor); qkv on the unpadded grid (padded tokens get the constant ``qkv(norm.bias)``);
-* the MBConv stage (67 MB intermediates) runs in ~8 MB row strips (``MBConv.STRIP_BYTES``):
-  encoder 552 -> 485 ms (LiteMedSAM), 585 -> 508 ms (MobileSAM) on 2 AVX-512 cores. Chunked
-  MLPs did not help (-3 % to +3 %).
+  into the qkv weight) cached (SDPA's float-mask path spent its time in isneginf/all/where);
+* in-place GELU and residual adds on fresh intermediates; qkv on the unpadded grid (padded tokens
+  get the constant ``qkv(norm.bias)``);
+* the MBConv stage (67 MB intermediates) runs in ~8 MB row strips (``MBConv.STRIP_BYTES``) to
+  stay in cache; chunked MLPs did not help.
 Under ``torch.onnx.export`` the layout differs, same function: stem, MBConv stage and patch
 merging run channels-first and the blocks' MLPs as 1x1 convs (``forward_nchw``), which ONNX
-Runtime's NCHWc conv kernels run faster than channels-last Gemm + bias (MBConv block 69 vs 108 ms,
-layer-1 MLP 36 vs 46 ms; whole LiteMedSAM encoder ~1.2x -> ~1.0x torch eager, 2 cores). Strips
-did not help ONNX Runtime (63 vs 57 ms per MBConv block).
+Runtime's NCHWc conv kernels run faster than channels-last Gemm + bias (``bench_backends.py``);
+strips did not help ONNX Runtime.
 The stem, MBConv stage and patch merging live in ``engine.models.tiny_vit_convs``.
 Parameter and buffer names equal MobileSAM's / LiteMedSAM's ``TinyViT`` so the released
 checkpoints load with a strict key match (``with_head`` adds MobileSAM's unused classifier head).

@@ -18,8 +18,7 @@ Speed (same results up to float rounding, ~1e-6 relative):
   repeated prompts on one keyframe skip them; a batch of prompts without masks shares them too.
 * ``keys + key_pe`` is formed once per block (the official code forms it twice with equal keys).
 * Traced graphs (ONNX) spell the token-axis softmax out and baddbmm as a plain add
-  (``_softmax``, ``_baddbmm``): ONNX Runtime ran the exported forms ~4x / ~2x slower; together
-  ~1.5-3 ms of a LiteMedSAM click decode on 2 cores (18.7 -> 15.5 ms).
+  (``_softmax``, ``_baddbmm``): ONNX Runtime ran the exported forms several times slower.
 """
 
 from __future__ import annotations

@@ -17,9 +17,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from engine.frame_source import FrameSource
+from engine.lift.geometry import camera_rays
 from engine.realsense.config import DepthFilterConfig
 from engine.realsense.processing import FrameProcessor, import_rs, rs_intrinsics_from
-from engine.frame_source import FrameSource
 from engine.types import CameraIntrinsics, Frame
 
 
@@ -170,8 +171,8 @@ def sphere_scene(index: int, intrinsics: CameraIntrinsics, radius_m: float = 0.1
     metres in the camera frame; depth is exact ray-sphere intersection.
     """
     h, w = intrinsics.height, intrinsics.width
-    v, u = np.mgrid[:h, :w].astype(np.float64)
-    dx, dy = (u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy
+    rays = camera_rays(intrinsics)
+    dx, dy = rays[..., 0], rays[..., 1]
     c = np.array([speed_m * index - 0.1, 0.0, centre_z_m])
     a = dx**2 + dy**2 + 1.0  # ray (dx, dy, 1) t; t is the depth z
     b = dx * c[0] + dy * c[1] + c[2]

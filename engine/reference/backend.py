@@ -5,7 +5,7 @@ weights of ``checkpoint`` (ours and theirs share parameter names):
 
 * ``mobile_sam``: MobileSAM's ``Sam`` (PyPI ``mobilesam-mirror``);
 * ``sam_vit_b`` / ``sam_vit_l`` / ``sam_vit_h``: Meta's ``segment_anything`` ``Sam``;
-* ``lite_medsam``: the LiteMedSAM recipe of ``tests/refs.py`` (LiteMedSAM's TinyViT file and Meta's
+* ``lite_medsam``: the LiteMedSAM recipe of ``engine.reference.official`` (LiteMedSAM's TinyViT file and Meta's
   prompt encoder / mask decoder).
 
 ``encode`` takes the same preprocessed ``(1, 3, S, S)`` float32 image as our backends.
@@ -18,15 +18,12 @@ Test-only packages: missing ones raise ImportError naming the pip command.
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 __all__ = ["ReferenceBackend"]
 
@@ -48,7 +45,7 @@ def _import(module: str):  # noqa: ANN202 - a module
 def _official_model(name: str, checkpoint: Path) -> SimpleNamespace:
     """``image_encoder`` (with ``img_size``), ``prompt_encoder``, ``mask_decoder`` of the official code."""
     if name == "lite_medsam":
-        from tests.refs import LiteMedSamRecipe
+        from engine.reference.official import LiteMedSamRecipe
 
         recipe = LiteMedSamRecipe(checkpoint)
         recipe.encoder.img_size = 256

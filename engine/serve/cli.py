@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.cli_common import UsageError, add_model_args
+from engine.extras import require
 from engine.serve.protocol import Limits
-
-INSTALL_HINT = "arsel serve needs FastAPI and uvicorn: pip install 'arsel[serve]'"
 
 
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -83,11 +82,8 @@ def check_args(args: argparse.Namespace) -> Limits:
 
 
 def _require_server_libs() -> None:
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError:
-        raise ImportError(INSTALL_HINT) from None
+    for module in ("fastapi", "uvicorn"):
+        require("serve", module, what="arsel serve")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

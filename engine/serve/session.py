@@ -205,16 +205,16 @@ class SessionCore:
     def _object(self, r: Any, msg: FrameMessage) -> dict[str, Any]:
         new = r.object_id not in self._announced
         self._announced.add(r.object_id)
-        status = "new" if new else ("tracked" if r.status == "ok" else "lost")
+        status = "new" if new else r.wire_status
         box = None
-        if r.status == "ok" and r.mask.any():
+        if r.found and r.mask.any():
             ys, xs = np.nonzero(r.mask.any(axis=1))[0], np.nonzero(r.mask.any(axis=0))[0]
             box = [float(xs[0]), float(ys[0]), float(xs[-1] + 1), float(ys[-1] + 1)]
         score = float(r.score) if np.isfinite(r.score) else 0.0
         obj: dict[str, Any] = {"id": int(r.object_id), "score": round(score, 4), "status": status, "bbox_xyxy": box}
         if self.mask_encoding == "coco_rle":
             obj["mask"] = encode_rle(r.mask)
-        if msg.depth_raw is not None and msg.intrinsics is not None and r.status == "ok" and r.mask.any():
+        if msg.depth_raw is not None and msg.intrinsics is not None and r.found and r.mask.any():
             obj.update(self._lift(r.mask, msg))
         return obj
 

@@ -1,17 +1,16 @@
 """Per-frame decoding for the stream: one prompt on the current keyframe embedding.
 
-The full-size upsampling uses OpenCV's resize instead of ``postprocess_logits``' matrix products:
-on 2 shared cores OpenBLAS' spinning threads made a 640x480 upsample cost 23 ms (3 ms with one BLAS
-thread); ``cv2.resize`` takes 1-2 ms and agrees to 4e-6 (0 mask pixels differ on 640x480).
+Decodes through ``Predictor.decode`` (the image path's decoder call, mask selection and
+upsampler, ``engine.transforms.postprocess_logits``), so a stream and ``Predictor.predict`` give
+the same mask for the same prompt and embedding; this module adds the stream's choices: which
+multimask output to keep (the best predicted IoU) and the box upscaling window (``box_roi``).
 """
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from engine.predictor import Predictor
@@ -30,21 +29,6 @@ class Decoded:
     score: float
     decoder_ms: float
     upsample_ms: float
-
-
-def upsample_logits(
-    low_res: np.ndarray, input_hw: tuple[int, int], original_hw: tuple[int, int], long_side: int
-) -> np.ndarray:
-    """Low-res logits ``(h, w)`` -> full-size logits ``(H, W)`` float32, as
-    ``engine.transforms.postprocess_logits`` (bilinear to ``SxS``, crop, bilinear to ``HxW``) with
-    OpenCV's resize: same half-pixel sampling, values within 1e-5, no BLAS threads involved."""
-    low = np.asarray(low_res, np.float32)
-    if low.shape != (long_side, long_side):
-        low = cv2.resize(low, (long_side, long_side), interpolation=cv2.INTER_LINEAR)
-    crop = low[: input_hw[0], : input_hw[1]]
-    if crop.shape == tuple(original_hw):
-        return np.ascontiguousarray(crop)
-    return cv2.resize(crop, (original_hw[1], original_hw[0]), interpolation=cv2.INTER_LINEAR)
 
 
 def box_roi(box_xyxy: np.ndarray, input_size: int, grid_hw: tuple[int, int], margin: float) -> tuple[int, int, int, int] | None:
@@ -103,13 +87,6 @@ def decode_prompt(
         corners = prompts.point_coords[0][np.isin(prompts.point_labels[0], (2, 3))]
         grid_hw = tuple(int(v) for v in np.shape(emb.features)[-2:])
         roi = box_roi(corners.reshape(-1), spec.input_size, grid_hw, roi_margin) if corners.shape == (2, 2) else None
-    t0 = time.perf_counter()
-    args = (emb.features, prompts.point_coords, prompts.point_labels, prompts.mask_input, prompts.has_mask_input)
-    iou, low = backend.decode(*args, roi=roi) if roi is not None else backend.decode(*args)
-    t1 = time.perf_counter()
-    first = 1 if multimask else 0
-    best = first + int(np.argmax(iou[0, first:] if multimask else iou[0, :1]))
-    lr = np.ascontiguousarray(low[0, best], dtype=np.float32)
-    logits = upsample_logits(lr, emb.input_hw, emb.original_hw, spec.input_size)
-    t2 = time.perf_counter()
-    return Decoded(logits, lr, float(iou[0, best]), (t1 - t0) * 1e3, (t2 - t1) * 1e3)
+    pred = predictor.decode(prompts, multimask, select="best", roi=roi)
+    return Decoded(pred.logits[0, 0], pred.low_res_logits[0, 0], float(pred.scores[0, 0]),  # type: ignore[index]
+                   pred.timings_ms["decode_ms"], pred.timings_ms["postprocess_ms"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +25,7 @@ import numpy as np
 from engine.backends.base import Backend
 from engine.models.registry import ModelSpec
 from engine.predictor import Predictor
+from engine.stream import guard_steps, guards
 from engine.stream.decoding import Decoded, decode_prompt, effective_roi_margin
 from engine.stream.events import HoverEvent, Prompt, PromptEvent, ReleaseEvent, SelectEvent
 from engine.stream.latency import LatencyRecorder
@@ -52,9 +53,11 @@ class EngineConfig:
     this much nicer (Linux), so the per-frame work (decoder, motion) wins the cores over the encode.
     ``roi_margin``: box prompts upscale their masks only around the box, grown by this fraction of
     its size (+2 tokens); exact inside, background outside (``decoding.box_roi``); None: whole.
-    Used only where no mask is fed back (see ``decoding.effective_roi_margin``)."""
+    Used only where no mask is fed back (see ``decoding.effective_roi_margin``). ``guard``: the
+    drift guards (``engine.stream.guards``)."""
 
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    guard: guards.GuardConfig = field(default_factory=guards.GuardConfig)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     motion_downscale_to: int = 320
     mask_threshold: float = 0.0
@@ -102,6 +105,7 @@ class StreamEngine:
         self._hover: Prompt | None = None
         self._seen_keyframe = -1
         self._motion_ms = 0.0
+        self._small = np.zeros((0, 0), np.uint8)  # the frame being stepped, at the motion resolution
 
     @classmethod
     def from_name(
@@ -193,6 +197,7 @@ class StreamEngine:
         self.stats.frames += 1
         frame_hw = (int(frame.rgb.shape[0]), int(frame.rgb.shape[1]))
         small = self.motion_estimator.small_grey(frame.rgb)
+        self._small = small
         self.tracker.stamp_prompts(frame.index, small, frame_hw)
         self._motion_ms = (time.perf_counter() - t0) * 1e3
         kf, reason, submitted, motions, glob = self._schedule(frame, small, frame_hw)
@@ -201,6 +206,8 @@ class StreamEngine:
             timings["capture"] = capture_ms
         if kf is None:
             objs = tuple(self._empty(o.object_id, frame, -1, "no_embedding") for o in self.tracker.objects)
+            for o in objs:
+                self.stats.count_status(o.status)
             return self._finish(StepResult(frame.index, -1, "no_embedding", objs, frame_hw, 0, reason, submitted,
                                            glob, None, timings), t0)
         if kf.frame_index != self._seen_keyframe:
@@ -212,7 +219,8 @@ class StreamEngine:
         results = []
         for obj in self.tracker.objects:
             res = self._track_object(obj, kf, motions.get(obj.object_id, ident), frame, timings)
-            if res.status == "ok" and (submitted or frame.index == kf.frame_index):
+            self.stats.count_status(res.status)
+            if res.found and (submitted or frame.index == kf.frame_index):
                 obj.remember_region(frame.index, self.motion_estimator.small_mask(res.mask), kf.frame_index)
             results.append(res)
         hover = None
@@ -292,7 +300,7 @@ class StreamEngine:
 
     def _encode(self, rgb: np.ndarray, frame_index: int) -> Embedding:
         """Encoder worker body: touches the backend only (never the decoder's predictor state)."""
-        x, input_hw = preprocess(rgb, self.spec.input_size, self.spec.pixel_norm)  # type: ignore[arg-type]
+        x, input_hw = preprocess(rgb, self.spec.input_size, self.spec.pixel_norm, self.spec.resize)  # type: ignore[arg-type]
         return Embedding(self.predictor.backend.encode(x), (rgb.shape[0], rgb.shape[1]), input_hw, frame_index)
 
     # --- per object -------------------------------------------------------------------------------
@@ -306,20 +314,45 @@ class StreamEngine:
         tp = self.tracker.prompt_for(obj, kf.frame_index, frame_hw)
         if tp is None:
             return self._empty(obj.object_id, frame, kf.frame_index, "lost")
-        prompt_motion = self._prompt_motion(obj, kf, motion, frame.index, timings) if tp.mode == "user" else None
-        result, low_res = self._decode_prompt(tp, obj, kf, motion, frame, timings, prompt_motion)
+        exp = None if tp.mode == "user" else self._expectation(obj, kf, motion, frame_hw, timings)
+        if tp.mode == "reacquire" and exp is not None:
+            result, low_res = self._correct(obj, tp, exp, kf, motion, frame, timings, reacquire=True)
+        else:
+            prompt_motion = self._prompt_motion(obj, kf, motion, frame.index, timings) if tp.mode == "user" else None
+            result, low_res = self._decode_prompt(tp, obj, kf, motion, frame, timings, prompt_motion)
+            if exp is not None and result.status == "ok":
+                chk = guards.check(result.mask, exp, self.config.guard, rgb=frame.rgb)
+                result = replace(result, area_ratio=chk.area_ratio)
+                if not chk.passed:
+                    result, low_res = self._correct(obj, tp, exp, kf, motion, frame, timings)
+            elif tp.mode == "reacquire" and result.status == "ok":
+                result = replace(result, status="reacquired")
         t0 = time.perf_counter()
         try:
-            if result.status != "ok":  # outside the keyframe, or no mask: try again on the next keyframe
+            if not result.found:  # outside the keyframe, or nothing fitted: try again on the next keyframe
                 self.tracker.mark_lost(obj, kf.frame_index)
                 return result
             if self.tracker.update(obj, result.mask, result.score, low_res, kf.frame_index) != "ok":
                 return MaskResult(obj.object_id, frame.index, kf.frame_index, np.zeros(frame_hw, bool),
-                                  result.score, "lost", None, motion)
-            return MaskResult(obj.object_id, frame.index, kf.frame_index, result.mask, result.score, "ok",
-                              obj.box_xyxy, motion)
+                                  result.score, "lost", None, motion, result.area_ratio)
+            self._fold_guard(obj, tp, exp, result.mask, frame, kf, motion)
+            return MaskResult(obj.object_id, frame.index, kf.frame_index, result.mask, result.score, result.status,
+                              obj.box_xyxy, motion, result.area_ratio)
         finally:
             timings["postprocess"] += (time.perf_counter() - t0) * 1e3
+
+    def _expectation(self, obj: TrackedObject, kf: Keyframe, motion: MotionInfo, frame_hw: tuple[int, int],
+                     timings: dict) -> guards.Expectation | None:
+        return guard_steps.expectation(self, obj, kf, motion, frame_hw, timings)
+
+    def _correct(self, obj: TrackedObject, tp: TrackPrompt, exp: guards.Expectation, kf: Keyframe,
+                 motion: MotionInfo, frame: Frame, timings: dict,
+                 reacquire: bool = False) -> tuple[MaskResult, np.ndarray | None]:
+        return guard_steps.correct(self, obj, tp, exp, kf, motion, frame, timings, reacquire)
+
+    def _fold_guard(self, obj: TrackedObject, tp: TrackPrompt, exp: guards.Expectation | None, mask: np.ndarray,
+                    frame: Frame, kf: Keyframe, motion: MotionInfo) -> None:
+        guard_steps.fold(self, obj, tp, exp, mask, frame, kf, motion)
 
     def _prompt_motion(
         self, obj: TrackedObject, kf: Keyframe, motion: MotionInfo, frame_index: int, timings: dict

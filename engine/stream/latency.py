@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 
 FRAME_STAGES = ("capture", "motion", "decode", "postprocess", "frame")
-HUD_SAMPLES = 300  # the HUD's p50/p95 cover each stage's last 300 samples: ~1 ms a frame for six
-# stages (2 busy shared cores), where the full 10,000-sample windows cost 4-8 ms
+HUD_SAMPLES = 300  # the HUD's p50/p95 cover each stage's last 300 samples: the full 10,000-sample
+# windows cost several ms a frame
 
 
 class LatencyRecorder:
@@ -61,6 +61,18 @@ class LatencyRecorder:
             return float("nan")
         return (len(ticks) - 1) * 1e9 / (ticks[-1] - ticks[0])
 
+    def engine_fps(self, last: int | None = None) -> float:
+        """Frames per second the engine alone could sustain: 1000 / mean ``frame`` stage ms (the
+        whole ``StreamEngine.step``) over the last ``last`` steps (all by default); NaN before
+        any step. :meth:`fps` is the wall rate, which also counts the source, rendering, sinks
+        and waits between steps."""
+        window = self._stages.get("frame")
+        if not window:
+            return float("nan")
+        recent = window if last is None else itertools.islice(reversed(window), last)
+        arr = np.fromiter(recent, dtype=np.float64)
+        return 1e3 / float(arr.mean()) if arr.mean() > 0 else float("nan")
+
     def stage(self, name: str) -> list[float]:
         return list(self._stages.get(name, ()))
 
@@ -81,10 +93,11 @@ class LatencyRecorder:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict: fps, frames, per-stage p50/p95 and embedding age."""
+        """JSON-ready dict: fps (wall), engine_fps (per-step), frames, per-stage p50/p95 and embedding age."""
         ages = list(self._ages)
         return {
             "fps": round(self.fps(), 3),
+            "engine_fps": round(self.engine_fps(), 3),
             "frames": self.frames,
             "stages": self.summary(),
             "embedding_age_frames": {
@@ -94,16 +107,22 @@ class LatencyRecorder:
         }
 
     def hud_lines(self, last: int = HUD_SAMPLES) -> list[str]:
-        """Short text lines for the HUD: fps and the p50/p95 of the frame stages over their ``last``
+        """Short text lines for the HUD: engine fps (per ``step``) and wall fps, and the p50/p95 of the frame stages over their ``last``
         most recent samples (``to_json`` keeps the full-window figures for metrics files)."""
         s = self.summary(last)
-        lines = [f"{self.fps(last=30):5.1f} fps"]
+        lines = [f"engine {self.engine_fps(last=30):5.1f} fps  wall {self.fps(last=30):5.1f} fps"]
         for name in ("motion", "decode", "postprocess", "frame", "encode"):
             if name in s:
                 lines.append(f"{name:<11}{s[name]['p50_ms']:6.1f} / {s[name]['p95_ms']:6.1f} ms")
         if self._ages:
             lines.append(f"emb. age   {self._ages[-1]:3d} frames")
         return lines
+
+
+def track_status_line(counts: Mapping[str, int]) -> str:
+    """HUD line of the per-object tracking counters (``EngineStats.track_status``)."""
+    short = {"ok": "ok", "drift_corrected": "fixed", "lost": "lost", "reacquired": "reacq"}
+    return "track " + " ".join(f"{short.get(k, k)} {v}" for k, v in counts.items() if k in short)
 
 
 def draw_hud(rgb: np.ndarray, lines: list[str], origin_xy: tuple[int, int] = (8, 8), scale: float = 0.5) -> np.ndarray:

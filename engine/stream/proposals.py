@@ -16,8 +16,8 @@ import numpy as np
 from engine.contract import LOW_RES_HW
 from engine.predictor import Predictor
 from engine.prompts import build_prompts
-from engine.stream.decoding import Decoded, upsample_logits
-from engine.transforms import scale_xy
+from engine.stream.decoding import Decoded
+from engine.transforms import postprocess_logits, scale_xy
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +116,6 @@ def decode_point_proposals(
     chosen = int(np.argmax(quality)) if np.any(contains) else -1
     decoded = None
     if chosen >= 0:
-        logits = upsample_logits(low[chosen], emb.input_hw, emb.original_hw, spec.input_size)
+        logits = postprocess_logits(low[chosen][None, None], emb.input_hw, emb.original_hw, spec.input_size)[0, 0]
         decoded = Decoded(logits, low[chosen], float(iou[chosen]), (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3)
     return ProposalResult(boxes, iou, stab, contains, chosen, decoded)

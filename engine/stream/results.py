@@ -11,14 +11,24 @@ import numpy as np
 from engine.stream.events import Prompt
 from engine.stream.object_motion import MotionInfo
 
-MaskStatus = Literal["ok", "no_embedding", "lost", "outside"]
+MaskStatus = Literal["ok", "drift_corrected", "reacquired", "lost", "no_embedding", "outside"]
+FOUND_STATUSES = ("ok", "drift_corrected", "reacquired")  # a mask is reported
+TRACK_STATUSES = ("ok", "drift_corrected", "lost", "reacquired")  # the per-object counters
+# arsel.v1 ``result.objects[].status`` (docs/protocol.md: new | tracked | lost; "new" is the
+# session's first result after an ``add``): every status with a mask is "tracked", the rest "lost".
+WIRE_STATUS: dict[str, str] = {"ok": "tracked", "drift_corrected": "tracked", "reacquired": "tracked",
+                               "lost": "lost", "no_embedding": "lost", "outside": "lost"}
 RECENT_KEYFRAMES = 10_000  # keyframe indices kept in EngineStats (a long live session stays bounded)
 
 
 @dataclass(frozen=True, slots=True)
 class MaskResult:
     """One object in one frame. ``mask`` bool ``(H, W)`` in the current frame (all False unless
-    ``status == "ok"``); ``score`` predicted IoU; ``box_xyxy`` float32 ``(4,)`` of the mask or None."""
+    ``found``); ``score`` predicted IoU; ``box_xyxy`` float32 ``(4,)`` of the mask or None.
+    ``status``: "ok" (the tracking decode passed the drift guard), "drift_corrected" (it failed and
+    a re-decode from the anchor passed), "reacquired" (found again after a loss), "lost" (nothing
+    fitted; the last good mask waits for the next keyframe), "no_embedding", "outside" (the prompt
+    left the keyframe). ``area_ratio``: mask area over the guard's expected area (NaN without one)."""
 
     object_id: int
     frame_index: int
@@ -28,6 +38,17 @@ class MaskResult:
     status: MaskStatus
     box_xyxy: np.ndarray | None = None
     motion: MotionInfo | None = None
+    area_ratio: float = float("nan")
+
+    @property
+    def found(self) -> bool:
+        """Whether a mask is reported (``ok``, ``drift_corrected`` or ``reacquired``)."""
+        return self.status in FOUND_STATUSES
+
+    @property
+    def wire_status(self) -> str:
+        """The ``status`` of this object in an ``arsel.v1`` result (``WIRE_STATUS``)."""
+        return WIRE_STATUS[self.status]
 
     def __post_init__(self) -> None:
         if self.mask.ndim != 2 or self.mask.dtype != np.bool_:
@@ -83,6 +104,13 @@ class EngineStats:
     keyframes_used: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_KEYFRAMES))
     keyframes_total: int = 0
     decodes_reused: int = 0
+    track_status: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TRACK_STATUSES, 0))
+
+    def count_status(self, status: str) -> None:
+        """One object-frame with a keyframe embedding ended with ``status`` (``TRACK_STATUSES``;
+        "outside" counts as lost)."""
+        key = status if status in self.track_status else "lost"
+        self.track_status[key] += 1
 
     def add_keyframe(self, frame_index: int) -> None:
         """A keyframe was decoded on for the first time."""

@@ -1,7 +1,7 @@
 """Keyframe scheduling: when to encode (``KeyframePolicy``) and who encodes (``AsyncEncoder``).
 
-The image encoder is the heavy stage (LiteMedSAM TinyViT-256: tens of ms on 2 CPU cores; SAM
-ViT-H: seconds), the decoder is light. ``AsyncEncoder`` runs the encode on a worker thread:
+The image encoder is the heavy stage (tens of decodes' worth; ``bench/bench_model.py``), the
+decoder is light. ``AsyncEncoder`` runs the encode on a worker thread:
 ``submit`` returns at once (a request while busy is dropped and counted), ``latest`` hands out the
 newest finished keyframe without waiting, so every frame is decoded on the newest embedding.
 """

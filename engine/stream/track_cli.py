@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -27,6 +26,8 @@ import cv2
 import numpy as np
 
 from engine.cli_common import UsageError, add_model_args, parse_box, parse_floats, verb_main
+from engine.threads import apply_threads, engine_threads
+from engine.video import VideoWriter
 
 
 def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -125,31 +126,27 @@ def _first_frame_hw(source: Any) -> tuple[int, int] | None:
 
 
 def _gaze_replay(args: argparse.Namespace, frame_hw: tuple[int, int] | None) -> Any:
-    """The gaze replay of ``--gaze``, read and checked now (before the model loads), or None."""
+    """The gaze replay of ``--gaze``, read and checked now (before the model loads); None without
+    ``--gaze`` or when the frame size is not known yet (then :func:`_events` reads it on the first frame)."""
     if not args.gaze:
         return None
     from engine.stream.prompt_sources import GazeReplay
 
     if frame_hw is None:
-        raise _usage("--gaze needs a source whose frame size is known before reading it (a video file, "
-                     "a folder of frames or synthetic)")
+        return None  # a source that tells its size only with its first frame: read the CSV then
     offset = None if args.gaze_offset_ms is None else int(-args.gaze_offset_ms * 1e6)
     return GazeReplay.from_csv(args.gaze, frame_hw, offset_ns=offset)
 
 
 def _threads(args: argparse.Namespace) -> int | None:
-    """Threads per engine thread. Encoder and decoder each run their own intra-op pool: half the
-    cores each avoids oversubscription (2 shared cores, torch: decode 200 ms with 1 thread vs
-    1300 ms with 2 while other work runs)."""
+    """Threads per engine thread (``engine.threads``): set with --threads or --async-encoder, else
+    the runtime's default (None)."""
     if args.threads is not None and args.threads < 1:
         raise _usage(f"--threads must be >= 1, got {args.threads}")
     if args.threads is None and not args.async_encoder:
         return None
-    threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
-    if args.backend == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
+    threads = engine_threads(args.threads)
+    apply_threads(args.backend, threads)
     return threads
 
 
@@ -187,7 +184,7 @@ def cmd_track(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         wait_first = engine.encoder.asynchronous and not _is_live(source)
         try:  # the camera/file is released and the encoder worker stopped whatever happens
-            events = _events(engine, prompts, replay)
+            events = _Events(args, prompts, replay)
             for res, frame in _loop(engine, source, events, args.max_frames):
                 writer.write(res, frame, engine)
                 if wait_first:  # offline input: the first keyframe before the next frame, not masks left empty
@@ -203,8 +200,8 @@ def cmd_track(args: argparse.Namespace) -> int:
             engine.close()
             source.close()
         metrics = _metrics(args, engine, source, writer, time.perf_counter() - t0)
-        if replay is not None:
-            metrics["gaze"] = replay.stats()
+        if events.replay is not None:
+            metrics["gaze"] = events.replay.stats()
         (tmp / "metrics.json").write_text(json_text(metrics))
     print(f"{out}: {writer.count} masks, {metrics['fps']:.1f} fps, keyframes {metrics['keyframes_total']}, "
           f"frame p95 {metrics['stages'].get('frame', {}).get('p95_ms', float('nan')):.0f} ms")
@@ -227,19 +224,23 @@ def _is_live(source: Any) -> bool:
                                                 and getattr(source, "bag", None) is None)
 
 
-def _events(engine: Any, prompts: list[Any], replay: Any) -> Any:
-    """``events(frame)`` callback: the CLI prompts on the first frame, or gaze replay."""
-    state = {"first": True}
+class _Events:
+    """``events(frame)`` callback: the CLI prompts on the first frame, or gaze replay (read on the
+    first frame when the source's size was not known before; ``replay`` keeps its counters)."""
 
-    def events(frame: Any) -> list[Any]:
+    def __init__(self, args: argparse.Namespace, prompts: list[Any], replay: Any) -> None:
+        self.args, self.prompts, self.replay = args, prompts, replay
+        self.first = True
+
+    def __call__(self, frame: Any) -> list[Any]:
         from engine.stream.events import SelectEvent
 
-        if replay is None:
-            first, state["first"] = state["first"], False
-            return [SelectEvent(p, None, frame.timestamp_ns) for p in prompts] if first else []
-        return replay.events_until(frame.timestamp_ns)
-
-    return events
+        if not self.args.gaze:
+            first, self.first = self.first, False
+            return [SelectEvent(p, None, frame.timestamp_ns) for p in self.prompts] if first else []
+        if self.replay is None:
+            self.replay = _gaze_replay(self.args, frame.rgb.shape[:2])
+        return self.replay.events_until(frame.timestamp_ns)
 
 
 def _loop(engine: Any, source: Any, events: Any, max_frames: int | None) -> Any:
@@ -260,14 +261,12 @@ class _Writer:
     """Masks (one per input frame, gaps filled with empty masks), overlay video."""
 
     def __init__(self, out: Path, id_values: bool, overlay_fps: float | None) -> None:
-        self.out, self.id_values, self.overlay_fps = out, id_values, overlay_fps
+        self.out, self.id_values = out, id_values
         self.count = 0
         self.next_index = 0
         self.hw: tuple[int, int] | None = None
-        self.video: cv2.VideoWriter | None = None
-        self.video_hw: tuple[int, int] | None = None  # the overlay video's size (its first frame's)
-        self.video_frames = 0
-        self.video_resized = 0  # overlay frames of another size, resized to video_hw
+        # At the first frame's size; frames of another size are resized to it and counted.
+        self.video = None if overlay_fps is None else VideoWriter(out / "overlay.mp4", overlay_fps, "pass --no-overlay")
 
     def _mask(self, index: int, mask: np.ndarray) -> None:
         from engine.imageio import save_mask_png
@@ -291,36 +290,24 @@ class _Writer:
         ids = res.id_map()
         self._mask(frame.index, ids if self.id_values else ids > 0)
         self.next_index = frame.index + 1
-        if self.overlay_fps is not None:
+        if self.video is not None:
             self._overlay(res, frame, engine)
 
     def _overlay(self, res: Any, frame: Any, engine: Any) -> None:
         from engine.imageio import draw_overlay
-        from engine.stream.latency import draw_hud
+        from engine.stream.latency import draw_hud, track_status_line
 
         masks = res.masks_by_id()
         boxes = [r.box_xyxy for r in res.objects if r.box_xyxy is not None]
         img = draw_overlay(frame.rgb, masks, boxes_xyxy=np.array(boxes) if boxes else None)
         lines = [f"frame {res.frame_index}  key {res.keyframe_index}  age {res.embedding_age_frames}",
-                 *engine.latency.hud_lines()]
+                 *engine.latency.hud_lines(), track_status_line(engine.stats.track_status)]
         draw_hud(img, lines)
-        if self.video is None:
-            path = str(self.out / "overlay.mp4")
-            self.video_hw = h, w = img.shape[:2]
-            self.video = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), self.overlay_fps, (w, h))
-            if not self.video.isOpened():
-                raise OSError(f"cannot write {path} with OpenCV's mp4v codec; pass --no-overlay")
-        if img.shape[:2] != self.video_hw:  # the source changed size: a video has one size
-            h, w = self.video_hw  # type: ignore[misc]
-            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-            self.video_resized += 1
-        self.video.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-        self.video_frames += 1
+        self.video.write_rgb(img)  # type: ignore[union-attr]
 
     def close(self) -> None:
         if self.video is not None:
-            self.video.release()
-            self.video = None
+            self.video.close()
 
 
 def _metrics(args: argparse.Namespace, engine: Any, source: Any, writer: _Writer, wall_s: float) -> dict[str, Any]:
@@ -336,8 +323,8 @@ def _metrics(args: argparse.Namespace, engine: Any, source: Any, writer: _Writer
         "async_encoder": bool(args.async_encoder),
         "frames": engine.stats.frames,
         "masks_written": writer.count,
-        "overlay_frames": writer.video_frames,
-        "overlay_frames_resized": writer.video_resized,
+        "overlay_frames": 0 if writer.video is None else writer.video.frames,
+        "overlay_frames_resized": 0 if writer.video is None else writer.video.resized,
         "wall_s": round(wall_s, 3),
         "fps": lat["fps"],
         "stages": lat["stages"],
@@ -347,6 +334,7 @@ def _metrics(args: argparse.Namespace, engine: Any, source: Any, writer: _Writer
         "keyframe_requests": engine.stats.keyframe_requests,
         "keyframe_requests_dropped_busy": enc.dropped_busy,
         "decodes_reused": engine.stats.decodes_reused,
+        "track_status": dict(engine.stats.track_status),  # object-frames per status (drift guards)
         "dropped_frames": src["dropped"],
         "late_frames": src["late"] + engine.stats.late_frames,
         "late_frames_over_budget": engine.stats.late_frames,

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from engine.stream.events import Prompt
+from engine.stream.guards import GuardState
 from engine.transforms import mask_to_box_xyxy
 
 ObjectStatus = Literal["new", "ok", "lost"]
@@ -91,6 +92,7 @@ class TrackedObject:
     prompt_frame_index: int | None = None
     prompt_grey: np.ndarray | None = None
     prompt_hw: tuple[int, int] | None = None
+    guard: GuardState | None = None  # drift guard: last good mask, anchor, reference area (kept when lost)
 
     def remember_region(self, frame_index: int, region_small: np.ndarray, keep_from: int) -> None:
         """Keep the object's mask of a (candidate) keyframe for object motion; forget older ones."""
@@ -195,6 +197,7 @@ class Tracker:
         for obj in self._objects.values():
             obj.key_regions, obj.decode_cache, obj.score_at_keyframe = {}, None, {}
             obj.low_res = obj.low_res_keyframe = obj.lost_on_keyframe = None
+            obj.guard = None
 
     def prompt_for(self, obj: TrackedObject, keyframe_index: int, frame_hw: tuple[int, int]) -> TrackPrompt | None:
         """This frame's prompt for ``obj`` (current-frame pixels), or None (lost, wait for a keyframe)."""
