@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -92,7 +93,9 @@ def test_soak_three_clients(data_dir: Path) -> None:
     frames = [cv2.resize(f, (427, 240), interpolation=cv2.INTER_AREA) for f in raw]
     box = (box / 2).tolist()
     env = {**os.environ, "PYTHONPATH": str(REPO), "MALLOC_ARENA_MAX": "2"}  # bounded glibc arenas (see the README)
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--idle-timeout", "20"],
+    boot = ("import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+            "from engine.cli import main; sys.exit(main(sys.argv[1:]))")  # SIGUSR1: thread stacks on stderr
+    proc = subprocess.Popen([sys.executable, "-c", boot, "serve", "--port", "0", "--idle-timeout", "20"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]
@@ -122,6 +125,9 @@ def test_soak_three_clients(data_dir: Path) -> None:
             t.join(SOAK_S + 120)
         health = _wait_idle(url)
         rss1 = _rss_mb(proc.pid)
+        if health["sessions"] or health["closing"]:
+            proc.send_signal(signal.SIGUSR1)  # the stacks explain what a session waits for
+            time.sleep(2)
     finally:
         proc.terminate()
         try:
@@ -135,7 +141,7 @@ def test_soak_three_clients(data_dir: Path) -> None:
         assert all(0 <= f < log["sent"] for f in log["order"])
         assert len(log["order"]) > 0
         assert set(log["errors"]) <= {"bad_message", "bad_frame", "unsupported"}
-    assert health["exceptions"] == 0 and health["sessions"] == 0 and health["closing"] == 0
+    assert health["exceptions"] == 0 and health["sessions"] == 0 and health["closing"] == 0, (health, err[-6000:])
     assert health["sessions_total"] == len(logs) + len(warm)
     assert "Traceback" not in err, err[-3000:]
     assert rss1 - rss0 < 50, f"RSS grew {rss1 - rss0:.0f} MB ({rss0:.0f} -> {rss1:.0f})"

@@ -29,7 +29,7 @@ from starlette.websockets import WebSocketDisconnect
 from engine.serve.engines import EngineFactory
 from engine.serve.protocol import (PROTOCOL, Limits, ProtocolError, check_prompt_inside, error_message, gaze_sample,
                                    parse_frame, parse_text)
-from engine.serve.session import Outgoing, QueuedFrame, SessionCore
+from engine.serve.session import Outgoing, QueuedFrame, SessionCore, release_memory
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 CLOSE_UNAUTHORIZED, CLOSE_BUSY, CLOSE_NORMAL = 4401, 1013, 1000
@@ -171,6 +171,8 @@ class _Session:
             core, self.core = self.core, None
             try:
                 await loop.run_in_executor(self.worker, core.close)
+                del core
+                await loop.run_in_executor(self.worker, release_memory)
             finally:
                 self.worker.shutdown(wait=False)
                 self.stats.closing -= 1
@@ -198,16 +200,22 @@ class _Session:
             if msg["type"] == "websocket.disconnect":
                 return
             if not self.rate.allow():
-                await self.send(error_message("rate_limited", f"over {self.limits.max_messages_per_s:g} messages/s; "
-                                              "message ignored"))
+                try:
+                    await self.send(error_message("rate_limited", f"over {self.limits.max_messages_per_s:g} "
+                                                  "messages/s; message ignored"))
+                except WebSocketDisconnect:
+                    return
                 continue
             try:
-                if msg.get("bytes") is not None:
-                    await self._frame(msg["bytes"])
-                elif msg.get("text") is not None:
-                    await self._text(msg["text"])
-            except ProtocolError as exc:
-                await self.send(error_message(exc.code, exc.message, exc.frame_id))
+                try:
+                    if msg.get("bytes") is not None:
+                        await self._frame(msg["bytes"])
+                    elif msg.get("text") is not None:
+                        await self._text(msg["text"])
+                except ProtocolError as exc:
+                    await self.send(error_message(exc.code, exc.message, exc.frame_id))
+            except WebSocketDisconnect:  # the client left while we answered
+                return
 
     async def _text(self, text: str) -> None:
         msg = parse_text(text, self.limits)
@@ -230,11 +238,17 @@ class _Session:
             fut = loop.run_in_executor(self.worker, self.core.prompt, msg)  # type: ignore[union-attr]
             fut.add_done_callback(lambda f: self._prompt_done(f))
 
+    async def _send_quietly(self, msg: dict[str, Any]) -> None:
+        try:
+            await self.send(msg)
+        except WebSocketDisconnect:
+            pass  # the client left meanwhile
+
     def _prompt_done(self, fut: Any) -> None:
         self.pending_prompts -= 1
         exc = fut.exception()
         if isinstance(exc, ProtocolError) and not self.closed:
-            asyncio.ensure_future(self.send(error_message(exc.code, exc.message, exc.frame_id)))
+            asyncio.ensure_future(self._send_quietly(error_message(exc.code, exc.message, exc.frame_id)))
         elif exc is not None:
             self.stats.exceptions += 1
             log.error("prompt failed", exc_info=exc)
@@ -273,6 +287,12 @@ class _Session:
         self.wake.set()
 
     async def _process_loop(self) -> None:
+        try:
+            await self._process_frames()
+        except WebSocketDisconnect:
+            return  # the client left; the receive loop ends the session
+
+    async def _process_frames(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self.wake.wait()

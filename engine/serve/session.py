@@ -255,20 +255,22 @@ class SessionCore:
         return Outgoing(text=json.dumps(header, separators=(",", ":")), frame_id=item.frame.frame_id)
 
     def close(self) -> None:
-        """Stop the engine's encoder worker, drop all state, hand freed heap back to the OS."""
+        """Stop the engine's encoder worker and drop all state (then ``release_memory``)."""
         self.engine.close()
         self._greys.clear()
         self._gaze_buffer.clear()
         self._pending.clear()
-        trim_heap()
 
 
-def trim_heap() -> None:
-    """glibc keeps freed memory in per-thread arenas; every session's threads leave some behind.
-    ``malloc_trim(0)`` returns it, so a server's RSS falls back after sessions leave (no-op elsewhere)."""
+def release_memory() -> None:
+    """Collect reference cycles now (an engine and its encoder worker form one, holding embeddings
+    until the next full collection), then hand freed heap back to the OS: glibc keeps it in
+    per-thread arenas, and every session's threads leave some behind (no-op off Linux)."""
     import ctypes
+    import gc
     import sys
 
+    gc.collect()
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -253,7 +253,9 @@ class AsyncEncoder:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._pending is not None or self._closed)
-                if self._pending is None:
+                if self._closed:  # a request not started yet is dropped: close() waits for a running one only
+                    self._pending, self._busy = None, False
+                    self._cond.notify_all()
                     return
                 frame, grey = self._pending
                 self._pending = None
