@@ -207,7 +207,7 @@ def main() -> int:
     try:
         records = []
         if args.main_venv:
-            records.append(check_main(Path(args.main_venv), args.main_seconds))
+            records.append(check_main(Path(args.main_venv).resolve(), args.main_seconds))
         base, wheel, cpu_only = build_base(work)
         records.append(base)
         new_venv(work / "empty")
