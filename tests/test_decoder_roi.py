@@ -81,7 +81,7 @@ def test_stream_roi_masks_equal_whole_decodes_real_weights() -> None:
         eng = StreamEngine(Spy(model, 256), get_spec("lite_medsam"), KeyframePolicy(interval=2),
                            config=EngineConfig(roi_margin=margin))
         eng.add_object(Prompt.box(np.array([170, 15, 410, 305], np.float32)))
-        masks[margin] = [eng.step(Frame(i, i, f)).objects[0].mask for i, f in enumerate(frames)]
+        masks[margin] = [eng.step(Frame(i, i, f)).objects[0] for i, f in enumerate(frames)]
         eng.close()
         calls[margin] = rois[start:]
     # every single-box tracking decode is windowed with a margin and whole without; the drift guards'
@@ -90,5 +90,10 @@ def test_stream_roi_masks_equal_whole_decodes_real_weights() -> None:
     assert len(single[None]) == len(single[0.25]) >= 3  # 4 frames; a guard correction is a batched call
     assert all(r is None for r in single[None]) and all(r is not None for r in single[0.25])
     assert all(r is None for c in calls.values() for r, n in c if n > 1)
+    # the same decisions with and without the window (the drift guards may drop the cup on the
+    # rolled keyframe: then both runs do), and identical masks on every frame
+    assert [r.status for r in masks[None]] == [r.status for r in masks[0.25]]
+    assert sum(r.status == "ok" for r in masks[None]) >= 2
     for whole, windowed in zip(masks[None], masks[0.25]):
-        assert whole.sum() > 5000 and np.array_equal(whole, windowed)
+        assert np.array_equal(whole.mask, windowed.mask)
+        assert whole.status != "ok" or whole.mask.sum() > 5000
