@@ -23,6 +23,7 @@ from engine.stream.evaluate import (
 )
 from engine.stream.events import Prompt
 from engine.stream.guards import Expectation, GuardConfig, check, colour_hist, correction_boxes, recentre
+from engine.stream.proposals import ProposalConfig
 from engine.stream.results import TRACK_STATUSES, WIRE_STATUS, MaskResult
 from engine.stream.scheduler import KeyframePolicy
 from engine.stream.sources import ArraySource, folder_images
@@ -47,11 +48,18 @@ def _frames(folder: Path, n: int) -> list[np.ndarray]:
     return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in folder_images(folder / "JPEGImages")[:n]]
 
 
-def _engine(backend: CachingBackend, guard: GuardConfig | None = None) -> StreamEngine:
+# the point proposals of issue 18's report: squares ranked by predicted IoU x stability (half the swan)
+SQUARES = ProposalConfig(scales=(0.1, 0.18, 0.3, 0.45, 0.65), aspects=(1.0,), min_fill=0.0, contrast=False,
+                         edge_penalty=False, whole_band=1.0)
+
+
+def _engine(backend: CachingBackend, guard: GuardConfig | None = None,
+            proposals: ProposalConfig | None = None) -> StreamEngine:
     from engine.models.registry import get_spec
 
+    config = EngineConfig(guard=guard or GuardConfig(), proposals=proposals or ProposalConfig())
     return StreamEngine(backend, get_spec("lite_medsam"), KeyframePolicy(interval=5), motion="homography",
-                        config=EngineConfig(guard=guard or GuardConfig()))
+                        config=config)
 
 
 # --- the guard's decisions on real masks (no model) --------------------------------------------------
@@ -156,7 +164,7 @@ def test_shrinking_point_start_is_corrected_and_counters_add_up(cached_backend: 
     frames = _frames(folder, 12)
     areas = {}
     for name, guard in (("off", GuardConfig(enabled=False)), ("on", GuardConfig())):
-        with _engine(cached_backend, guard) as eng:
+        with _engine(cached_backend, guard, SQUARES) as eng:  # the half-swan start that decayed
             eng.add_object(start_prompt("point", truth[0]))
             results = [r.objects[0] for r in eng.run(ArraySource(frames))]
         areas[name] = np.array([r.mask.sum() for r in results], float)
@@ -217,7 +225,7 @@ def test_blackswan_point_and_gaze_starts_hold_j(cached_backend: CachingBackend, 
     print(f"\nblackswan J(1-49): {js}")
     assert js["box"] >= 0.476, js  # the box start before the guards (issue 18)
     assert js["point"] >= 0.44 and js["gaze"] >= 0.44, js  # before the guards: 0.059
-    assert js["point"] >= 0.85 * js["box"] and js["gaze"] >= 0.85 * js["box"], js
+    assert js["point"] >= 0.9 * js["box"] and js["gaze"] >= 0.9 * js["box"], js  # issue 18's target
 
 
 @pytest.mark.slow
@@ -228,3 +236,14 @@ def test_car_shadow_box_start_no_longer_decays(cached_backend: CachingBackend, d
     assert len(res.j_per_frame) == 40
     assert res.mean_j_after_first >= 0.5, res.mean_j_after_first  # before the guards: 0.387 (area 0.9 -> 0.04)
     assert res.area_px[-1] >= 0.5 * res.truth_area_px[-1]  # the car drives off (41.8k -> 12.1k px); before: 0.04
+
+
+@pytest.mark.slow
+def test_car_shadow_point_start_frames_the_car_and_keeps_it(cached_backend: CachingBackend, data_dir: Path) -> None:
+    folder = data_dir / "davis2016" / "car-shadow"
+    with _engine(cached_backend) as eng:
+        res = evaluate_davis(eng, folder, start="point")
+    assert res.j_per_frame[0] > 0.5, res.j_per_frame[0]  # squares picked a door panel: 0.02
+    assert worst_area_loss(res.area_px, res.truth_area_px) < 0.5  # squares: lost for good (1.0)
+    assert "lost" not in res.statuses, res.status_counts()
+    assert res.mean_j_after_first >= 0.45, res.mean_j_after_first  # squares: 0.004

@@ -152,7 +152,7 @@ def _segment(args: argparse.Namespace, rgb: np.ndarray) -> tuple[np.ndarray, dic
     if box is None and predictor.spec.box_only:
         from engine.stream.proposals import decode_point_proposals
 
-        prop = decode_point_proposals(predictor, points, labels)
+        prop = decode_point_proposals(predictor, points, labels, image_rgb=rgb)
         mask = np.zeros(rgb.shape[:2], bool) if prop.logits is None else prop.logits > 0
         info.update(score=round(prop.score, 4), segmentation="point_box_proposals")
         info["timings_ms"]["decode"] = 0.0 if prop.decoded is None else prop.decoded.decoder_ms

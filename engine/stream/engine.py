@@ -400,7 +400,7 @@ class StreamEngine:
             dec = cached[2]  # same keyframe, (almost) the same prompt there: the same answer
             self.stats.decodes_reused += 1
         else:
-            dec = self._decode(prompt, tp.mask_input, tp.mode == "user")
+            dec = self._decode(prompt, tp.mask_input, tp.mode == "user", kf.rgb_small)
             if obj is not None:
                 obj.decode_cache = None if dec is None else (kf.frame_index, key, dec)
         t1 = time.perf_counter()
@@ -418,12 +418,15 @@ class StreamEngine:
         timings["postprocess"] += (time.perf_counter() - t1) * 1e3  # warp back + threshold
         return MaskResult(object_id, frame.index, kf.frame_index, mask, dec.score, "ok"), dec.low_res
 
-    def _decode(self, prompt: Prompt, mask_input: np.ndarray | None, first: bool) -> Decoded | None:
-        """Decode one keyframe-frame prompt; None when a point on a box-only model finds nothing."""
+    def _decode(self, prompt: Prompt, mask_input: np.ndarray | None, first: bool,
+                key_rgb: np.ndarray | None = None) -> Decoded | None:
+        """Decode one keyframe-frame prompt; None when a point on a box-only model finds nothing.
+        ``key_rgb``: the keyframe (any size, ``hxwx3 uint8``) the point proposals are scored on."""
         cfg = self.config
         if self.spec.box_only and prompt.box_xyxy is None:
             points: np.ndarray = prompt.points_xy  # type: ignore[assignment]
-            prop = decode_point_proposals(self.predictor, points, prompt.labels, cfg.proposals, cfg.mask_threshold)
+            prop = decode_point_proposals(self.predictor, points, prompt.labels, cfg.proposals, cfg.mask_threshold,
+                                          key_rgb)
             return prop.decoded
         single_point = prompt.points_xy is not None and len(prompt.points_xy) == 1
         multimask = first and prompt.box_xyxy is None and single_point and not self.spec.box_only

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+import cv2
 import numpy as np
 
 from engine.types import Embedding, Frame
@@ -105,7 +106,8 @@ class Keyframe:
     """A finished encode: the embedding, the frame it came from, and its grey image for motion.
 
     ``grey``: ``hxw uint8`` (the engine's motion resolution); ``encode_ms``: wall time of the encode;
-    ``finished_ns``: ``time.monotonic_ns()`` when it became available.
+    ``finished_ns``: ``time.monotonic_ns()`` when it became available; ``rgb_small``: the frame at
+    the motion resolution, ``hxwx3 uint8`` (scores point proposals by colour), None if not kept.
     """
 
     embedding: Embedding
@@ -114,6 +116,7 @@ class Keyframe:
     frame_hw: tuple[int, int]
     encode_ms: float
     finished_ns: int
+    rgb_small: np.ndarray | None = None
 
 
 RECENT_ENCODES = 1_000
@@ -231,7 +234,8 @@ class AsyncEncoder:
             return
         self._consecutive_errors = 0
         ms = (time.perf_counter() - t0) * 1e3
-        self._latest = Keyframe(emb, frame.index, grey, tuple(frame.rgb.shape[:2]), ms, time.monotonic_ns())
+        small = cv2.resize(frame.rgb, (grey.shape[1], grey.shape[0]), interpolation=cv2.INTER_AREA) if grey.size else None
+        self._latest = Keyframe(emb, frame.index, grey, tuple(frame.rgb.shape[:2]), ms, time.monotonic_ns(), small)
         self.stats.finished += 1
         self.stats.encode_ms.append(ms)
         self.stats.encode_ms_total += ms
