@@ -154,6 +154,23 @@ def to_low_res_xy(points_xy: np.ndarray, predictor: Predictor) -> np.ndarray:
     return np.clip(np.floor(low), 0, LOW_RES_HW[1] - 1).astype(np.int64)
 
 
+def proposal_quality(base: np.ndarray, masks: np.ndarray, boxes_low: np.ndarray, contains: np.ndarray,
+                     config: ProposalConfig, image_rgb: np.ndarray | None) -> np.ndarray:
+    """``base`` (``(K,)``, IoU x stability) times the fill, free-border and colour-contrast terms of
+    ``config`` for low-res ``masks`` (``(K, h, w)`` bool) in their boxes (``(K, 4)`` low-res
+    pixels); -inf where not ``contains``. float32 ``(K,)``."""
+    score = base.astype(np.float64)
+    if config.min_fill > 0:
+        score = score * np.minimum(1.0, fill_ratios(masks, boxes_low) / config.min_fill)
+    if config.edge_penalty:
+        score = score * (1.0 - edge_cover(masks, boxes_low))
+    if config.contrast and image_rgb is not None and np.any(contains):
+        hw = masks.shape[1:]
+        small = cv2.resize(np.ascontiguousarray(image_rgb), (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
+        score = score * np.where(contains, colour_contrast(small, masks * contains[:, None, None]), 0.0)
+    return np.where(contains, score, -np.inf).astype(np.float32)
+
+
 def decode_point_proposals(
     predictor: Predictor,
     points_xy: np.ndarray,
@@ -190,20 +207,11 @@ def decode_point_proposals(
     contains = np.all(inside == (labels == 1)[None], axis=1)
     masks = low[:, : valid[0], : valid[1]] > threshold
     corners = to_low_res_xy(boxes.reshape(-1, 2), predictor).reshape(-1, 4).astype(np.float32)
-    score = iou * stab
-    if config.min_fill > 0:
-        score = score * np.minimum(1.0, fill_ratios(masks, corners) / config.min_fill)
-    if config.edge_penalty:
-        score = score * (1.0 - edge_cover(masks, corners))
-    if config.contrast and image_rgb is not None and np.any(contains):
-        small = cv2.resize(np.ascontiguousarray(image_rgb), (valid[1], valid[0]), interpolation=cv2.INTER_AREA)
-        score = score * np.where(contains, colour_contrast(small, masks * contains[:, None, None]), 0.0)
-    quality = np.where(contains, score, -np.inf).astype(np.float32)
+    quality = proposal_quality(iou * stab, masks, corners, contains, config, image_rgb)
     chosen = int(np.argmax(quality)) if np.any(contains) else -1
     if chosen >= 0 and config.whole_band < 1:  # the largest mask scoring near the best: the whole object
-        areas = masks.sum(axis=(1, 2))
         near = quality >= config.whole_band * quality[chosen]
-        chosen = int(np.argmax(np.where(near, areas, -1)))
+        chosen = int(np.argmax(np.where(near, masks.sum(axis=(1, 2)), -1)))
     decoded = None
     if chosen >= 0:
         logits = postprocess_logits(low[chosen][None, None], emb.input_hw, emb.original_hw, spec.input_size)[0, 0]
