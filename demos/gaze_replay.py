@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.imageio import draw_overlay  # noqa: E402
 from engine.stream.engine import StepResult, StreamEngine  # noqa: E402
-from engine.stream.latency import draw_hud  # noqa: E402
+from engine.stream.hud import draw_hud  # noqa: E402
 from engine.stream.prompt_sources import GazeReplay  # noqa: E402
 from engine.stream.scheduler import KeyframePolicy  # noqa: E402
 from engine.stream.sources import open_source  # noqa: E402

@@ -38,7 +38,7 @@ from engine.gaze import GazeSample  # noqa: E402
 from engine.imageio import draw_overlay  # noqa: E402
 from engine.stream.engine import StepResult, StreamEngine  # noqa: E402
 from engine.stream.events import CursorEvent, PromptEvent, ReleaseEvent, SelectEvent  # noqa: E402
-from engine.stream.latency import draw_hud  # noqa: E402
+from engine.stream.hud import draw_hud  # noqa: E402
 from engine.stream.prompt_sources import CursorPrompts, GazePrompts, open_live_gaze  # noqa: E402
 from engine.stream.scheduler import KeyframePolicy  # noqa: E402
 from engine.stream.sources import open_source  # noqa: E402

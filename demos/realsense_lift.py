@@ -54,7 +54,7 @@ from engine.lift.remote_view import VIEW_FORMS, ObjectView, ViewSpec, open_view 
 from engine.realsense import DepthFilterConfig, RealSenseConfig, RealSenseSource, SyntheticRealSense  # noqa: E402
 from engine.stream.engine import StepResult, StreamEngine  # noqa: E402
 from engine.stream.events import CursorEvent, Prompt, PromptEvent, SelectEvent  # noqa: E402
-from engine.stream.latency import draw_hud  # noqa: E402
+from engine.stream.hud import draw_hud  # noqa: E402
 from engine.stream.prompt_sources import CursorPrompts  # noqa: E402
 from engine.stream.scheduler import KeyframePolicy  # noqa: E402
 from engine.stream.sources import SourceError  # noqa: E402
