@@ -198,11 +198,11 @@ def depth_units(name: str, depth_raw: np.ndarray, depth_scale_m: float) -> None:
     floating = np.issubdtype(depth_raw.dtype, np.floating)
     if floating and med < 20 and depth_scale_m != 1.0:
         raise InputError(f"{name} is a float image with median depth {med:g}, which looks like metres; it would be "
-                         f"read as {med_m:g} m. Pass --depth-scale 1 (raw units per metre) if it is in metres")
+                         f"read as {med_m:g} m. Pass --depth-scale-m 1 (metres per raw unit) if it is in metres")
     if not lo <= med_m <= hi:
         per_m = 1.0 / depth_scale_m
         raise InputError(f"{name}: median depth {med:g} raw units at {per_m:g} units per metre is {med_m:g} m, "
-                         f"outside {lo:g}..{hi:g} m; give the right --depth-scale (1 = metres, 1000 = mm)")
+                         f"outside {lo:g}..{hi:g} m; give the right --depth-scale-m (1 = metres, 0.001 = mm)")
 
 
 def intrinsics(name: str, width: float, height: float, fx: float, fy: float, cx: float, cy: float) -> None:

@@ -1,7 +1,7 @@
 """``arsel serve``: run the ``arsel.v1`` stream server (FastAPI on uvicorn).
 
     arsel serve [--host 127.0.0.1] [--port 8765] [--model NAME] [--backend B]
-        [--keyframe-interval K | --keyframe auto] [--max-sessions N] [--token TOKEN]
+        [--keyframe-interval auto|K] [--max-sessions N] [--token TOKEN]
         [--tls-cert F --tls-key F]
 
 Binds loopback by default; any other host needs ``--token``. Prints the URL to open.
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.cli_common import UsageError, add_model_args
+from engine.cli_common import UsageError, add_keyframe_args, add_model_args, keyframe_policy
 from engine.extras import require
 from engine.serve.protocol import Limits
 
@@ -29,9 +29,7 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need --token)")
     p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 = any free port)")
     add_model_args(p, backend_help="runtime of encoder and decoder (default torch)")
-    key = p.add_mutually_exclusive_group()
-    key.add_argument("--keyframe-interval", type=int, metavar="K", help="encode every K frames (default 5)")
-    key.add_argument("--keyframe", metavar="auto|K", help="'auto' (motion/score driven) or an interval K")
+    add_keyframe_args(p)
     p.add_argument("--sync-encoder", action="store_true",
                    help="encode keyframes on the session's thread (identical masks to `arsel track`; slower)")
     p.add_argument("--max-sessions", type=int, default=8, help="concurrent sessions (default 8)")
@@ -89,14 +87,13 @@ def _require_server_libs() -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from engine.serve.app import create_app
     from engine.serve.engines import LocalEngines
-    from engine.stream.track_cli import _policy
 
     limits = check_args(args)
     _require_server_libs()
     import uvicorn
 
     engines = LocalEngines.load(args.model, args.backend, Path(args.checkpoint) if args.checkpoint else None,
-                                args.device, policy=_policy(args), async_encoder=not args.sync_encoder)
+                                args.device, policy=keyframe_policy(args), async_encoder=not args.sync_encoder)
     app = create_app(engines, limits, token=args.token, max_sessions=args.max_sessions)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                             ws_max_size=ws_max_size(limits), ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key)

@@ -1,7 +1,7 @@
 """``arsel track``: select objects in a video/camera/folder stream and write a mask for every frame.
 
     arsel track SOURCE (--box X0,Y0,X1,Y1 | --point X,Y | --gaze GAZE.csv) [--model NAME]
-        [--backend torch] [--keyframe-interval K | --keyframe auto|K]
+        [--backend torch] [--keyframe-interval auto|K]
         [--motion homography|affine|none] [--async-encoder] --out DIR
 
 Writes ``DIR/masks/NNNNN.png`` (one per input frame, input order, frame size; 0/255 for one
@@ -24,7 +24,8 @@ from typing import Any
 
 import cv2
 
-from engine.cli_common import UsageError, add_model_args, parse_box, parse_floats, verb_main
+from engine.cli_common import (UsageError, add_keyframe_args, add_model_args, keyframe_policy, parse_box,
+                               parse_floats, verb_main)
 from engine.stream.track_output import TrackWriter, track_metrics
 from engine.threads import apply_threads, engine_threads
 
@@ -42,9 +43,7 @@ def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_model_args(p, model_help="registered model name (default lite_medsam)",
                    backend_help="runtime of encoder and decoder (default torch; onnxruntime/tensorrt export on "
                                 "first use)")
-    key = p.add_mutually_exclusive_group()
-    key.add_argument("--keyframe-interval", type=int, metavar="K", help="encode every K frames (default 5)")
-    key.add_argument("--keyframe", metavar="auto|K", help="'auto' (motion/score driven) or an interval K")
+    add_keyframe_args(p)
     p.add_argument("--motion", default="homography", choices=("homography", "affine", "none"),
                    help="keyframe->frame motion compensation (default homography)")
     p.add_argument("--async-encoder", action="store_true", help="encode keyframes on a worker thread")
@@ -65,20 +64,6 @@ def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _usage(msg: str) -> Exception:
     return UsageError(msg)
-
-
-def _policy(args: argparse.Namespace) -> Any:
-    from engine.stream.scheduler import KeyframePolicy
-
-    if args.keyframe is not None:
-        try:
-            return KeyframePolicy.parse(args.keyframe)
-        except ValueError as exc:
-            raise _usage(f"--keyframe: {exc}") from None
-    k = 5 if args.keyframe_interval is None else args.keyframe_interval
-    if k < 1:
-        raise _usage(f"--keyframe-interval must be >= 1 (1 = every frame), got {k}")
-    return KeyframePolicy(mode="interval", interval=k)
 
 
 def _prompts(args: argparse.Namespace, frame_hw: tuple[int, int] | None) -> list[Any]:
@@ -156,7 +141,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     from engine.validate import json_text, output_dir
 
     _check_numbers(args)
-    policy = _policy(args)
+    policy = keyframe_policy(args)
     out = Path(args.out)
     output_dir("--out", out)
     source = open_source(args.source)  # first: a bad source fails before the model loads
