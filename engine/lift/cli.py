@@ -167,7 +167,7 @@ def _segment(args: argparse.Namespace, rgb: np.ndarray) -> tuple[np.ndarray, dic
         prop = decode_point_proposals(predictor, points, labels)
         mask = np.zeros(rgb.shape[:2], bool) if prop.logits is None else prop.logits > 0
         info.update(score=round(prop.score, 4), segmentation="point_box_proposals")
-        info["timings_ms"]["decode"] = 0.0 if prop.decoded is None else prop.decoded.decoder_ms
+        info["timings_ms"]["decode"] = 0.0 if prop.decoded is None else prop.decoded.decode_ms
         return mask, info
     if predictor.spec.box_only and points is not None:
         print(f"arsel lift: warning: {args.model} answers boxes only; --point only picks the 3D cluster",

@@ -230,15 +230,15 @@ class StreamEngine:
             return self._empty(obj.object_id, frame, kf.frame_index, "lost")
         exp = None if tp.mode == "user" else guard_steps.expectation(self, obj, kf, motion, frame_hw, timings)
         if tp.mode == "reacquire" and exp is not None:
-            result, low_res = guard_steps.correct(self, obj, tp, exp, kf, motion, frame, timings, True)
+            result, low_res_logits = guard_steps.correct(self, obj, tp, exp, kf, motion, frame, timings, True)
         else:
             prompt_motion = self._prompt_motion(obj, kf, motion, frame.index, timings) if tp.mode == "user" else None
-            result, low_res = self._decode_prompt(tp, obj, kf, motion, frame, timings, prompt_motion)
+            result, low_res_logits = self._decode_prompt(tp, obj, kf, motion, frame, timings, prompt_motion)
             if exp is not None and result.status == "ok":
                 chk = guards.check(result.mask, exp, self.config.guard, rgb=frame.rgb)
                 result = replace(result, area_ratio=chk.area_ratio)
                 if not chk.passed:
-                    result, low_res = guard_steps.correct(self, obj, tp, exp, kf, motion, frame, timings, False)
+                    result, low_res_logits = guard_steps.correct(self, obj, tp, exp, kf, motion, frame, timings, False)
             elif tp.mode == "reacquire" and result.status == "ok":
                 result = replace(result, status="reacquired")
         t0 = time.perf_counter()
@@ -246,7 +246,7 @@ class StreamEngine:
             if not result.found:  # outside the keyframe, or nothing fitted: try again on the next keyframe
                 self.tracker.mark_lost(obj, kf.frame_index)
                 return result
-            if self.tracker.update(obj, result.mask, result.score, low_res, kf.frame_index) != "ok":
+            if self.tracker.update(obj, result.mask, result.score, low_res_logits, kf.frame_index) != "ok":
                 return MaskResult(obj.object_id, frame.index, kf.frame_index, np.zeros(frame_hw, bool),
                                   result.score, "lost", None, motion, result.area_ratio)
             guard_steps.fold(self, obj, tp, exp, result.mask, frame, kf, motion)
@@ -295,7 +295,8 @@ class StreamEngine:
         cached = None if obj is None else obj.decode_cache
         tol = self.config.reuse_decode_px
         reused = (tol > 0 and tp.mode == "track" and cached is not None and cached[0] == kf.frame_index
-                and (tp.mask_input is None or tp.mask_input is cached[2].low_res) and cached[1].shape == key.shape
+                and (tp.mask_input is None or tp.mask_input is cached[2].low_res_logits)
+                and cached[1].shape == key.shape
                 and float(np.max(np.abs(cached[1] - key))) <= tol)
         if reused:
             dec = cached[2]  # same keyframe, (almost) the same prompt there: the same answer
@@ -305,9 +306,9 @@ class StreamEngine:
             if obj is not None:
                 obj.decode_cache = None if dec is None else (kf.frame_index, key, dec)
         t1 = time.perf_counter()
-        upsample_ms = 0.0 if dec is None or reused else dec.upsample_ms  # a reused decode upsampled nothing now
-        timings["decode"] += (t1 - t0) * 1e3 - upsample_ms  # prompt mapping + decoder
-        timings["postprocess"] += upsample_ms
+        postprocess_ms = 0.0 if dec is None or reused else dec.postprocess_ms  # a reused decode upsampled nothing now
+        timings["decode"] += (t1 - t0) * 1e3 - postprocess_ms  # prompt mapping + decoder
+        timings["postprocess"] += postprocess_ms
         if dec is None:
             return self._empty(object_id, frame, kf.frame_index, "lost"), None
         logits = dec.logits
@@ -317,7 +318,7 @@ class StreamEngine:
                                          borderMode=cv2.BORDER_CONSTANT, borderValue=self.config.outside_logit)
         mask = logits > self.config.mask_threshold
         timings["postprocess"] += (time.perf_counter() - t1) * 1e3  # warp back + threshold
-        return MaskResult(object_id, frame.index, kf.frame_index, mask, dec.score, "ok"), dec.low_res
+        return MaskResult(object_id, frame.index, kf.frame_index, mask, dec.score, "ok"), dec.low_res_logits
 
     def _decode(self, prompt: Prompt, mask_input: np.ndarray | None, first: bool) -> Decoded | None:
         """Decode one keyframe-frame prompt; None when a point on a box-only model finds nothing."""
