@@ -110,6 +110,24 @@ def engine_config(args: argparse.Namespace) -> Any:
                         guard=GuardConfig(max_candidates=args.max_correction_decodes or None))
 
 
+def bound_malloc_arenas(n: int = 2) -> bool:
+    """Cap glibc's malloc arenas at ``n`` (``mallopt(M_ARENA_MAX)``), as ``MALLOC_ARENA_MAX=n`` would:
+    glibc otherwise keeps a heap arena per session thread, and a long-running server's memory only
+    grows. Call before the session threads start. False where it does not apply (not glibc, or the
+    variable is set: the user's value stands)."""
+    import ctypes
+    import os
+    import sys
+
+    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(-8, int(n)))  # -8: M_ARENA_MAX in <malloc.h>
+
+
 def _require_server_libs() -> None:
     for module in ("fastapi", "uvicorn"):
         require("serve", module, what="arsel serve")
@@ -122,6 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     limits = check_args(args)
     _require_server_libs()
+    bound_malloc_arenas()
     import uvicorn
 
     from engine.threads import engine_threads
