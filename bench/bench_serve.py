@@ -1,7 +1,11 @@
 """``arsel serve`` benchmark: 640x480 JPEG at 30 fps over loopback, LiteMedSAM, async encoder.
 
 Usage: python bench/bench_serve.py [--seconds 20] [--clients 1 4] [--repeats 1] [--threads 1]
-                                   [--keyframe-interval 5] [--json OUT.json]
+                                   [--keyframe-interval 5] [--backend auto] [--reuse-decode-px 6]
+                                   [--max-correction-decodes 2] [--json OUT.json]
+
+The engine settings are ``arsel serve``'s (its defaults unless given), in both the reference and
+the served runs: same backend, threads, decode reuse and correction cap.
 
 1. Reference: in-process ``StreamEngine.step`` on the same frames (async encoder, keyframe every
    5 frames) paced at 30 fps: median and p95 step time.
@@ -31,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import describe_host  # noqa: E402
+from engine.serve.cli import LIVE_MAX_CORRECTION_DECODES, LIVE_REUSE_DECODE_PX, engine_config  # noqa: E402
 from engine.serve.client import encode_frame  # noqa: E402
 from engine.stream.events import Prompt  # noqa: E402
 from engine.stream.scheduler import KeyframePolicy  # noqa: E402
@@ -142,8 +147,9 @@ def served_run(frames: list[np.ndarray], box: list[float], clients: int, seconds
     jpegs = [encode_frame(0, f, encoding="jpeg", jpeg_quality=85) for f in frames]
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": str(args.threads)}
-    cmd = [sys.executable, "-c", "import sys, torch; torch.set_num_threads(int(sys.argv[1])); "
-           "from engine.cli import main; sys.exit(main(sys.argv[2:]))", str(args.threads), "serve", "--port", "0",
+    cmd = [sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--threads", str(args.threads),
+           "--backend", args.backend, "--reuse-decode-px", str(args.reuse_decode_px),
+           "--max-correction-decodes", str(args.max_correction_decodes),
            "--keyframe-interval", str(args.keyframe_interval), "--max-sessions", str(clients + 1)]
     proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
     try:
@@ -176,17 +182,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch threads (process-wide)")
     p.add_argument("--keyframe-interval", type=int, default=5)
+    p.add_argument("--backend", default="auto", help="runtime (default auto: onnxruntime on the CPU)")
+    p.add_argument("--reuse-decode-px", type=float, default=LIVE_REUSE_DECODE_PX)
+    p.add_argument("--max-correction-decodes", type=int, default=LIVE_MAX_CORRECTION_DECODES)
     p.add_argument("--json", default="runs/bench_serve.json", help="results JSON (default runs/bench_serve.json)")
     args = p.parse_args(argv)
-    import torch
-
     from engine.serve.engines import LocalEngines
 
-    torch.set_num_threads(args.threads)
     frames = frames_640(Path(args.data))
     box = [190.0, 90.0, 480.0, 330.0]  # the swan in the 640x480 frames
-    engines = LocalEngines.load("lite_medsam", policy=KeyframePolicy(interval=args.keyframe_interval),
-                                async_encoder=True)
+    engines = LocalEngines.load("lite_medsam", args.backend, threads=args.threads,
+                                policy=KeyframePolicy(interval=args.keyframe_interval), async_encoder=True,
+                                config=engine_config(args))
+    args.runtime = engines.backend_name
     runs = []
     for r in range(args.repeats):
         run: dict[str, Any] = {"reference": reference(engines, frames, box, args.seconds)}
