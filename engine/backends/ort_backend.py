@@ -165,7 +165,7 @@ class OrtBackend:
         """The no-mask image side of ``embedding``, recomputed only when its values change.
 
         A frozen array (read-only, its memory its own or ONNX Runtime's, as ``encode`` returns) is
-        kept as is and hits by identity without comparing its 4 MB of values (~0.4 ms a decode);
+        kept as is and hits by identity without comparing its 4 MB of values on every decode;
         the same array no longer frozen misses; any other array is compared by value with the kept
         one (a copy when the embedding was not frozen).
         """

@@ -33,8 +33,8 @@ class SoftwareCamera:
 
     The syncer needs one frame of each stream to learn them: the first :meth:`push` returns None
     (depth and colour come out as two single frames), later ones a depth+colour frameset.
-    Measured quirk (2.59): timestamps must start near 0; starting at e.g. 1000 ms the syncer never
-    pairs the streams, hence the fixed stamping.
+    SDK quirk (librealsense 2.59): timestamps must start near 0, or the syncer never pairs the
+    streams; hence the fixed stamping from 0.
     """
 
     def __init__(self, depth_intrinsics: CameraIntrinsics, color_intrinsics: CameraIntrinsics | None = None,

@@ -36,8 +36,7 @@ class TrackerConfig:
     """Prompt refresh and loss rules. ``lost_score``: predicted IoU under which an object is lost;
     ``min_area_px``: a smaller mask counts as vanished. ``use_mask_input``: feed the previous
     low-res logits back (same keyframe only); ``None`` = only for point-capable models. LiteMedSAM
-    was trained on boxes alone: with its logits fed back, DAVIS blackswan mean J (keyframe every 5
-    frames, homography) falls from 0.47 to 0.21, so box-only models leave it off."""
+    was trained on boxes alone and degrades with its logits fed back, so box-only models leave it off."""
 
     box_pad_frac: float = 0.05
     use_mask_input: bool | None = None
