@@ -61,12 +61,16 @@ def window_repeats(root: Path) -> list[str]:
             chunk = lines[i: i + WINDOW]
             key = hashlib.sha1("\n".join(t for _, t in chunk).encode()).hexdigest()
             seen[key].append((str(path.relative_to(root)), chunk[0][0], chunk[-1][0]))
-    groups: dict[tuple, list] = {}
+    spans: dict[tuple[str, ...], dict[str, list[int]]] = {}  # one row per set of files sharing windows
     for places in seen.values():
         if len(places) > 1:
             files = tuple(sorted({p[0] for p in places}))
-            groups.setdefault(files, places)  # one row per set of files that share windows
-    return [f"  {len(v)} places: " + ", ".join(f"{f}:{a}-{b}" for f, a, b in v[:4]) for v in groups.values()]
+            row = spans.setdefault(files, {})
+            for name, start, end in places:  # the row spans every shared window of each file
+                lo_hi = row.setdefault(name, [start, end])
+                lo_hi[0], lo_hi[1] = min(lo_hi[0], start), max(lo_hi[1], end)
+    return [f"  {len(row)} files: " + ", ".join(f"{f}:{a}-{b}" for f, (a, b) in sorted(row.items())[:4])
+            for row in spans.values()]
 
 
 def repeats(root: Path, most: int) -> list[str]:
