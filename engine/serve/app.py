@@ -77,13 +77,17 @@ def create_app(engines: EngineFactory, limits: Limits | None = None, token: str 
     app.state.stats, app.state.engines, app.state.limits = stats, engines, limits
 
     @app.get("/healthz")
-    def healthz() -> Any:
-        return JSONResponse({"status": "ok", "protocol": PROTOCOL, "model": engines.model,
-                             "backend": engines.backend_name, "sessions": stats.sessions,
-                             "closing": stats.closing, "max_sessions": max_sessions, "uptime_s": round(time.time() - stats.started, 1),
-                             "sessions_total": stats.sessions_total, "frames": stats.frames,
-                             "dropped": stats.dropped, "errors_sent": stats.errors_sent,
-                             "exceptions": stats.exceptions})
+    def healthz() -> Any:  # a plain def: runs on a thread, so an engine factory's health() may block
+        body = {"status": "ok", "protocol": PROTOCOL, "model": engines.model,
+                "backend": engines.backend_name, "sessions": stats.sessions,
+                "closing": stats.closing, "max_sessions": max_sessions, "uptime_s": round(time.time() - stats.started, 1),
+                "sessions_total": stats.sessions_total, "frames": stats.frames,
+                "dropped": stats.dropped, "errors_sent": stats.errors_sent,
+                "exceptions": stats.exceptions}
+        health = getattr(engines, "health", None)  # optional: a scale-out factory's replicas (ray_gateway)
+        if callable(health):
+            body.update(health())
+        return JSONResponse(body)
 
     @app.get("/")
     def index() -> Any:

@@ -7,8 +7,8 @@ forward pass. It counts the batch sizes it ran (``batch_histogram``).
 
 :class:`RemoteEncoderBackend` is the seam the stream engine already has: a ``Backend`` whose
 ``encode`` calls the deployment and whose ``decode`` runs on the local backend, so the per-frame
-decode never waits on a network hop. Only the encoder part of issue #16 exists: the gateway
-deployment and ``arsel serve --ray`` are not built.
+decode never waits on a network hop. The gateways of ``arsel serve --ray`` use it
+(``engine.serve.ray_gateway``).
 
 Ray is imported only here (``pip install 'arsel[ray]'``).
 """
