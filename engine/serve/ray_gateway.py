@@ -58,6 +58,7 @@ class GatewaySettings:
     encoder_url: str | None = None
     backend: str = "torch"  # the gateways' local decode runtime (the encoder deployment runs torch)
     device: str = "cpu"
+    threads: int | None = None  # torch threads of a replica (None: Ray's, 1 per whole CPU it reserves)
 
 
 class _ConcurrentEncodes(SharedBackend):
@@ -113,6 +114,10 @@ class Gateway:
         from engine.backends.factory import create_backend
         from engine.models.registry import get_spec
 
+        if settings.threads:  # floating-point sums depend on it: equal to a local server only at its count
+            import torch
+
+            torch.set_num_threads(settings.threads)
         checkpoint = Path(settings.checkpoint) if settings.checkpoint else None
         local = create_backend(settings.backend, settings.model, checkpoint, settings.device)
         if settings.encoder_url:
