@@ -2,6 +2,7 @@
 
 Usage: python bench/bench_serve.py [--seconds 20] [--clients 1 4] [--repeats 1] [--threads 1]
                                    [--keyframe-interval 5] [--json OUT.json]
+       python bench/bench_serve.py --ray ...   (Ray Serve vs this server: bench/bench_serve_ray.py)
 
 1. Reference: in-process ``StreamEngine.step`` on the same frames (async encoder, keyframe every
    5 frames) paced at 30 fps: median and p95 step time.
@@ -169,6 +170,11 @@ def served_run(frames: list[np.ndarray], box: list[float], clients: int, seconds
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--ray" in argv:  # arsel serve --ray against the single process: bench/bench_serve_ray.py
+        from bench.bench_serve_ray import main as ray_main
+
+        return ray_main([a for a in argv if a != "--ray"])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="/work/shared/data", help="shared data root (DAVIS blackswan)")
     p.add_argument("--seconds", type=float, default=20.0)

@@ -5,7 +5,8 @@ One Ray instance for the module (2 CPUs, no dashboard, usage reporting off, 127.
 Serve's proxy on a free loopback port. Clients are the schema-checking ``CheckedClient`` over real
 WebSockets; the reference is the single-process server (``create_app`` over ``LocalEngines``) on
 the same frames, with as many torch threads in the gateways as in this process (a decode's float
-sums, so a pixel on a mask's edge, depend on it). The last test shuts Ray down and checks that no process of its session is left.
+sums, so a pixel on a mask's edge, depend on it). The encoder deployment is also
+called directly (batched = unbatched, bad input, ``RemoteEncoderBackend``). The last test shuts Ray down and checks that no process of its session is left.
 """
 
 from __future__ import annotations
@@ -36,6 +37,20 @@ pytestmark = pytest.mark.slow  # a Ray start, three deployments' replicas, LiteM
 N_FRAMES = 6  # keyframes on frames 0 and 5
 N_CLIENTS = 3
 TIMEOUT_S = 300.0  # one result under heavy load (a CPU encode can take several seconds)
+
+
+def _alive(procs: list[Any]) -> list[int]:
+    """Pids of ``procs`` (``psutil.Process``) still running and not zombies (pid reuse is told apart)."""
+    import psutil
+
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p.pid)
+        except psutil.Error:
+            continue
+    return out
 
 
 def _session_pids(session: str) -> list[int]:
@@ -77,11 +92,16 @@ class RayServe:
         return httpx.get(self.url + "/healthz", timeout=60).json()
 
     def stop(self) -> list[int]:
-        """Shut Serve and Ray down, wait for the session's processes, remove its folder; pids left."""
+        """Shut Serve and Ray down, wait for its processes (descendants of this one, or naming the session
+        folder), remove the session folder; the pids left."""
         if self.left is not None:
             return self.left
+        import psutil
+
         from engine.serve import ray_gateway as rg
 
+        ours = psutil.Process().children(recursive=True)  # the processes Ray started for this module
+        self.started = len(ours)
         try:
             rg.shutdown(log=lambda _: None)
         finally:
@@ -90,9 +110,9 @@ class RayServe:
             else:
                 os.environ["RAY_USAGE_STATS_ENABLED"] = self.usage_stats
             deadline = time.monotonic() + 30
-            while _session_pids(self.session_dir.name) and time.monotonic() < deadline:
+            while (_alive(ours) or _session_pids(self.session_dir.name)) and time.monotonic() < deadline:
                 time.sleep(0.5)
-            self.left = _session_pids(self.session_dir.name)
+            self.left = sorted(set(_alive(ours)) | set(_session_pids(self.session_dir.name)))
             shutil.rmtree(self.session_dir, ignore_errors=True)
             latest = self.session_dir.parent / "session_latest"
             if latest.is_symlink() and not latest.exists():
@@ -179,6 +199,32 @@ def test_batched_embeddings_equal_unbatched(ray_serve: RayServe) -> None:
         assert b.shape == (1, 256, 64, 64) and np.abs(b - s).max() <= 1e-4
 
 
+def test_bad_input_is_refused_and_the_encoder_lives_on(ray_serve: RayServe) -> None:
+    encoder = ray.serve.get_deployment_handle("BatchedEncoder", app_name="arsel")
+    with pytest.raises(Exception, match="encoder input must be float32"):
+        encoder.encode.remote(np.zeros((1, 3, 64, 64), np.float32)).result(timeout_s=TIMEOUT_S)
+    assert encoder.batch_histogram.remote().result(timeout_s=60)  # still answering
+
+
+def test_remote_backend_encodes_remotely_and_decodes_locally(ray_serve: RayServe) -> None:
+    from engine.backends.torch_backend import TorchBackend
+    from engine.export.prompts import realistic_prompts
+    from engine.models.registry import load_model
+    from engine.serve.ray_encoder import RemoteEncoderBackend
+
+    encoder = ray.serve.get_deployment_handle("BatchedEncoder", app_name="arsel")
+    local = TorchBackend(load_model("lite_medsam", medsam_checkpoint()), 256)
+    remote = RemoteEncoderBackend(encoder, local)
+    x = np.random.default_rng(1).standard_normal((1, 3, 256, 256)).astype(np.float32)
+    before = sum(encoder.batch_histogram.remote().result(timeout_s=60).values())
+    emb = remote.encode(x)
+    assert sum(encoder.batch_histogram.remote().result(timeout_s=60).values()) == before + 1  # ran on Ray
+    prompts = realistic_prompts(1, 2, 256, seed=3)
+    iou_r, low_r = remote.decode(emb, *prompts.values())
+    iou_l, low_l = local.decode(local.encode(x), *prompts.values())
+    assert np.abs(low_r - low_l).max() <= 1e-3 and np.abs(iou_r - iou_l).max() <= 1e-3
+
+
 def _replica_sessions(ray_serve: RayServe, total: int) -> dict[str, int]:
     """Gateway replica actor name -> its open sessions (``/healthz`` answers from one replica at a time)."""
     names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
@@ -236,5 +282,6 @@ def test_replica_death_closes_only_its_sessions(ray_serve: RayServe, data_dir: P
 
 def test_shutdown_leaves_no_ray_process(ray_serve: RayServe) -> None:
     left = ray_serve.stop()
+    assert ray_serve.started >= 5  # gcs, raylet, Serve's controller and proxy, the replicas: the check saw them
     assert not left, f"Ray processes of {ray_serve.session_dir.name} still running: {left}"
     assert not ray_serve.session_dir.exists()
