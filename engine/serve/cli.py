@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import re
 import socket
 import threading
@@ -178,7 +179,8 @@ def cmd_serve_ray(args: argparse.Namespace, limits: Limits, policy: Any) -> int:
                                   limits=limits, token=args.token, max_sessions=args.max_sessions,
                                   encoder_url=args.encoder_url, backend=args.backend, device=args.device)
     app = rg.build_application(settings, args.gateways, args.encoders, args.max_batch, args.batch_wait_ms / 1e3)
-    rg.start_ray(args.address, "127.0.0.1" if is_loopback(args.host) else None)
+    cpus = max(float(os.cpu_count() or 1), rg.required_cpus(args.gateways, args.encoders, bool(args.encoder_url)))
+    rg.start_ray(args.address, "127.0.0.1" if is_loopback(args.host) else None, num_cpus=cpus)
     try:
         tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
         rg.deploy(app, args.host, args.port, tls)

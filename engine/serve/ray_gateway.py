@@ -19,6 +19,7 @@ batch-size histogram. Ray is imported here only (``pip install 'arsel[ray]'``).
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -150,6 +151,11 @@ def build_application(settings: GatewaySettings, gateways: int = 2, encoders: in
         encoder, settings)
 
 
+def required_cpus(gateways: int, encoders: int, triton: bool = False) -> float:
+    """Logical CPUs the replicas reserve (a local instance gets at least this many, cores or not)."""
+    return gateways * GATEWAY_CPUS + (0 if triton else encoders * ENCODER_CPUS)
+
+
 def start_ray(address: str | None, node_ip: str | None = "127.0.0.1", num_cpus: float | None = None,
               log: Callable[[str], None] = print) -> None:
     """Connect to ``address`` (``auto``, ``ray://HOST:PORT``) or start a local instance on ``node_ip``
@@ -164,7 +170,7 @@ def start_ray(address: str | None, node_ip: str | None = "127.0.0.1", num_cpus: 
         log(f"ray: connecting to {address} ...")
         ray.init(address=address, log_to_driver=False)
     else:
-        cpus = num_cpus or os.cpu_count() or 1
+        cpus = math.ceil(num_cpus or os.cpu_count() or 1)
         log(f"ray: starting a local instance ({cpus:g} CPUs, dashboard off) ...")
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                  _node_ip_address=node_ip)
