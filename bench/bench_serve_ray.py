@@ -212,21 +212,29 @@ def on_ray(jpegs: list[bytes], clients: list[int], args: argparse.Namespace) -> 
         for n in clients:
             before = _histogram(url)
             out[f"clients_{n}"] = run = _streams(url.replace("http", "ws") + "/v1/stream", jpegs, n, args.seconds)
+            run["memory_mb"] = rss_mb(ray_processes())
             after = _histogram(url)
             run["batch_histogram"] = {k: after.get(k, 0) - before.get(k, 0) for k in after
                                       if after.get(k, 0) > before.get(k, 0)}
             run["encodes_per_s"] = sum(int(k) * v for k, v in run["batch_histogram"].items()) / run["wall_s"]
-            run["memory_mb"] = rss_mb(ray_processes())
             print(json.dumps({"ray": _brief(run)}), flush=True)
     finally:
         rg.shutdown()
         shutil.rmtree(session_dir, ignore_errors=True)  # its logs: a benchmark leaves nothing behind
+        latest = session_dir.parent / "session_latest"
+        if latest.is_symlink() and not latest.exists():
+            latest.unlink()
     return out
 
 
-def _histogram(url: str) -> dict[str, int]:
+def _histogram(url: str, tries: int = 5) -> dict[str, int]:
     """The encoder's batch-size histogram (``/healthz`` of whichever gateway answers)."""
-    return httpx.get(url + "/healthz", timeout=120).json()["ray"]["encoder"]["batch_histogram"]
+    for _ in range(tries):
+        encoder = httpx.get(url + "/healthz", timeout=120).json()["ray"]["encoder"]
+        if "batch_histogram" in encoder:
+            return encoder["batch_histogram"]
+        time.sleep(5)  # the encoder replica did not answer in time: busy with a batch
+    raise RuntimeError(f"/healthz gave no encoder histogram: {encoder}")
 
 
 def _brief(run: dict[str, Any]) -> dict[str, Any]:

@@ -225,6 +225,46 @@ def test_remote_backend_encodes_remotely_and_decodes_locally(ray_serve: RayServe
     assert np.abs(low_r - low_l).max() <= 1e-3 and np.abs(iou_r - iou_l).max() <= 1e-3
 
 
+def _encodes(encoder: Any) -> int:
+    return sum(size * n for size, n in encoder.batch_histogram.remote().result(timeout_s=60).items())
+
+
+def test_saturated_encoder_backpressure(ray_serve: RayServe, data_dir: Path) -> None:
+    """A keyframe every frame, encodes far slower than decodes (the encoder holds each batch 1 s):
+    frames go on decoding on the newest embedding, its age grows and is reported, and a session never
+    has more than one encode in flight (the rest are dropped, not queued)."""
+    from engine.backends.factory import create_backend
+    from engine.models.registry import get_spec
+    from engine.serve.ray_encoder import RemoteEncoderBackend
+    from engine.serve.ray_gateway import RayEngines
+    from engine.stream.events import Prompt
+    from engine.types import Frame
+
+    _, frames, box = blackswan(data_dir, 8)
+    encoder = ray.serve.get_deployment_handle("BatchedEncoder", app_name="arsel")
+    local = create_backend("torch", "lite_medsam", medsam_checkpoint(), "cpu")
+    engines = RayEngines(RemoteEncoderBackend(encoder, local), get_spec("lite_medsam"), "lite_medsam",
+                         policy=KeyframePolicy(interval=1), async_encoder=True, encoder=encoder)
+    eng = engines()
+    try:
+        eng.add_object(Prompt.box(box.tolist()))
+        eng.step(Frame(0, 0, frames[0]))
+        assert eng.encoder.wait_idle(TIMEOUT_S)
+        before = _encodes(encoder)
+        ages = []
+        for i in range(1, 8):
+            res = eng.step(Frame(i, i, frames[i]))
+            assert res.status == "ok" and res.objects[0].mask.sum() > 1000
+            ages.append(res.embedding_age_frames)
+        stats = eng.encoder.stats
+        assert stats.dropped_busy >= 1 and max(ages) >= 3, (ages, stats)
+        assert eng.encoder.wait_idle(TIMEOUT_S) and stats.errors == 0
+        # every request that was not dropped ran on the deployment; nothing waits in a queue
+        assert _encodes(encoder) - before == stats.submitted - 1 - stats.dropped_busy
+    finally:
+        eng.close()
+
+
 def _replica_sessions(ray_serve: RayServe, total: int) -> dict[str, int]:
     """Gateway replica actor name -> its open sessions (``/healthz`` answers from one replica at a time)."""
     names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)

@@ -15,6 +15,7 @@ Ray is imported only here (``pip install 'arsel[ray]'``).
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -54,14 +55,18 @@ class BatchedEncoder:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def encode(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        import torch
-
         for image in images:
             self._check(image)
-        with torch.inference_mode():
-            out = self.model.image_encoder(torch.from_numpy(np.concatenate(images))).numpy()  # checked above
+        # on a thread: the replica's event loop keeps answering (batch_histogram, /healthz) meanwhile
+        out = await asyncio.to_thread(self._forward, np.concatenate(images))
         self.sizes[len(images)] += 1
         return [out[i:i + 1].copy() for i in range(len(images))]
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model.image_encoder(torch.from_numpy(x)).numpy()
 
     def batch_histogram(self) -> dict[int, int]:
         """Batch size -> how many batches of that size this replica ran."""

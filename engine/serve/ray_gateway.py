@@ -87,7 +87,7 @@ class RayEngines(LocalEngines):
                                "deployments": deployment_states(ctx.app_name)}
         if self.encoder is not None:
             try:
-                hist = self.encoder.batch_histogram.remote().result(timeout_s=10)
+                hist = self.encoder.batch_histogram.remote().result(timeout_s=30)
                 out["encoder"] = {"batch_histogram": {str(k): v for k, v in hist.items()}}
             except Exception as exc:  # noqa: BLE001 - /healthz reports it rather than failing
                 out["encoder"] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
