@@ -3,7 +3,9 @@
 Usage: python bench/bench_serve.py --ray [--seconds 15] [--clients 1 4 8] [--json OUT.json]
        (or python bench/bench_serve_ray.py with the same flags)
 
-Both servers run LiteMedSAM with the async encoder and a keyframe every 5 frames; every client sends
+Both servers run LiteMedSAM with the async encoder, a keyframe every 5 frames and the same engine
+settings (``--backend`` torch by default, as the encoder deployment; ``arsel serve``'s decode reuse
+and correction cap); every client sends
 640x480 JPEG frames at 30 fps over loopback without waiting (the newest frame wins server-side).
 
 - single process: ``arsel serve`` in its own process (torch threads ``--threads``);
@@ -168,8 +170,9 @@ def single_process(jpegs: list[bytes], clients: list[int], args: argparse.Namesp
     """``arsel serve`` in its own process; one run per client count."""
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": str(args.threads)}
-    cmd = [sys.executable, "-c", "import sys, torch; torch.set_num_threads(int(sys.argv[1])); "
-           "from engine.cli import main; sys.exit(main(sys.argv[2:]))", str(args.threads), "serve", "--port", "0",
+    cmd = [sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--threads", str(args.threads),
+           "--backend", args.backend, "--reuse-decode-px", str(args.reuse_decode_px),
+           "--max-correction-decodes", str(args.max_correction_decodes),
            "--keyframe-interval", str(args.keyframe_interval), "--max-sessions", str(max(clients) + 1)]
     proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
     out: dict[str, Any] = {}
@@ -195,6 +198,7 @@ def single_process(jpegs: list[bytes], clients: list[int], args: argparse.Namesp
 def on_ray(jpegs: list[bytes], clients: list[int], args: argparse.Namespace) -> dict[str, Any]:
     """A local Ray instance serving the ``arsel`` application; one run per client count."""
     from engine.serve import ray_gateway as rg
+    from engine.serve.cli import engine_config
     from engine.stream.scheduler import KeyframePolicy
 
     import ray
@@ -205,7 +209,8 @@ def on_ray(jpegs: list[bytes], clients: list[int], args: argparse.Namespace) -> 
     try:
         port = rg.free_port()
         settings = rg.GatewaySettings("lite_medsam", policy=KeyframePolicy(interval=args.keyframe_interval),
-                                      max_sessions=max(clients) + 1, threads=args.threads)
+                                      max_sessions=max(clients) + 1, threads=args.threads, backend=args.backend,
+                                      config=engine_config(args))
         rg.deploy(rg.build_application(settings, args.gateways, 1, args.max_batch, args.batch_wait_ms / 1e3),
                   "127.0.0.1", port)
         url = f"http://127.0.0.1:{port}"
@@ -249,6 +254,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
     p.add_argument("--threads", type=int, default=1, help="torch threads of the single process and of each replica")
     p.add_argument("--keyframe-interval", type=int, default=5)
+    p.add_argument("--backend", default="torch",
+                   help="decode runtime of both servers (default torch: the encoder deployment's runtime too)")
+    p.add_argument("--reuse-decode-px", type=float, default=6.0, help="as arsel serve's flag (its default 6)")
+    p.add_argument("--max-correction-decodes", type=int, default=2, help="as arsel serve's flag (its default 2)")
     p.add_argument("--num-cpus", type=float, default=2.0, help="CPUs of the local Ray instance")
     p.add_argument("--gateways", type=int, default=2)
     p.add_argument("--max-batch", type=int, default=8)

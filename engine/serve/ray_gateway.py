@@ -37,6 +37,7 @@ from engine.serve.engines import LocalEngines, SharedBackend
 from engine.serve.protocol import Limits
 from engine.serve.ray_encoder import BatchedEncoder, RemoteEncoderBackend
 from engine.serve.ray_proxy import PROXY_CALLBACK
+from engine.stream.engine import EngineConfig
 from engine.stream.scheduler import KeyframePolicy
 
 APP_NAME = "arsel"
@@ -57,9 +58,10 @@ class GatewaySettings:
     token: str | None = None
     max_sessions: int = 8
     encoder_url: str | None = None
-    backend: str = "torch"  # the gateways' local decode runtime (the encoder deployment runs torch)
+    backend: str = "torch"  # the gateways' local decode runtime, "auto" allowed (the encoder deployment runs torch)
     device: str = "cpu"
-    threads: int | None = None  # torch threads of a replica (None: Ray's, 1 per whole CPU it reserves)
+    threads: int | None = None  # intra-op threads of a replica's decodes (None: Ray's, 1 per whole CPU reserved)
+    config: EngineConfig = field(default_factory=EngineConfig)  # the sessions' engine settings
 
 
 class _ConcurrentEncodes(SharedBackend):
@@ -112,15 +114,15 @@ class Gateway:
     """The ingress: ``create_app`` over :class:`RayEngines` (see the module docstring)."""
 
     def __init__(self, encoder: Any, settings: GatewaySettings) -> None:
-        from engine.backends.factory import create_backend
+        from engine.backends.factory import create_backend, resolve_auto
         from engine.models.registry import get_spec
+        from engine.threads import apply_threads
 
+        name = resolve_auto(settings.device) if settings.backend == "auto" else settings.backend
         if settings.threads:  # floating-point sums depend on it: equal to a local server only at its count
-            import torch
-
-            torch.set_num_threads(settings.threads)
+            apply_threads(name, settings.threads)
         checkpoint = Path(settings.checkpoint) if settings.checkpoint else None
-        local = create_backend(settings.backend, settings.model, checkpoint, settings.device)
+        local = create_backend(name, settings.model, checkpoint, settings.device, threads=settings.threads)
         if settings.encoder_url:
             from engine.serve.triton_encoder import TritonEncoderBackend
 
@@ -129,7 +131,7 @@ class Gateway:
             backend = RemoteEncoderBackend(encoder, local, timeout_s=ENCODE_TIMEOUT_S)
         self.settings = settings
         self.engines = RayEngines(backend, get_spec(settings.model), settings.model, policy=settings.policy,
-                                  async_encoder=settings.async_encoder, encoder=encoder,
+                                  async_encoder=settings.async_encoder, config=settings.config, encoder=encoder,
                                   encoder_url=settings.encoder_url)
 
     def __serve_build_asgi_app__(self) -> Any:
