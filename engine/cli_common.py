@@ -47,9 +47,12 @@ def parse_points(items: Sequence[str] | None) -> tuple[np.ndarray | None, np.nda
         return None, None
     rows = [parse_floats(t, (2, 3), "--point") for t in items]
     pts = np.array([r[:2] for r in rows], dtype=np.float32)
-    labels = np.array([r[2] if len(r) == 3 else 1.0 for r in rows], dtype=np.float32)
-    if not np.all(np.isin(labels, (0.0, 1.0))):
-        raise UsageError("--point LABEL must be 1 (foreground) or 0 (background)")
+    from engine.validate import InputError, point_labels
+
+    try:
+        labels = point_labels("--point LABEL", [r[2] if len(r) == 3 else 1.0 for r in rows])
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
     return pts, labels
 
 
