@@ -2,7 +2,7 @@
 
 Usage: python bench/bench_serve.py [--seconds 20] [--clients 1 4] [--repeats 1] [--threads 1]
                                    [--keyframe-interval 5] [--backend auto] [--reuse-decode-px 6]
-                                   [--max-correction-decodes 2] [--short] [--out FILE.json]
+                                   [--max-correction-decodes 4] [--short] [--out FILE.json]
        python bench/bench_serve.py --ray ...   (Ray Serve vs this server: bench/bench_serve_ray.py)
 
 The engine settings are ``arsel serve``'s (its defaults unless given), in both the reference and
@@ -51,6 +51,15 @@ def frames_640(data: Path, n: int = 50) -> list[np.ndarray]:
         raise FileNotFoundError(f"no DAVIS blackswan frames under {data}; pass --data /path/to/shared/data")
     rgb = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
     return [cv2.resize(f, (HW[1], HW[0]), interpolation=cv2.INTER_AREA) for f in rgb]
+
+
+def swan_box_640(data: Path) -> list[float]:
+    """The swan's ground-truth box on frame 0 (DAVIS annotation), in the 640x480 frames' pixels."""
+    from engine.stream.evaluate import box_of, davis_annotations
+
+    truth = davis_annotations(data / "davis_blackswan")[0]
+    sx, sy = HW[1] / truth.shape[1], HW[0] / truth.shape[0]
+    return [float(v) for v in box_of(truth) * np.array([sx, sy, sx, sy])]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -197,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.short:
         args.seconds, args.clients = 8.0, [1]
     frames = frames_640(Path(args.data))
-    box = [190.0, 90.0, 480.0, 330.0]  # the swan in the 640x480 frames
+    box = swan_box_640(Path(args.data))
     engines = LocalEngines.load("lite_medsam", args.backend, threads=args.threads,
                                 policy=KeyframePolicy(interval=args.keyframe_interval), async_encoder=True,
                                 config=engine_config(args))

@@ -40,6 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import describe_host  # noqa: E402
+from engine.serve.cli import LIVE_MAX_CORRECTION_DECODES, LIVE_REUSE_DECODE_PX, engine_config  # noqa: E402
 from engine.serve.client import encode_frame  # noqa: E402
 from engine.serve.protocol import pack, unpack  # noqa: E402
 
@@ -198,7 +199,6 @@ def single_process(jpegs: list[bytes], clients: list[int], args: argparse.Namesp
 def on_ray(jpegs: list[bytes], clients: list[int], args: argparse.Namespace) -> dict[str, Any]:
     """A local Ray instance serving the ``arsel`` application; one run per client count."""
     from engine.serve import ray_gateway as rg
-    from engine.serve.cli import engine_config
     from engine.stream.scheduler import KeyframePolicy
 
     import ray
@@ -256,8 +256,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keyframe-interval", type=int, default=5)
     p.add_argument("--backend", default="torch",
                    help="decode runtime of both servers (default torch: the encoder deployment's runtime too)")
-    p.add_argument("--reuse-decode-px", type=float, default=6.0, help="as arsel serve's flag (its default 6)")
-    p.add_argument("--max-correction-decodes", type=int, default=2, help="as arsel serve's flag (its default 2)")
+    p.add_argument("--reuse-decode-px", type=float, default=LIVE_REUSE_DECODE_PX, help="as arsel serve's flag")
+    p.add_argument("--max-correction-decodes", type=int, default=LIVE_MAX_CORRECTION_DECODES,
+                   help="as arsel serve's flag")
     p.add_argument("--num-cpus", type=float, default=2.0, help="CPUs of the local Ray instance")
     p.add_argument("--gateways", type=int, default=2)
     p.add_argument("--max-batch", type=int, default=8)

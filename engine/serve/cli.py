@@ -29,7 +29,7 @@ from engine.serve.protocol import Limits
 #: The live server's engine settings (``engine_config``): a decode is reused while the object holds
 #: still on its keyframe, and a drift correction decodes at most a few prompts (``bench/bench_serve.py``).
 LIVE_REUSE_DECODE_PX = 6.0
-LIVE_MAX_CORRECTION_DECODES = 2
+LIVE_MAX_CORRECTION_DECODES = 4
 
 
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
