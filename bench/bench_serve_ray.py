@@ -1,6 +1,6 @@
 """``arsel serve --ray`` against the single-process ``arsel serve``: 1, 4 and 8 concurrent streams.
 
-Usage: python bench/bench_serve.py --ray [--seconds 15] [--clients 1 4 8] [--json OUT.json]
+Usage: python bench/bench_serve.py --ray [--seconds 15] [--clients 1 4 8] [--out FILE.json]
        (or python bench/bench_serve_ray.py with the same flags)
 
 Both servers run LiteMedSAM with the async encoder, a keyframe every 5 frames and the same engine
@@ -17,7 +17,8 @@ Per configuration: aggregate processed fps, per-session p95 send->result, embedd
 second), fairness (slowest / fastest session fps), dropped frames; for Ray also the encoder's
 batch-size histogram over the run and the summed resident memory of all Ray processes (this
 process's descendants); for the single process its server's memory. Target (issue #16): at 8 streams Ray's keyframes/s >= 1.5x
-the single process's, fairness >= 0.7. Results JSON: all figures plus the ratios.
+the single process's, fairness >= 0.7. Writes ``bench/results/bench_serve_ray-*.json`` (rows per
+server and stream count, plus the Ray / single ratios); ``bench/make_docs.py`` renders it.
 """
 
 from __future__ import annotations
@@ -39,14 +40,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import describe_host  # noqa: E402
+from bench.harness import Run  # noqa: E402
 from engine.serve.cli import LIVE_MAX_CORRECTION_DECODES, LIVE_REUSE_DECODE_PX, engine_config  # noqa: E402
 from engine.serve.client import encode_frame  # noqa: E402
 from engine.serve.protocol import pack, unpack  # noqa: E402
 
 FPS = 30.0
 HW = (480, 640)
-BOX = [190.0, 90.0, 480.0, 330.0]  # the swan in the 640x480 frames
+BOX: list[float] = []  # the swan's ground-truth box in the 640x480 frames (set by main)
 
 
 def frames_640(data: Path, n: int = 50) -> list[bytes]:
@@ -263,14 +264,22 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gateways", type=int, default=2)
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--batch-wait-ms", type=float, default=50.0)
-    p.add_argument("--json", default="runs/bench_serve_ray.json", help="results JSON")
+    p.add_argument("--out", type=Path, default=None,
+                   help="result JSON (default bench/results/bench_serve_ray-<host>-<date>.json)")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.bench_serve import swan_box_640
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_args(p)
     args = p.parse_args(argv)
+    BOX[:] = swan_box_640(Path(args.data))
     jpegs = frames_640(Path(args.data))
+    run = Run("bench_serve_ray", {**{k: v for k, v in vars(args).items() if k != "out"}, "mode": "full"},
+              notes=["640x480 JPEG at 30 fps per stream over loopback, LiteMedSAM, async encoder, keyframe every 5",
+                     "keyframes_per_s: distinct keyframes the sessions received per second; target at 8 streams: "
+                     "Ray >= 1.5x the single process, fairness >= 0.7"])
     single = single_process(jpegs, args.clients, args)
     ray_runs = on_ray(jpegs, args.clients, args)
     ratios = {}
@@ -278,12 +287,17 @@ def main(argv: list[str] | None = None) -> int:
         s, r = single[key], ray_runs[key]
         ratios[key] = {"keyframes_per_s": r["keyframes_per_s"] / s["keyframes_per_s"] if s["keyframes_per_s"] else None,
                        "fps_total": r["fps_total"] / s["fps_total"] if s["fps_total"] else None}
-    out = {"host": describe_host(), "args": vars(args), "single": single, "ray": ray_runs, "ray_vs_single": ratios,
-           "target_8": {"keyframes_ratio_min": 1.5, "fairness_min": 0.7}}
+        for server, res in (("single process", s), ("ray", r)):
+            figures = {k: v for k, v in _brief(res).items() if k != "clients"}
+            if "batch_histogram" in figures:
+                figures["batch_histogram"] = " ".join(f"{k}:{v}" for k, v in sorted(figures["batch_histogram"].items(),
+                                                                                   key=lambda kv: int(kv[0])))
+            if server == "ray":
+                figures["keyframes_x_single"] = ratios[key]["keyframes_per_s"]
+                figures["fps_x_single"] = ratios[key]["fps_total"]
+            run.add({"server": server, "streams": res["clients"]}, figures)
     print(json.dumps({"ray_vs_single": ratios}, indent=1))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.json}")
+    run.write(args.out)
     return 0
 
 
