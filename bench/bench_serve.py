@@ -29,13 +29,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import Run, add_mode_args  # noqa: E402
-from bench.swan import swan_box  # noqa: E402
+from bench.swan import HW, frames_640, renumber, swan_box  # noqa: E402
+from bench.swan import pct as _pct  # noqa: E402
 from engine.serve.cli import LIVE_MAX_CORRECTION_DECODES, LIVE_REUSE_DECODE_PX, engine_config  # noqa: E402
 from engine.serve.client import encode_frame  # noqa: E402
 from engine.stream.events import Prompt  # noqa: E402
@@ -43,19 +43,6 @@ from engine.stream.scheduler import KeyframePolicy  # noqa: E402
 from engine.types import Frame  # noqa: E402
 
 FPS = 30.0
-HW = (480, 640)
-
-
-def frames_640(data: Path, n: int = 50) -> list[np.ndarray]:
-    paths = sorted((data / "davis_blackswan" / "JPEGImages").glob("*.jpg"))[:n]
-    if not paths:
-        raise FileNotFoundError(f"no DAVIS blackswan frames under {data}; pass --data /path/to/shared/data")
-    rgb = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
-    return [cv2.resize(f, (HW[1], HW[0]), interpolation=cv2.INTER_AREA) for f in rgb]
-
-
-def _pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
 
 
 def reference(engines: Any, frames: list[np.ndarray], box: list[float], seconds: float) -> dict[str, Any]:
@@ -104,7 +91,7 @@ async def _client(url: str, jpegs: list[bytes], box: list[float], seconds: float
 
         i = 0  # frames at 2 fps until results come on a keyframe: then the clock starts
         while True:
-            await ws.send(_with_id(jpegs[i % len(jpegs)], i))
+            await ws.send(renumber(jpegs[i % len(jpegs)], i))
             i += 1
             msg = json.loads(await ws.recv())
             while msg["type"] != "result":
@@ -117,7 +104,7 @@ async def _client(url: str, jpegs: list[bytes], box: list[float], seconds: float
         while time.perf_counter() - t_start < seconds:
             await asyncio.sleep(max(0.0, t_start + (i - first) / FPS - time.perf_counter()))
             sent[i] = time.perf_counter()
-            await ws.send(_with_id(jpegs[i % len(jpegs)], i))
+            await ws.send(renumber(jpegs[i % len(jpegs)], i))
             i += 1
         await asyncio.sleep(1.0)
         task.cancel()
@@ -127,15 +114,6 @@ async def _client(url: str, jpegs: list[bytes], box: list[float], seconds: float
             "latency_p50_ms": _pct(warm_lat, 50), "latency_p95_ms": _pct(warm_lat, 95),
             "dropped": last.get("dropped", 0), "embedding_age_p50": _pct(ages, 50),
             "server_total_ms_last": last.get("latency_ms", {}).get("server_total")}
-
-
-def _with_id(frame_msg: bytes, frame_id: int) -> bytes:
-    """Re-number a packed frame message (JSON header rewritten, blob kept)."""
-    from engine.serve.protocol import pack, unpack
-
-    header, blob = unpack(frame_msg)
-    header["frame_id"], header["t_capture_ns"] = frame_id, time.time_ns()
-    return pack(header, bytes(blob))
 
 
 def served_run(frames: list[np.ndarray], box: list[float], clients: int, seconds: float,

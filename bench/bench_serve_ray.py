@@ -36,40 +36,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import swan  # noqa: E402
 from bench.harness import Run  # noqa: E402
 from engine.serve.cli import LIVE_MAX_CORRECTION_DECODES, LIVE_REUSE_DECODE_PX, engine_config  # noqa: E402
 from engine.serve.client import encode_frame  # noqa: E402
-from engine.serve.protocol import pack, unpack  # noqa: E402
 
 FPS = 30.0
-HW = (480, 640)
 BOX: list[float] = []  # the swan's ground-truth box in the 640x480 frames (set by main)
 
 
 def frames_640(data: Path, n: int = 50) -> list[bytes]:
     """The first ``n`` DAVIS blackswan frames at 640x480 as packed JPEG frame messages."""
-    import cv2
-
-    paths = sorted((data / "davis_blackswan" / "JPEGImages").glob("*.jpg"))[:n]
-    if not paths:
-        raise FileNotFoundError(f"no DAVIS blackswan frames under {data}; pass --data /path/to/shared/data")
-    rgb = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
-    return [encode_frame(0, cv2.resize(f, (HW[1], HW[0]), interpolation=cv2.INTER_AREA), encoding="jpeg",
-                         jpeg_quality=85) for f in rgb]
-
-
-def _renumber(frame_msg: bytes, frame_id: int) -> bytes:
-    header, blob = unpack(frame_msg)
-    header["frame_id"], header["t_capture_ns"] = frame_id, time.time_ns()
-    return pack(header, bytes(blob))
-
-
-def _pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
+    return [encode_frame(0, f, encoding="jpeg", jpeg_quality=85) for f in swan.frames_640(data, n)]
 
 
 async def _session(url: str, jpegs: list[bytes], seconds: float, ready: list[int],
@@ -88,7 +69,7 @@ async def _session(url: str, jpegs: list[bytes], seconds: float, ready: list[int
         await ws.send(json.dumps({"type": "prompt", "frame_id": 0, "action": "add", "box": BOX, "points": []}))
         i = 0
         while True:  # 2 fps until a result comes on a keyframe
-            await ws.send(_renumber(jpegs[i % len(jpegs)], i))
+            await ws.send(swan.renumber(jpegs[i % len(jpegs)], i))
             i += 1
             msg = json.loads(await ws.recv())
             while msg["type"] != "result":
@@ -114,14 +95,14 @@ async def _session(url: str, jpegs: list[bytes], seconds: float, ready: list[int
         while time.perf_counter() - t_start < seconds:
             await asyncio.sleep(max(0.0, t_start + (i - first) / FPS - time.perf_counter()))
             sent[i] = time.perf_counter()
-            await ws.send(_renumber(jpegs[i % len(jpegs)], i))
+            await ws.send(swan.renumber(jpegs[i % len(jpegs)], i))
             i += 1
         await asyncio.sleep(1.0)
         task.cancel()
     span = got[-1] - got[0] if len(got) > 1 else float("nan")
     return {"sent": i - first, "results": len(lat), "fps": (len(got) - 1) / span if span > 0 else 0.0,
-            "latency_p50_ms": _pct(lat, 50), "latency_p95_ms": _pct(lat, 95), "dropped": last.get("dropped", 0),
-            "embedding_age_p50": _pct(ages, 50), "embedding_age_max": max(ages, default=-1),
+            "latency_p50_ms": swan.pct(lat, 50), "latency_p95_ms": swan.pct(lat, 95), "dropped": last.get("dropped", 0),
+            "embedding_age_p50": swan.pct(ages, 50), "embedding_age_max": max(ages, default=-1),
             "keyframes": len(keyframes)}
 
 
@@ -269,12 +250,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.swan import swan_box
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_args(p)
     args = p.parse_args(argv)
-    BOX[:] = swan_box(Path(args.data), HW)
+    BOX[:] = swan.swan_box(Path(args.data), swan.HW)
     jpegs = frames_640(Path(args.data))
     run = Run("bench_serve_ray", {**{k: v for k, v in vars(args).items() if k != "out"}, "mode": "full"},
               notes=["640x480 JPEG at 30 fps per stream over loopback, LiteMedSAM, async encoder, keyframe every 5",
