@@ -45,6 +45,13 @@ class GazeClock:
     stats: dict[str, int] = field(default_factory=lambda: {k: 0 for k in CLOCK_STATS})
     _candidate: list[tuple[int, int]] = field(default_factory=list)  # (t_ns, offset_ns) on a new clock
 
+    def start_after(self, t_ns: int | None, now_ns: int) -> None:
+        """Accept only samples after ``t_ns`` from now on; locks the offset there (against the
+        receiver time ``now_ns``) when none is locked yet. None forgets the last sample."""
+        self.last_t_ns = t_ns
+        if t_ns is not None and self.offset_ns is None:
+            self.offset_ns = t_ns - now_ns
+
     def check(self, t_ns: int, now_ns: int) -> str | None:
         """None when the sample at ``t_ns`` (received at ``now_ns``) is accepted, else the drop reason."""
         off = t_ns - now_ns
