@@ -3,7 +3,7 @@
 One frame: the source yields ``Frame(rgb, depth_raw, intrinsics)``; prompt events come from the
 gaze (simulated for the synthetic scene, a centre reticle for real input: point the camera at an
 object and hold still); ``StreamEngine.step`` gives one mask per selected object; each ``ok`` mask
-is lifted (``engine.lift.lift``: erosion, outlier removal, clustering), and the lifted pixels,
+is lifted (``engine.lift.lift``: depth-edge test, outlier removal, clustering), and the lifted pixels,
 with the frame's camera pose, join that object's fusion frames. At the end each object's frames
 are TSDF-fused (``engine.lift.fuse_tsdf``) into a mesh whose oriented box gives the extents.
 Poses: the renderer's for the synthetic scene, Open3D RGB-D odometry for RealSense input; without
