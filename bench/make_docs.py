@@ -156,6 +156,13 @@ def _headlines(results: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, 
                 out.append((f"stream 640x480, {lab['sequence']}, {lab['config']}",
                             f"{f['fps']:.1f} fps, mean J {f['mean_j']:.3f}, embeddings {f['embedding_age_mean']:.1f} "
                             f"frames old on average (max {f['embedding_age_max']})", res))
+    if res := _newest(results, "bench_serve"):
+        for r in res["rows"]:
+            f, lab = r["figures"], r["labels"]
+            if lab["mode"] == "served" and lab["clients"] == 1 and lab["repeat"] == 0:
+                out.append((f"arsel serve 640x480 at 30 fps, one client, {res['config'].get('runtime', '?')}",
+                            f"{f['fps']:.1f} fps, p95 {f['latency_p95_ms']:.0f} ms, {f['dropped']} dropped, "
+                            f"embeddings {f['embedding_age_p50']:.0f} frames old (median)", res))
     if res := _newest(results, "bench_lift"):
         for r in res["rows"]:
             out.append((f"lift, {r['labels']['case']}", f"{_fmt(r['figures']['lift_ms']['median'])} ms", res))

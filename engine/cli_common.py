@@ -47,9 +47,12 @@ def parse_points(items: Sequence[str] | None) -> tuple[np.ndarray | None, np.nda
         return None, None
     rows = [parse_floats(t, (2, 3), "--point") for t in items]
     pts = np.array([r[:2] for r in rows], dtype=np.float32)
-    labels = np.array([r[2] if len(r) == 3 else 1.0 for r in rows], dtype=np.float32)
-    if not np.all(np.isin(labels, (0.0, 1.0))):
-        raise UsageError("--point LABEL must be 1 (foreground) or 0 (background)")
+    from engine.validate import InputError, point_labels
+
+    try:
+        labels = point_labels("--point LABEL", [r[2] if len(r) == 3 else 1.0 for r in rows])
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
     return pts, labels
 
 
@@ -90,8 +93,21 @@ def build_predictor(args: argparse.Namespace) -> Any:
 
 
 def add_debug_arg(p: argparse.ArgumentParser) -> None:
-    """``--debug``: let errors show their Python traceback."""
-    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    """``--debug``: let errors show their Python traceback (taken anywhere, see ``parse_with_debug``)."""
+    p.add_argument("--debug", action="store_true",
+                   help="show the Python traceback of an error (anywhere on the command line)")
+
+
+def parse_with_debug(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` with ``--debug`` allowed anywhere (``arsel segment ... --debug``
+    as well as ``arsel --debug segment ...``), up to a ``--`` that ends the options."""
+    argv = list(argv)
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    rest = [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    args = parser.parse_args(rest)
+    args.debug = debug
+    return args
 
 
 def run_verb(args: argparse.Namespace, verb: str | None = None) -> int:
@@ -111,8 +127,8 @@ def run_verb(args: argparse.Namespace, verb: str | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the guard: an unexpected error is one line, not a traceback
         if getattr(args, "debug", False):
             raise
-        print(f"arsel {name}: internal error: {type(exc).__name__}: {_one_line(exc)} (a bug: re-run as "
-              f"`arsel --debug {name} ...` for the traceback and report it)", file=sys.stderr)
+        print(f"arsel {name}: internal error: {type(exc).__name__}: {_one_line(exc)} (a bug: re-run with "
+              f"--debug for the traceback and report it)", file=sys.stderr)
         return EXIT_INTERNAL
 
 
@@ -128,5 +144,5 @@ def verb_main(add_parser: Callable[[Any], argparse.ArgumentParser], verb: str,
     parser = argparse.ArgumentParser(prog="arsel")
     add_debug_arg(parser)
     add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([verb, *(sys.argv[1:] if argv is None else argv)])
+    args = parse_with_debug(parser, [verb, *(sys.argv[1:] if argv is None else argv)])
     return run_verb(args, verb)

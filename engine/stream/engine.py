@@ -123,18 +123,10 @@ class StreamEngine:
         encoder worker and the decoder share the cores); torch's are process-wide
         (``torch.set_num_threads``), set by the caller.
         """
-        from engine.backends.factory import create_backend, onnx_files
+        from engine.backends.factory import create_backend
         from engine.models.registry import get_spec
 
-        spec = get_spec(name)
-        if backend == "onnxruntime" and threads:
-            from engine.backends.ort_backend import OrtBackend
-
-            enc, dec = onnx_files(name, checkpoint)
-            be: Backend = OrtBackend(enc, dec, spec.input_size, threads=threads, device=device, spin=False)
-        else:
-            be = create_backend(backend, name, checkpoint, device)
-        return cls(be, spec, **kwargs)
+        return cls(create_backend(backend, name, checkpoint, device, threads=threads), get_spec(name), **kwargs)
 
     # --- objects and events ---------------------------------------------------------------------
     def add_object(self, prompt: Prompt, object_id: int | None = None) -> int:

@@ -64,7 +64,7 @@ def _proposals(engine: Any, exp: Expectation, kf: Keyframe, motion: MotionInfo, 
     inv = np.linalg.inv(_key_to_frame(motion))
     mapped = [map_prompt(Prompt.box(b, source="mask"), inv, kf.frame_hw)
               for b in guards.correction_boxes(exp, cfg, frame_hw)]
-    boxes = [m.box_xyxy for m in mapped if m is not None and m.box_xyxy is not None]
+    boxes = [m.box_xyxy for m in mapped if m is not None and m.box_xyxy is not None][:cfg.max_candidates]
     if not boxes:
         return []
     matrix = None if motion.is_identity else motion.matrix
