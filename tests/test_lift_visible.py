@@ -1,9 +1,10 @@
 """Lifting measures what the camera saw: on the synthetic orbit with the renderer's masks, the
-fused lifted points span the visible surface of the box, the can and the ball within 1 cm.
+fused lifted points span the visible surface of the box, the can and the ball within 0.7 cm.
 
-A 2 px mask erosion and a masked TSDF mesh both trim a curved object's rim (the ball came out
-1.2-1.9 cm short); ``lift(edge_gap_m=...)`` drops only the pixels behind depth edges, and
-``fuse_points`` measures the voted point cloud instead of the mesh.
+A 2 px mask erosion, a depth-edge test over a 2 px window and a masked TSDF mesh all trim a curved
+object's rim (the ball came out 0.6-1.9 cm short): near its rim the depth steps 0.5-1 cm per
+pixel. ``lift``'s default rule (1 cm within 1 px) drops only flying pixels, and ``fuse_points``
+measures the voted point cloud instead of the mesh.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from engine.demo.objects import upright_box  # noqa: E402
 from engine.demo.source import FrameTruth, SyntheticRGBDSource  # noqa: E402
 from engine.lift import EDGE_GAP_M, EDGE_PX, fuse_points, lift  # noqa: E402
 
-VISIBLE_EXTENT_TOL_M = 0.01
+VISIBLE_EXTENT_TOL_M = 0.007  # the box comes out ~0.6 cm wide of it: depth noise at its edges
 
 
 @pytest.fixture(scope="module")
