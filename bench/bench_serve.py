@@ -3,6 +3,7 @@
 Usage: python bench/bench_serve.py [--seconds 20] [--clients 1 4] [--repeats 1] [--threads 1]
                                    [--keyframe-interval 5] [--backend auto] [--reuse-decode-px 6]
                                    [--max-correction-decodes 4] [--short] [--out FILE.json]
+       python bench/bench_serve.py --ray ...   (Ray Serve vs this server: bench/bench_serve_ray.py)
 
 The engine settings are ``arsel serve``'s (its defaults unless given), in both the reference and
 the served runs: same backend, threads, decode reuse and correction cap.
@@ -34,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import Run, add_mode_args  # noqa: E402
+from bench.swan import swan_box  # noqa: E402
 from engine.serve.cli import LIVE_MAX_CORRECTION_DECODES, LIVE_REUSE_DECODE_PX, engine_config  # noqa: E402
 from engine.serve.client import encode_frame  # noqa: E402
 from engine.stream.events import Prompt  # noqa: E402
@@ -50,15 +52,6 @@ def frames_640(data: Path, n: int = 50) -> list[np.ndarray]:
         raise FileNotFoundError(f"no DAVIS blackswan frames under {data}; pass --data /path/to/shared/data")
     rgb = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
     return [cv2.resize(f, (HW[1], HW[0]), interpolation=cv2.INTER_AREA) for f in rgb]
-
-
-def swan_box_640(data: Path) -> list[float]:
-    """The swan's ground-truth box on frame 0 (DAVIS annotation), in the 640x480 frames' pixels."""
-    from engine.stream.evaluate import box_of, davis_annotations
-
-    truth = davis_annotations(data / "davis_blackswan")[0]
-    sx, sy = HW[1] / truth.shape[1], HW[0] / truth.shape[0]
-    return [float(v) for v in box_of(truth) * np.array([sx, sy, sx, sy])]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -183,6 +176,11 @@ def served_run(frames: list[np.ndarray], box: list[float], clients: int, seconds
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--ray" in argv:  # arsel serve --ray against the single process: bench/bench_serve_ray.py
+        from bench.bench_serve_ray import main as ray_main
+
+        return ray_main([a for a in argv if a != "--ray"])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="/work/shared/data", help="shared data root (DAVIS blackswan)")
     p.add_argument("--seconds", type=float, default=20.0)
@@ -200,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.short:
         args.seconds, args.clients = 8.0, [1]
     frames = frames_640(Path(args.data))
-    box = swan_box_640(Path(args.data))
+    box = swan_box(Path(args.data), HW)
     engines = LocalEngines.load("lite_medsam", args.backend, threads=args.threads,
                                 policy=KeyframePolicy(interval=args.keyframe_interval), async_encoder=True,
                                 config=engine_config(args))

@@ -65,7 +65,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     report = {
         "image": str(args.image),
         "model": args.model,
-        "image_hw": list(rgb.shape[:2]),
+        "original_hw": list(rgb.shape[:2]),
+        "image_hw": list(rgb.shape[:2]),  # the old key of original_hw: read by scripts outside arsel, kept one release
         "scores": [float(s) for s in pred.scores[0]],
         "chosen": best,
         "score": float(pred.scores[0, best]),

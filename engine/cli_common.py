@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,56 @@ def parse_points(items: Sequence[str] | None) -> tuple[np.ndarray | None, np.nda
 def parse_box(text: str | None) -> np.ndarray | None:
     """``"X0,Y0,X1,Y1"`` -> ``(4,)`` float32."""
     return None if text is None else np.array(parse_floats(text, (4,), "--box"), dtype=np.float32)
+
+
+class DeprecatedFlag(argparse.Action):
+    """A retired flag that still works for one release: on use it prints ``arsel: warning: ...`` on
+    stderr, raises a ``DeprecationWarning`` and stores its value under ``dest`` (the new flag's, or its
+    own where the value needs converting after validation)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, use: str, note: str = "",
+                 **kwargs: Any) -> None:
+        self.use, self.note = use, note
+        kwargs.setdefault("help", f"deprecated, use {use}{note}")
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        message = f"{option_string} is deprecated and goes in the next release: use {self.use}{self.note}"
+        print(f"arsel: warning: {message}", file=sys.stderr)
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_flag(p: Any, old: str, *, use: str, dest: str, note: str = "", **kwargs: Any) -> None:
+    """Add the retired flag ``old`` (on a parser or group) that warns and stores into ``dest``."""
+    p.add_argument(old, dest=dest, action=DeprecatedFlag, use=use, note=note, default=argparse.SUPPRESS,
+                   **kwargs)
+
+
+def add_keyframe_args(p: argparse.ArgumentParser) -> None:
+    """``--keyframe-interval auto|K`` (and the retired ``--keyframe``, same values); read it with
+    :func:`keyframe_policy`."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--keyframe-interval", metavar="auto|K",
+                       help="encode every K frames (default 5), or 'auto': motion/score-driven keyframes")
+    add_deprecated_flag(group, "--keyframe", use="--keyframe-interval", dest="keyframe_interval", metavar="auto|K")
+
+
+def keyframe_policy(args: argparse.Namespace) -> Any:
+    """The ``KeyframePolicy`` of ``--keyframe-interval`` (default: every 5 frames)."""
+    from engine.stream.scheduler import KeyframePolicy
+
+    text = str(getattr(args, "keyframe_interval", None) or "5").strip()
+    if text == "auto":
+        return KeyframePolicy.parse(text)
+    try:
+        k = int(text)
+    except ValueError:
+        raise UsageError(f"--keyframe-interval must be 'auto' or an interval K >= 1, got {text!r}") from None
+    if k < 1:
+        raise UsageError(f"--keyframe-interval must be >= 1 (1 = every frame), got {k}")
+    return KeyframePolicy(mode="interval", interval=k)
 
 
 def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:

@@ -263,7 +263,7 @@ def depth_array(name: str, depth_raw: np.ndarray) -> None:
         raise InputError(f"{name} is 8-bit (a visualisation?); use the 16-bit raw depth")
 
 
-DEPTH_SCALE_FIX = "pass --depth-scale 1 for metres, 1000 for millimetres (raw units per metre)"
+DEPTH_SCALE_FIX = "pass --depth-scale-m 1 for metres, 0.001 for millimetres (metres per raw unit)"
 
 
 def depth_units(name: str, depth_raw: np.ndarray, depth_scale_m: float, fix: str = DEPTH_SCALE_FIX) -> None:

@@ -105,7 +105,7 @@ def build_kit(kit: Path) -> dict[str, str]:
     cv2.imwrite(str(kit / "depth_m.tiff"), np.full((H, W), 1.0, np.float32))  # float metres
     _png(kit / "depth8.png", np.full((H, W), 100, np.uint8))
     _png(kit / "depth_small.png", np.full((H // 2, W // 2), 1000, np.uint16))
-    _png(kit / "depth_far.png", np.full((H, W), 5000, np.uint16))  # 5 km at --depth-scale 1
+    _png(kit / "depth_far.png", np.full((H, W), 5000, np.uint16))  # 5 km at --depth-scale-m 1
     _png(kit / "depth_rgb16.png", np.full((H, W, 3), 1000, np.uint16))
     mask = np.zeros((H, W), np.uint8)
     mask[12:36, 16:48] = 255

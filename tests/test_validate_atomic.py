@@ -66,7 +66,7 @@ def test_image_sizes() -> None:
 def test_depth_units() -> None:
     depth_units("d", np.full((4, 4), 1200, np.uint16), 0.001)  # 1.2 m in mm: fine
     depth_units("d", np.full((4, 4), 1.2, np.float32), 1.0)  # metres declared: fine
-    with pytest.raises(InputError, match="looks like metres.*--depth-scale 1"):
+    with pytest.raises(InputError, match="looks like metres.*--depth-scale-m 1"):
         depth_units("d", np.full((4, 4), 1.2, np.float32), 0.001)
     with pytest.raises(InputError, match="outside"):
         depth_units("d", np.full((4, 4), 60000, np.uint16), 1.0)  # 60 km

@@ -102,7 +102,7 @@ def test_box(files: dict[str, Path], box: list[int], fragment: str) -> None:
 
 
 def test_depth_units(files: dict[str, Path]) -> None:
-    cli = _cli_error(_lift(files, "cam", "--depth-scale", "1"))  # 5000 raw units at 1 unit per metre
+    cli = _cli_error(_lift(files, "cam", "--depth-scale-m", "1"))  # 5000 raw units at 1 metre per unit
     frame = encode_frame(0, np.zeros((*HW, 3), np.uint8), encoding="png", depth_raw=np.full(HW, 5000, np.uint16),
                          depth_scale_m=1.0, intrinsics=(60.0, 60.0, 32.0, 24.0))
     server = _server_error(lambda: parse_frame(frame, Limits()), "bad_frame")

@@ -38,7 +38,8 @@ import numpy as np
 from engine.demo.objects import ObjectLog, largest_component, upright_box
 from engine.lift import EDGE_GAP_M, fuse_points, fuse_tsdf, lift, oriented_box, save_ply
 from engine.frame_source import SourceError
-from engine.stream.latency import LatencyRecorder, track_status_line
+from engine.stream.hud import track_status_line
+from engine.stream.latency import LatencyRecorder
 from engine.types import Frame
 
 InputKind = Literal["synthetic", "realsense", "bag", "camera"]

@@ -289,7 +289,7 @@ def lift(
         dbscan_min_points: DBSCAN core-point threshold.
         max_points: about this many representatives (at most one per block) go through outlier
             removal and DBSCAN; more is finer clustering and slower.
-        compute_volume: compute ``volume_m3`` (convex hull, ~0.7 ms).
+        compute_volume: compute ``volume_m3`` (convex hull).
         edge_gap_m: drop mask pixels more than this far (metres; times (z / 1 m)^2 beyond 1 m)
             behind the nearest depth z within ``edge_px`` pixels (``None`` = off; default
             :data:`EDGE_GAP_M`): flying pixels go, the rim of a curved object stays.

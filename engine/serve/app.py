@@ -89,12 +89,16 @@ def create_app(engines: EngineFactory, limits: Limits | None = None, token: str 
 
     @app.get("/healthz")
     async def healthz() -> Any:  # on the event loop: a closing session's counters move atomically
-        return JSONResponse({"status": "ok", "protocol": PROTOCOL, "model": engines.model,
-                             "backend": engines.backend_name, "sessions": stats.sessions,
-                             "closing": stats.closing, "max_sessions": max_sessions, "uptime_s": round(time.time() - stats.started, 1),
-                             "sessions_total": stats.sessions_total, "frames": stats.frames,
-                             "dropped": stats.dropped, "errors_sent": stats.errors_sent,
-                             "exceptions": stats.exceptions, "gaze": stats.gaze().as_dict()})
+        body = {"status": "ok", "protocol": PROTOCOL, "model": engines.model,
+                "backend": engines.backend_name, "sessions": stats.sessions,
+                "closing": stats.closing, "max_sessions": max_sessions, "uptime_s": round(time.time() - stats.started, 1),
+                "sessions_total": stats.sessions_total, "frames": stats.frames,
+                "dropped": stats.dropped, "errors_sent": stats.errors_sent,
+                "exceptions": stats.exceptions, "gaze": stats.gaze().as_dict()}
+        health = getattr(engines, "health", None)  # optional: a scale-out factory's replicas (ray_gateway)
+        if callable(health):  # it may block (remote calls): on a thread, after the counters were read
+            body.update(await asyncio.to_thread(health))
+        return JSONResponse(body)
 
     @app.get("/")
     def index() -> Any:

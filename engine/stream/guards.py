@@ -41,7 +41,7 @@ class GuardConfig:
     tracking prompt again with the previous low-res logits as ``mask_input``; "box" without
     them), "combined" (the "mask_input" decode and the "proposals" boxes, best one kept) or
     "auto" ("proposals" for an object started from a box, "mask_input" for one started from a
-    point). "proposals" is the default: the best on the four DAVIS clips taken together.
+    point). "proposals" is the default (the best over the DAVIS clips, ``bench/bench_stream.py``).
     ``max_candidates``: most prompts one correction decodes (the first of ``correction_boxes``, in
     its order); None: all. A live server caps it to bound a correcting frame's time."""
 
