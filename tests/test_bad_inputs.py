@@ -140,6 +140,8 @@ ROWS = [
     Row("lf-json-txt", LIFT + " --mask {mask_png} --json {o}/r.txt", 2, ".json"),
     Row("lf-erode-huge", LIFT + " --mask {mask_png} --erode-px 100000", 2, "--erode-px"),
     Row("lf-erode-negative", LIFT + " --mask {mask_png} --erode-px -1", 2, "--erode-px"),
+    Row("lf-edge-gap-negative", LIFT + " --mask {mask_png} --edge-gap-m -0.01", 2, "--edge-gap-m"),
+    Row("lf-edge-gap-nan", LIFT + " --mask {mask_png} --edge-gap-m nan", 2, "--edge-gap-m"),
     Row("lf-max-depth-nan", LIFT + " --mask {mask_png} --max-depth-m nan", 2, "--max-depth-m"),
     Row("lf-max-depth-inf", LIFT + " --mask {mask_png} --max-depth-m inf", 2, "--max-depth-m"),
     Row("lf-depth-scale-nan", LIFT + " --mask {mask_png} --depth-scale-m nan", 2, "--depth-scale-m"),

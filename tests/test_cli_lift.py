@@ -75,7 +75,8 @@ def test_lift_open3d_intrinsics_and_depth_scale(data_dir: Path, tmp_path: Path) 
     cv2.imwrite(str(tmp_path / "floor.png"), mask)
     centroids = []
     for scale in ("0.001", "0.002"):
-        assert main(lift_argv(f, tmp_path, "--mask", str(tmp_path / "floor.png"), "--depth-scale-m", scale)) == 0
+        assert main(lift_argv(f, tmp_path, "--mask", str(tmp_path / "floor.png"), "--depth-scale-m", scale,
+                              "--edge-gap-m", "0")) == 0  # off: a gap in metres is not scale-free
         report = json.loads((tmp_path / "obj.json").read_text())
         assert report["depth_scale_m"] == pytest.approx(float(scale))
         centroids.append(np.array(report["centroid_m"]))

@@ -2,6 +2,7 @@
 
     arsel lift --color C.png --depth D.png --intrinsics I.json [--depth-scale-m 0.001]
         (--mask M.png | --box X0,Y0,X1,Y1 | --point X,Y ...) [--model NAME] [--backend B]
+        [--edge-gap-m 0.01] [--erode-px 0]
         [--checkpoint P] --out OBJECT.ply [--json OUT.json] [--mesh MESH.ply|.obj|.glb]
     arsel fuse FRAMES_DIR --poses TRAJ.log --intrinsics I.json [--depth-scale-m 0.001] [--masks DIR]
         [--voxel-m 0.01] [--every N] --out MESH.ply [--cloud CLOUD.ply] [--json OUT.json]
@@ -43,6 +44,7 @@ from engine.lift.cli_io import (
     read_depth,
     read_mask,
 )
+from engine.lift.single import EDGE_GAP_M, EDGE_PX
 from engine.atomic import AtomicOutputs
 from engine.types import CameraIntrinsics
 from engine.validate import number, optional_number
@@ -83,7 +85,11 @@ def add_lift_parser(subparsers: Any) -> argparse.ArgumentParser:
                           "foreground point also picks the 3D cluster to keep")
     add_model_args(p)
     p.add_argument("--max-depth-m", type=float, default=10.0, help="ignore depth beyond this (default 10)")
-    p.add_argument("--erode-px", type=int, default=2, help="mask erosion against flying pixels (default 2)")
+    p.add_argument("--edge-gap-m", type=float, default=EDGE_GAP_M, metavar="M",
+                   help=f"drop mask pixels more than M metres (x (z/1 m)^2 beyond 1 m) behind the nearest depth z "
+                        f"within {EDGE_PX} px: flying pixels (default {EDGE_GAP_M:g}, as arsel demo; 0 = off)")
+    p.add_argument("--erode-px", type=int, default=0,
+                   help="erode the mask first (default 0: erosion also trims a curved object's rim)")
     p.add_argument("--out", required=True, metavar="OBJECT.ply", help="object point cloud (binary PLY, colours)")
     p.add_argument("--json", metavar="OUT.json", help="centroid, extent, oriented box, volume, status, timings")
     p.add_argument("--mesh", metavar="MESH.ply|.obj|.glb", help="also mesh the object and write it")
@@ -223,13 +229,15 @@ def cmd_lift(args: argparse.Namespace) -> int:
     _check_suffix(args.json, (".json",), "--json")
     number("--erode-px", args.erode_px, lo=0, hi=MAX_ERODE_PX, integer=True, hint=" (pixels of mask erosion)")
     number("--max-depth-m", args.max_depth_m, lo=0, lo_open=True, hi=MAX_DEPTH_M)
+    number("--edge-gap-m", args.edge_gap_m, lo=0, hi=MAX_DEPTH_M, hint=" (metres; 0 turns the depth-edge test off)")
     intr = _intrinsics(args)
     depth = read_depth(args.depth, intr)
     rgb = read_color(args.color, depth.shape)
     t1 = time.perf_counter()
     mask, prompt, extra = _selection(args, rgb)
     t2 = time.perf_counter()
-    res = lift(mask, depth, intr, rgb=rgb, prompt_xy=prompt, erode_px=args.erode_px, max_depth_m=args.max_depth_m)
+    res = lift(mask, depth, intr, rgb=rgb, prompt_xy=prompt, erode_px=args.erode_px, max_depth_m=args.max_depth_m,
+               edge_gap_m=args.edge_gap_m or None)
     t3 = time.perf_counter()
     extra["mask_area_px"] = int(mask.sum())
     with AtomicOutputs() as outs:  # the cloud, the mesh and the JSON appear together, or none of them
