@@ -1,7 +1,12 @@
 """``arsel serve`` benchmark: 640x480 JPEG at 30 fps over loopback, LiteMedSAM, async encoder.
 
 Usage: python bench/bench_serve.py [--seconds 20] [--clients 1 4] [--repeats 1] [--threads 1]
-                                   [--keyframe-interval 5] [--json OUT.json]
+                                   [--keyframe-interval 5] [--backend auto] [--reuse-decode-px 6]
+                                   [--max-correction-decodes 4] [--short] [--out FILE.json]
+       python bench/bench_serve.py --ray ...   (Ray Serve vs this server: bench/bench_serve_ray.py)
+
+The engine settings are ``arsel serve``'s (its defaults unless given), in both the reference and
+the served runs: same backend, threads, decode reuse and correction cap.
 
 1. Reference: in-process ``StreamEngine.step`` on the same frames (async encoder, keyframe every
    5 frames) paced at 30 fps: median and p95 step time.
@@ -11,7 +16,7 @@ Usage: python bench/bench_serve.py [--seconds 20] [--clients 1 4] [--repeats 1] 
    p50/p95, dropped (server-side), embedding age; overall: fairness (slowest / fastest session fps)
    and the server's overhead over the in-process step at the median (send->result p50 / step p50 - 1).
 Targets (issue #12): one client >= 20 fps, p95 <= 80 ms, overhead <= 15 %; four clients >= 5 fps
-each, fairness >= 0.7. Results JSON: every run's figures plus the median and spread over repeats.
+each, fairness >= 0.7. Writes ``bench/results/bench_serve-*.json`` (``bench/make_docs.py`` renders it).
 """
 
 from __future__ import annotations
@@ -19,37 +24,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import describe_host  # noqa: E402
+from bench.harness import Run, add_mode_args  # noqa: E402
+from bench.swan import HW, frames_640, renumber, swan_box  # noqa: E402
+from bench.swan import pct as _pct  # noqa: E402
+from engine.serve.cli import LIVE_MAX_CORRECTION_DECODES, LIVE_REUSE_DECODE_PX, engine_config  # noqa: E402
 from engine.serve.client import encode_frame  # noqa: E402
 from engine.stream.events import Prompt  # noqa: E402
 from engine.stream.scheduler import KeyframePolicy  # noqa: E402
 from engine.types import Frame  # noqa: E402
 
 FPS = 30.0
-HW = (480, 640)
-
-
-def frames_640(data: Path, n: int = 50) -> list[np.ndarray]:
-    paths = sorted((data / "davis_blackswan" / "JPEGImages").glob("*.jpg"))[:n]
-    if not paths:
-        raise FileNotFoundError(f"no DAVIS blackswan frames under {data}; pass --data /path/to/shared/data")
-    rgb = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
-    return [cv2.resize(f, (HW[1], HW[0]), interpolation=cv2.INTER_AREA) for f in rgb]
-
-
-def _pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
 
 
 def reference(engines: Any, frames: list[np.ndarray], box: list[float], seconds: float) -> dict[str, Any]:
@@ -98,7 +91,7 @@ async def _client(url: str, jpegs: list[bytes], box: list[float], seconds: float
 
         i = 0  # frames at 2 fps until results come on a keyframe: then the clock starts
         while True:
-            await ws.send(_with_id(jpegs[i % len(jpegs)], i))
+            await ws.send(renumber(jpegs[i % len(jpegs)], i))
             i += 1
             msg = json.loads(await ws.recv())
             while msg["type"] != "result":
@@ -111,7 +104,7 @@ async def _client(url: str, jpegs: list[bytes], box: list[float], seconds: float
         while time.perf_counter() - t_start < seconds:
             await asyncio.sleep(max(0.0, t_start + (i - first) / FPS - time.perf_counter()))
             sent[i] = time.perf_counter()
-            await ws.send(_with_id(jpegs[i % len(jpegs)], i))
+            await ws.send(renumber(jpegs[i % len(jpegs)], i))
             i += 1
         await asyncio.sleep(1.0)
         task.cancel()
@@ -121,15 +114,6 @@ async def _client(url: str, jpegs: list[bytes], box: list[float], seconds: float
             "latency_p50_ms": _pct(warm_lat, 50), "latency_p95_ms": _pct(warm_lat, 95),
             "dropped": last.get("dropped", 0), "embedding_age_p50": _pct(ages, 50),
             "server_total_ms_last": last.get("latency_ms", {}).get("server_total")}
-
-
-def _with_id(frame_msg: bytes, frame_id: int) -> bytes:
-    """Re-number a packed frame message (JSON header rewritten, blob kept)."""
-    from engine.serve.protocol import pack, unpack
-
-    header, blob = unpack(frame_msg)
-    header["frame_id"], header["t_capture_ns"] = frame_id, time.time_ns()
-    return pack(header, bytes(blob))
 
 
 def served_run(frames: list[np.ndarray], box: list[float], clients: int, seconds: float,
@@ -142,8 +126,9 @@ def served_run(frames: list[np.ndarray], box: list[float], clients: int, seconds
     jpegs = [encode_frame(0, f, encoding="jpeg", jpeg_quality=85) for f in frames]
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": str(args.threads)}
-    cmd = [sys.executable, "-c", "import sys, torch; torch.set_num_threads(int(sys.argv[1])); "
-           "from engine.cli import main; sys.exit(main(sys.argv[2:]))", str(args.threads), "serve", "--port", "0",
+    cmd = [sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--threads", str(args.threads),
+           "--backend", args.backend, "--reuse-decode-px", str(args.reuse_decode_px),
+           "--max-correction-decodes", str(args.max_correction_decodes),
            "--keyframe-interval", str(args.keyframe_interval), "--max-sessions", str(clients + 1)]
     proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
     try:
@@ -169,73 +154,59 @@ def served_run(frames: list[np.ndarray], box: list[float], clients: int, seconds
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--ray" in argv:  # arsel serve --ray against the single process: bench/bench_serve_ray.py
+        from bench.bench_serve_ray import main as ray_main
+
+        return ray_main([a for a in argv if a != "--ray"])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="/work/shared/data", help="shared data root (DAVIS blackswan)")
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4])
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (process-wide)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per compute thread (default 1)")
     p.add_argument("--keyframe-interval", type=int, default=5)
-    p.add_argument("--json", default="runs/bench_serve.json", help="results JSON (default runs/bench_serve.json)")
+    p.add_argument("--backend", default="auto", help="runtime (default auto: onnxruntime on the CPU)")
+    p.add_argument("--reuse-decode-px", type=float, default=LIVE_REUSE_DECODE_PX)
+    p.add_argument("--max-correction-decodes", type=int, default=LIVE_MAX_CORRECTION_DECODES)
+    add_mode_args(p, "8 s per run, one client only")
     args = p.parse_args(argv)
-    import torch
-
     from engine.serve.engines import LocalEngines
 
-    torch.set_num_threads(args.threads)
+    if args.short:
+        args.seconds, args.clients = 8.0, [1]
     frames = frames_640(Path(args.data))
-    box = [190.0, 90.0, 480.0, 330.0]  # the swan in the 640x480 frames
-    engines = LocalEngines.load("lite_medsam", policy=KeyframePolicy(interval=args.keyframe_interval),
-                                async_encoder=True)
-    runs = []
+    box = swan_box(Path(args.data), HW)
+    engines = LocalEngines.load("lite_medsam", args.backend, threads=args.threads,
+                                policy=KeyframePolicy(interval=args.keyframe_interval), async_encoder=True,
+                                config=engine_config(args))
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "short")}
+    run = Run("bench_serve", {**config, "mode": "short" if args.short else "full", "runtime": engines.backend_name},
+              notes=["640x480 JPEG (q85) at 30 fps over loopback, LiteMedSAM, async encoder, box prompt on the swan",
+                     "latency: send -> result per frame; fps: results per second per session after the first 10 %",
+                     "overhead: served send->result p50 / in-process step p50 - 1 (targets: one client >= 20 fps, "
+                     "p95 <= 80 ms, overhead <= 15 %; four clients >= 5 fps each, fairness >= 0.7)"])
     for r in range(args.repeats):
-        run: dict[str, Any] = {"reference": reference(engines, frames, box, args.seconds)}
+        ref = reference(engines, frames, box, args.seconds)
+        run.add({"repeat": r, "mode": "in-process step", "clients": 0, "session": "-"},
+                {"step_p50_ms": ref["step_p50_ms"], "step_p95_ms": ref["step_p95_ms"],
+                 "embedding_age_p50": ref["embedding_age_p50"], "frames": ref["frames"]})
         for n in args.clients:
-            run[f"clients_{n}"] = served_run(frames, box, n, args.seconds, args)
-        one = run.get("clients_1")
-        if one:
-            s = one["sessions"][0]
-            run["overhead_vs_step_p50"] = s["latency_p50_ms"] / run["reference"]["step_p50_ms"] - 1
-        runs.append(run)
-        print(json.dumps(_brief(run), indent=1), flush=True)
-    out = {"host": describe_host(), "args": vars(args), "runs": runs, "summary": _summary(runs)}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.json}")
+            served = served_run(frames, box, n, args.seconds, args)
+            for k, sess in enumerate(served["sessions"]):
+                figures = {key: sess[key] for key in ("fps", "latency_p50_ms", "latency_p95_ms", "dropped",
+                                                      "embedding_age_p50", "sent", "results")}
+                if n == 1:
+                    figures["overhead_vs_step_p50"] = sess["latency_p50_ms"] / ref["step_p50_ms"] - 1
+                figures["fairness"] = served["fairness"]
+                run.add({"repeat": r, "mode": "served", "clients": n, "session": k}, figures)
+            print(json.dumps({"clients": n, "fps": [round(x["fps"], 1) for x in served["sessions"]],
+                              "p95_ms": [round(x["latency_p95_ms"], 1) for x in served["sessions"]],
+                              "dropped": [x["dropped"] for x in served["sessions"]],
+                              "fairness": round(served["fairness"], 2), "step_p50_ms": round(ref["step_p50_ms"], 1)}),
+                  flush=True)
+    run.write(args.out)
     return 0
-
-
-def _brief(run: dict[str, Any]) -> dict[str, Any]:
-    out = {"step_p50_ms": round(run["reference"]["step_p50_ms"], 1)}
-    for k, v in run.items():
-        if k.startswith("clients_"):
-            out[k] = {"fps": [round(s["fps"], 1) for s in v["sessions"]],
-                      "p50_ms": [round(s["latency_p50_ms"], 1) for s in v["sessions"]],
-                      "p95_ms": [round(s["latency_p95_ms"], 1) for s in v["sessions"]],
-                      "dropped": [s["dropped"] for s in v["sessions"]],
-                      "age_p50": [s["embedding_age_p50"] for s in v["sessions"]],
-                      "fairness": round(v["fairness"], 2)}
-    if "overhead_vs_step_p50" in run:
-        out["overhead_vs_step_p50"] = round(run["overhead_vs_step_p50"], 3)
-    return out
-
-
-def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median and min..max over repeats of the headline figures."""
-    keys = {"step_p50_ms": lambda r: r["reference"]["step_p50_ms"],
-            "one_fps": lambda r: r["clients_1"]["sessions"][0]["fps"],
-            "one_p95_ms": lambda r: r["clients_1"]["sessions"][0]["latency_p95_ms"],
-            "overhead_vs_step_p50": lambda r: r["overhead_vs_step_p50"],
-            "four_fps_min": lambda r: r["clients_4"]["fps_min"],
-            "four_fairness": lambda r: r["clients_4"]["fairness"]}
-    out = {}
-    for name, get in keys.items():
-        try:
-            vals = [get(r) for r in runs]
-        except KeyError:
-            continue
-        out[name] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
-    return out
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ Usage: python bench/bench_stream.py [--short] [--davis DIR ...] [--frames 100] [
 
 Modes: full (default: every DAVIS row on blackswan and the davis2016 sequences car-shadow, dog,
 camel; throughput rows of 100 frames on each sequence); ``--short`` (3 DAVIS rows on blackswan and
-car-shadow; throughput of 60 frames on blackswan, torch only). Writes
-``bench/results/bench_stream-*.json`` (``bench/make_docs.py`` renders it) and prints where.
+car-shadow; throughput of 60 frames on blackswan, torch only). Each section also runs alone
+(``--skip-davis --skip-throughput``: the starts; the result's ``config.sections`` says which ran)
+and ``bench/make_docs.py`` shows each table from the newest run holding it. Writes
+``bench/results/bench_stream-*.json`` and prints where.
 
 1. DAVIS table (LiteMedSAM, real weights, box of the first annotation, box propagation from the
    previous mask +5 %): mean J for the encoder on every frame and for a keyframe every 2/5/10
@@ -245,7 +247,9 @@ def main() -> int:
     torch.set_num_threads(1)  # one intra-op thread per engine thread (decoder, encoder worker)
     run = Run("bench_stream", {"mode": "short" if args.short else "full", "sequences": [p.name for p in seqs],
                                "throughput_frames": frames, "runtimes": runtimes, "torch_threads": 1,
-                               "model": "lite_medsam"},
+                               "model": "lite_medsam",
+                               "sections": [name for name, skip in (("davis", args.skip_davis), ("starts", args.skip_starts),
+                                                                    ("throughput", args.skip_throughput)) if not skip]},
               notes=["mean J follows the DAVIS protocol: frame 0 (the prompted frame) is excluded",
                      "fps is one timed run (n=1) of the whole stream; stage spreads are per frame",
                      "embedding_age_*: frames between the keyframe decoded on and the frame"])

@@ -4,7 +4,9 @@ Usage: python bench/make_docs.py [--results DIR] [--docs FILE] [--readme FILE] [
 
 ``docs/benchmarks.md``: one section per host (CPU, cores, SIMD), in it the newest run of each
 bench on that host with its date, commit, mode and load, as one table (timings as
-``median (p5-p95, n)``). The README's table between ``<!-- bench:begin -->`` and
+``median (p5-p95, n)``). Rows labelled with a ``table`` (bench_stream's davis / starts /
+guard_cost / throughput) come from the newest run holding that table, so a bench section run
+alone (``bench_stream.py --skip-davis --skip-throughput``) refreshes its own rows only. The README's table between ``<!-- bench:begin -->`` and
 ``<!-- bench:end -->`` gets a few headline figures of the newest runs. ``--check`` writes nothing
 and exits 1 when either file differs from what the committed results give.
 """
@@ -93,16 +95,37 @@ def render_docs(results: list[dict[str, Any]]) -> str:
         h = next(iter(benches.values()))["host"]
         lines.append(f"## Host `{host_id}`: {h['cpu']}, {h['cores']} cores usable, SIMD {', '.join(h['simd']) or 'none'}\n")
         for bench in sorted(benches):
-            res = benches[bench]
-            libs = ", ".join(f"{k} {v}" for k, v in sorted(res.get("libraries", {}).items()))
-            lines += [f"### {bench}\n", _run_line(res) + ".", "", f"Libraries: {libs}.", ""]
-            lines += [f"- {note}" for note in res.get("notes", [])]
-            lines += [""] + table(res["rows"]) + [""]
+            lines.append(f"### {bench}\n")
+            parts = _newest_tables([r for r in results if r["host"]["id"] == host_id and r["bench"] == bench])
+            for res, rows in parts:
+                libs = ", ".join(f"{k} {v}" for k, v in sorted(res.get("libraries", {}).items()))
+                tables = sorted({str(r["labels"].get("table")) for r in rows})
+                what = f"Tables {', '.join(tables)}: " if len(parts) > 1 else ""
+                lines += [what + _run_line(res) + ".", "", f"Libraries: {libs}.", ""]
+                lines += [f"- {note}" for note in res.get("notes", [])]
+                lines += [""] + table(rows) + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _newest(results: list[dict[str, Any]], bench: str) -> dict[str, Any] | None:
-    runs = [r for r in results if r["bench"] == bench]
+def _newest_tables(runs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """(run, its rows shown) per run still showing something, oldest first: each ``table`` label
+    (rows without one count as one table) is shown from the newest of ``runs`` (oldest first) holding it."""
+    owner: dict[Any, int] = {}
+    for i, res in enumerate(runs):
+        for r in res["rows"]:
+            owner[r["labels"].get("table")] = i
+    out = []
+    for i, res in enumerate(runs):
+        rows = [r for r in res["rows"] if owner[r["labels"].get("table")] == i]
+        if rows:
+            out.append((res, rows))
+    return out
+
+
+def _newest(results: list[dict[str, Any]], bench: str, table: str | None = None) -> dict[str, Any] | None:
+    """The newest run of ``bench`` (with a row of ``table`` when given), or None."""
+    runs = [r for r in results if r["bench"] == bench
+            and (table is None or any(row["labels"].get("table") == table for row in r["rows"]))]
     return runs[-1] if runs else None
 
 
@@ -124,13 +147,22 @@ def _headlines(results: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, 
                 out.append((f"{r['labels']['model']}, ONNX Runtime / reference",
                             f"encoder {f['encode_x_ref']:.2f}x, decoder cold {f['decode_cold_x_ref']:.2f}x "
                             f"({_fmt(f['decode_cold_ms']['median'])} ms; warm {_fmt(f['decode_1pt_ms']['median'])} ms)", res))
-    if res := _newest(results, "bench_stream"):
-        for r in res["rows"]:
+    if res := _newest(results, "bench_stream", table="throughput"):
+        first = next(r["labels"]["sequence"] for r in res["rows"] if r["labels"]["table"] == "throughput")
+        for r in res["rows"]:  # the first sequence's plain rows: the README's table stays small
             f, lab = r["figures"], r["labels"]
-            if lab["table"] == "throughput" and "reuse" not in lab["config"] and "roi" not in lab["config"]:
+            if (lab["table"] == "throughput" and lab["sequence"] == first and "reuse" not in lab["config"]
+                    and "roi" not in lab["config"]):
                 out.append((f"stream 640x480, {lab['sequence']}, {lab['config']}",
                             f"{f['fps']:.1f} fps, mean J {f['mean_j']:.3f}, embeddings {f['embedding_age_mean']:.1f} "
                             f"frames old on average (max {f['embedding_age_max']})", res))
+    if res := _newest(results, "bench_serve"):
+        for r in res["rows"]:
+            f, lab = r["figures"], r["labels"]
+            if lab["mode"] == "served" and lab["clients"] == 1 and lab["repeat"] == 0:
+                out.append((f"arsel serve 640x480 at 30 fps, one client, {res['config'].get('runtime', '?')}",
+                            f"{f['fps']:.1f} fps, p95 {f['latency_p95_ms']:.0f} ms, {f['dropped']} dropped, "
+                            f"embeddings {f['embedding_age_p50']:.0f} frames old (median)", res))
     if res := _newest(results, "bench_lift"):
         for r in res["rows"]:
             out.append((f"lift, {r['labels']['case']}", f"{_fmt(r['figures']['lift_ms']['median'])} ms", res))

@@ -2,7 +2,7 @@
 
     arsel calibrate intrinsics IMAGES... --pattern chessboard|charuco --size 9x6 --square-m S
         [--marker-m M] [--dictionary NAME] --out cam.json [--format arsel|open3d] [--json REPORT.json]
-    arsel calibrate gaze SAMPLES.csv --out gaze.json [--model homography|poly2] [--intrinsics I.json]
+    arsel calibrate gaze SAMPLES.csv --out gaze.json [--mapping homography|poly2] [--intrinsics I.json]
 
 ``IMAGES`` are files, folders (every image inside) or quoted globs (``'calib/left*.jpg'``).
 ``--size`` counts inner corners for a chessboard (9x6 for a 10x7-square board) and squares for a
@@ -19,8 +19,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from engine.cli_common import UsageError
+from engine.cli_common import UsageError, add_deprecated_flag
 
+GAZE_MAPPINGS = ("homography", "poly2")  # calibration.gaze.MODELS, not imported: keeps --help fast
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm")
 
 
@@ -49,7 +50,9 @@ def add_calibrate_parser(subparsers: Any) -> argparse.ArgumentParser:
     g = csub.add_parser("gaze", help="eye-tracker -> scene-camera mapping from a CSV of target pairs")
     g.add_argument("samples", metavar="SAMPLES.csv", help="header tracker_x,tracker_y,scene_x,scene_y, then pairs")
     g.add_argument("--out", required=True, metavar="gaze.json", help="mapping JSON (GazeMapping.load reads it)")
-    g.add_argument("--model", default="homography", choices=("homography", "poly2"), help="(default homography)")
+    g.add_argument("--mapping", default="homography", choices=GAZE_MAPPINGS,
+                   help="eye-tracker -> scene-camera fit (default homography)")
+    add_deprecated_flag(g, "--model", use="--mapping", dest="mapping", choices=GAZE_MAPPINGS)
     g.add_argument("--intrinsics", metavar="I.json", help="scene camera intrinsics: residuals also in degrees")
     g.add_argument("--ransac-px", type=float, default=5.0, help="RANSAC inlier threshold, scene px (default 5)")
     g.add_argument("--seed", type=int, default=0, help="RANSAC seed (default 0)")
@@ -154,7 +157,7 @@ def cmd_calibrate_gaze(args: argparse.Namespace) -> int:
         intr = load_intrinsics(args.intrinsics)
         cam = {"fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy}
     with AtomicOutputs() as outs:
-        m = calibrate_gaze_csv(samples, outs.file(args.out), args.model, ransac_px=args.ransac_px, seed=args.seed,
+        m = calibrate_gaze_csv(samples, outs.file(args.out), args.mapping, ransac_px=args.ransac_px, seed=args.seed,
                                **cam)
     print(f"{args.out}: {m.model} from {m.num_inliers} of {m.num_pairs} pairs (RANSAC inliers within "
           f"{args.ransac_px:g} px)")

@@ -2,7 +2,7 @@
 
 Usage:
     python demos/gaze_replay.py SOURCE GAZE.csv --out overlay.mp4 [--model lite_medsam]
-        [--keyframe 5|auto] [--motion homography|affine|none] [--gaze-offset-ms MS] [--max-frames N]
+        [--keyframe-interval 5|auto] [--motion homography|affine|none] [--gaze-offset-ms MS] [--max-frames N]
         [--show]
 
 SOURCE: a video file, a folder of frames (DAVIS layout ok) or synthetic[:N]. GAZE.csv:
@@ -22,9 +22,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.cli_common import add_deprecated_flag  # noqa: E402
 from engine.imageio import draw_overlay  # noqa: E402
 from engine.stream.engine import StepResult, StreamEngine  # noqa: E402
-from engine.stream.latency import draw_hud  # noqa: E402
+from engine.stream.hud import draw_hud  # noqa: E402
 from engine.stream.prompt_sources import GazeReplay  # noqa: E402
 from engine.stream.scheduler import KeyframePolicy  # noqa: E402
 from engine.stream.sources import open_source  # noqa: E402
@@ -38,7 +39,7 @@ class App:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.engine = StreamEngine.from_name(args.model, args.checkpoint, args.device, backend=args.backend,
-                                             policy=KeyframePolicy.parse(args.keyframe), motion=args.motion)
+                                             policy=KeyframePolicy.parse(args.keyframe_interval), motion=args.motion)
         self.replay: GazeReplay | None = None
         self.writer: VideoWriter | None = None
         self.selections = 0
@@ -102,7 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt", "auto"))
-    ap.add_argument("--keyframe", default="5", help="keyframe interval K or 'auto'")
+    ap.add_argument("--keyframe-interval", default="5", metavar="auto|K", help="keyframe interval K or 'auto'")
+    add_deprecated_flag(ap, "--keyframe", use="--keyframe-interval", dest="keyframe_interval")
     ap.add_argument("--motion", default="homography", choices=("homography", "affine", "none"))
     ap.add_argument("--gaze-offset-ms", type=float, help="gaze time minus frame time (default: align starts)")
     ap.add_argument("--max-frames", type=int)

@@ -1,7 +1,7 @@
 """Select objects in a live camera stream with the mouse (or the mouse playing gaze); masks every frame.
 
 Usage:
-    python demos/live_select.py [--source 0] [--model lite_medsam] [--keyframe 5|auto]
+    python demos/live_select.py [--source 0] [--model lite_medsam] [--keyframe-interval 5|auto]
                                 [--motion homography|affine|none] [--sync-encoder]
     python demos/live_select.py --gaze-live udp:5005      # an eye tracker streams JSON lines to 127.0.0.1:5005
     python demos/live_select.py --gaze-live pupil          # a Pupil Labs Neon/Invisible on the network
@@ -34,11 +34,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.cli_common import add_deprecated_flag  # noqa: E402
 from engine.gaze import GazeSample  # noqa: E402
 from engine.imageio import draw_overlay  # noqa: E402
 from engine.stream.engine import StepResult, StreamEngine  # noqa: E402
 from engine.stream.events import CursorEvent, PromptEvent, ReleaseEvent, SelectEvent  # noqa: E402
-from engine.stream.latency import draw_hud  # noqa: E402
+from engine.stream.hud import draw_hud  # noqa: E402
 from engine.stream.prompt_sources import CursorPrompts, GazePrompts, open_live_gaze  # noqa: E402
 from engine.stream.scheduler import KeyframePolicy  # noqa: E402
 from engine.stream.sources import open_source  # noqa: E402
@@ -53,7 +54,7 @@ class App:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        policy = KeyframePolicy.parse(args.keyframe)
+        policy = KeyframePolicy.parse(args.keyframe_interval)
         # the live tracker first: a bad or busy port fails in milliseconds, before the model loads
         self.live_gaze = open_live_gaze(args.gaze_live) if args.gaze_live else None
         self.engine = StreamEngine.from_name(args.model, args.checkpoint, args.device, backend=args.backend,
@@ -240,7 +241,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt", "auto"))
-    ap.add_argument("--keyframe", default="5", help="keyframe interval K or 'auto'")
+    ap.add_argument("--keyframe-interval", default="5", metavar="auto|K", help="keyframe interval K or 'auto'")
+    add_deprecated_flag(ap, "--keyframe", use="--keyframe-interval", dest="keyframe_interval")
     ap.add_argument("--motion", default="homography", choices=("homography", "affine", "none"))
     ap.add_argument("--sync-encoder", action="store_true", help="encode keyframes inline (default: worker thread)")
     ap.add_argument("--headless", action="store_true", help="synthetic source, scripted input, no window")

@@ -47,6 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.cli_common import add_deprecated_flag  # noqa: E402
 from engine.demo.overlay import OverlayVideo  # noqa: E402
 from engine.imageio import draw_overlay  # noqa: E402
 from engine.lift import LiftResult, lift, save_ply  # noqa: E402
@@ -54,7 +55,7 @@ from engine.lift.remote_view import VIEW_FORMS, ObjectView, ViewSpec, open_view 
 from engine.realsense import DepthFilterConfig, RealSenseConfig, RealSenseSource, SyntheticRealSense  # noqa: E402
 from engine.stream.engine import StepResult, StreamEngine  # noqa: E402
 from engine.stream.events import CursorEvent, Prompt, PromptEvent, SelectEvent  # noqa: E402
-from engine.stream.latency import draw_hud  # noqa: E402
+from engine.stream.hud import draw_hud  # noqa: E402
 from engine.stream.prompt_sources import CursorPrompts  # noqa: E402
 from engine.stream.scheduler import KeyframePolicy  # noqa: E402
 from engine.stream.sources import SourceError  # noqa: E402
@@ -80,7 +81,7 @@ class App:
         self.args = args
         self.engine = engine or StreamEngine.from_name(
             args.model, args.checkpoint, args.device, backend=args.backend,
-            policy=KeyframePolicy.parse(args.keyframe), async_encoder=not args.sync_encoder,
+            policy=KeyframePolicy.parse(args.keyframe_interval), async_encoder=not args.sync_encoder,
         )  # fmt: skip
         self.cursor = CursorPrompts(hover=False)
         self.pending: list[PromptEvent] = []
@@ -327,7 +328,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt", "auto"))
-    ap.add_argument("--keyframe", default="5", help="keyframe interval K or 'auto'")
+    ap.add_argument("--keyframe-interval", default="5", metavar="auto|K", help="keyframe interval K or 'auto'")
+    add_deprecated_flag(ap, "--keyframe", use="--keyframe-interval", dest="keyframe_interval")
     ap.add_argument("--sync-encoder", action="store_true", help="encode keyframes inline (default: worker thread)")
     ap.add_argument("--box", type=_numbers(4), metavar="X0,Y0,X1,Y1", help="scripted box prompt on the first frame")
     ap.add_argument("--click", type=_numbers(2), metavar="X,Y", help="scripted point prompt on the first frame")

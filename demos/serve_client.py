@@ -28,7 +28,7 @@ import numpy as np
 from engine.serve.client import StreamClient, result_masks
 from engine.stream.latency import LatencyRecorder
 from engine.stream.results import MaskResult, StepResult
-from engine.stream.track_cli import _Writer
+from engine.stream.track_output import TrackWriter
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 class _Remote:
-    """What ``_Writer`` reads from an engine: the latency HUD, here fed by the server's figures."""
+    """What ``TrackWriter`` reads from an engine: the latency HUD, here fed by the server's figures."""
 
     def __init__(self) -> None:
         self.latency = LatencyRecorder()
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 break
             hw = frame.rgb.shape[:2]
             if writer is None:
-                writer = _Writer(out, len(prompts) > 1, None if args.no_overlay else source.fps)
+                writer = TrackWriter(out, len(prompts) > 1, None if args.no_overlay else source.fps)
                 if args.gaze:
                     from engine.gaze import read_gaze_csv
 

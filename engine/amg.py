@@ -11,8 +11,8 @@ of square boxes at several scales instead (one candidate each). The stages follo
    masks the cleanup left unchanged.
 
 Candidates are held as bit-packed full-size masks (``H*W/8`` bytes each), so memory stays bounded
-on large images. The decoder dominates the cost (MobileSAM, 2 CPU cores: ~0.3 s per grid point);
-the upsampling of step 2 is ~10 ms per surviving candidate at 480x640.
+on large images. The decoder dominates the cost (it runs once per grid point); the upsampling of
+step 2 is paid per surviving candidate.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ class AutoMaskConfig:
         """``(pred_iou_thresh, stability_thresh)`` with ``None`` resolved for the model kind.
 
         Point models: SAM's 0.88 / 0.95. Box-only (LiteMedSAM): its IoU head reads 0.4-0.9 on
-        natural images and SAM's values keep no mask there; 0.7 / 0.8 keep 1-7 masks per image
-        of the shared sam_images at ``points_per_side=4`` (measured).
+        natural images and SAM's values keep no mask there; 0.7 / 0.8 keep a few masks per image
+        at ``points_per_side=4``.
         """
         iou, stab = (0.7, 0.8) if box_only else (0.88, 0.95)
         return (iou if self.pred_iou_thresh is None else self.pred_iou_thresh,

@@ -18,7 +18,7 @@ import numpy as np
 
 # The shared pieces live in the leaf ``engine.cli_common``; the old names stay importable from here.
 from engine.cli_common import (UsageError, add_debug_arg, add_model_args, build_predictor, parse_box, parse_floats,
-                               parse_points, run_verb)
+                               parse_points, parse_with_debug, run_verb)
 
 _floats = parse_floats
 _add_model_args = add_model_args
@@ -65,7 +65,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     report = {
         "image": str(args.image),
         "model": args.model,
-        "image_hw": list(rgb.shape[:2]),
+        "original_hw": list(rgb.shape[:2]),
+        "image_hw": list(rgb.shape[:2]),  # the old key of original_hw: read by scripts outside arsel, kept one release
         "scores": [float(s) for s in pred.scores[0]],
         "chosen": best,
         "score": float(pred.scores[0, best]),
@@ -197,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    return run_verb(parser.parse_args(argv))
+    return run_verb(parse_with_debug(parser, sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,15 +48,68 @@ def parse_points(items: Sequence[str] | None) -> tuple[np.ndarray | None, np.nda
         return None, None
     rows = [parse_floats(t, (2, 3), "--point") for t in items]
     pts = np.array([r[:2] for r in rows], dtype=np.float32)
-    labels = np.array([r[2] if len(r) == 3 else 1.0 for r in rows], dtype=np.float32)
-    if not np.all(np.isin(labels, (0.0, 1.0))):
-        raise UsageError("--point LABEL must be 1 (foreground) or 0 (background)")
+    from engine.validate import InputError, point_labels
+
+    try:
+        labels = point_labels("--point LABEL", [r[2] if len(r) == 3 else 1.0 for r in rows])
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
     return pts, labels
 
 
 def parse_box(text: str | None) -> np.ndarray | None:
     """``"X0,Y0,X1,Y1"`` -> ``(4,)`` float32."""
     return None if text is None else np.array(parse_floats(text, (4,), "--box"), dtype=np.float32)
+
+
+class DeprecatedFlag(argparse.Action):
+    """A retired flag that still works for one release: on use it prints ``arsel: warning: ...`` on
+    stderr, raises a ``DeprecationWarning`` and stores its value under ``dest`` (the new flag's, or its
+    own where the value needs converting after validation)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, use: str, note: str = "",
+                 **kwargs: Any) -> None:
+        self.use, self.note = use, note
+        kwargs.setdefault("help", f"deprecated, use {use}{note}")
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        message = f"{option_string} is deprecated and goes in the next release: use {self.use}{self.note}"
+        print(f"arsel: warning: {message}", file=sys.stderr)
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_flag(p: Any, old: str, *, use: str, dest: str, note: str = "", **kwargs: Any) -> None:
+    """Add the retired flag ``old`` (on a parser or group) that warns and stores into ``dest``."""
+    p.add_argument(old, dest=dest, action=DeprecatedFlag, use=use, note=note, default=argparse.SUPPRESS,
+                   **kwargs)
+
+
+def add_keyframe_args(p: argparse.ArgumentParser) -> None:
+    """``--keyframe-interval auto|K`` (and the retired ``--keyframe``, same values); read it with
+    :func:`keyframe_policy`."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--keyframe-interval", metavar="auto|K",
+                       help="encode every K frames (default 5), or 'auto': motion/score-driven keyframes")
+    add_deprecated_flag(group, "--keyframe", use="--keyframe-interval", dest="keyframe_interval", metavar="auto|K")
+
+
+def keyframe_policy(args: argparse.Namespace) -> Any:
+    """The ``KeyframePolicy`` of ``--keyframe-interval`` (default: every 5 frames)."""
+    from engine.stream.scheduler import KeyframePolicy
+
+    text = str(getattr(args, "keyframe_interval", None) or "5").strip()
+    if text == "auto":
+        return KeyframePolicy.parse(text)
+    try:
+        k = int(text)
+    except ValueError:
+        raise UsageError(f"--keyframe-interval must be 'auto' or an interval K >= 1, got {text!r}") from None
+    if k < 1:
+        raise UsageError(f"--keyframe-interval must be >= 1 (1 = every frame), got {k}")
+    return KeyframePolicy(mode="interval", interval=k)
 
 
 def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
@@ -90,8 +144,21 @@ def build_predictor(args: argparse.Namespace) -> Any:
 
 
 def add_debug_arg(p: argparse.ArgumentParser) -> None:
-    """``--debug``: let errors show their Python traceback."""
-    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    """``--debug``: let errors show their Python traceback (taken anywhere, see ``parse_with_debug``)."""
+    p.add_argument("--debug", action="store_true",
+                   help="show the Python traceback of an error (anywhere on the command line)")
+
+
+def parse_with_debug(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` with ``--debug`` allowed anywhere (``arsel segment ... --debug``
+    as well as ``arsel --debug segment ...``), up to a ``--`` that ends the options."""
+    argv = list(argv)
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    rest = [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    args = parser.parse_args(rest)
+    args.debug = debug
+    return args
 
 
 def run_verb(args: argparse.Namespace, verb: str | None = None) -> int:
@@ -111,8 +178,8 @@ def run_verb(args: argparse.Namespace, verb: str | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the guard: an unexpected error is one line, not a traceback
         if getattr(args, "debug", False):
             raise
-        print(f"arsel {name}: internal error: {type(exc).__name__}: {_one_line(exc)} (a bug: re-run as "
-              f"`arsel --debug {name} ...` for the traceback and report it)", file=sys.stderr)
+        print(f"arsel {name}: internal error: {type(exc).__name__}: {_one_line(exc)} (a bug: re-run with "
+              f"--debug for the traceback and report it)", file=sys.stderr)
         return EXIT_INTERNAL
 
 
@@ -128,5 +195,5 @@ def verb_main(add_parser: Callable[[Any], argparse.ArgumentParser], verb: str,
     parser = argparse.ArgumentParser(prog="arsel")
     add_debug_arg(parser)
     add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([verb, *(sys.argv[1:] if argv is None else argv)])
+    args = parse_with_debug(parser, [verb, *(sys.argv[1:] if argv is None else argv)])
     return run_verb(args, verb)

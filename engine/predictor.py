@@ -126,15 +126,17 @@ class Predictor:
         emb = self.embedding
         t0 = time.perf_counter()
         args = (emb.features, prompts.point_coords, prompts.point_labels, prompts.mask_input, prompts.has_mask_input)
-        iou, low = self.backend.decode(*args) if roi is None else self.backend.decode(*args, roi=roi)
+        scores, low_res_logits = self.backend.decode(*args) if roi is None else self.backend.decode(*args, roi=roi)
         t1 = time.perf_counter()
         sel = slice(1, None) if multimask_output else slice(0, 1)
-        iou, low = iou[:, sel], low[:, sel]
+        scores, low_res_logits = scores[:, sel], low_res_logits[:, sel]
         if select == "best":
-            best = np.argmax(iou, axis=1)[:, None]
-            iou, low = np.take_along_axis(iou, best, 1), np.take_along_axis(low, best[..., None, None], 1)
-        iou, low = np.ascontiguousarray(iou, np.float32), np.ascontiguousarray(low, np.float32)
-        logits = postprocess_logits(low, emb.input_hw, emb.original_hw, self.spec.input_size)
+            best = np.argmax(scores, axis=1)[:, None]
+            scores = np.take_along_axis(scores, best, 1)
+            low_res_logits = np.take_along_axis(low_res_logits, best[..., None, None], 1)
+        scores = np.ascontiguousarray(scores, np.float32)
+        low_res_logits = np.ascontiguousarray(low_res_logits, np.float32)
+        logits = postprocess_logits(low_res_logits, emb.input_hw, emb.original_hw, self.spec.input_size)
         t2 = time.perf_counter()
         timings = {"decode_ms": (t1 - t0) * 1e3, "postprocess_ms": (t2 - t1) * 1e3}
-        return Prediction(logits > mask_threshold, iou, low, logits, timings)
+        return Prediction(logits > mask_threshold, scores, low_res_logits, logits, timings)

@@ -2,8 +2,8 @@
 
 The stream engine runs two compute threads when the encoder is asynchronous (the keyframe encoder
 worker and the per-frame decoder), each with its own intra-op pool; half the cores each keeps them
-from oversubscribing the machine (2 shared cores, torch: decode 200 ms with 1 thread vs 1300 ms
-with 2 while the encoder runs). One ONNX Runtime session alone uses the physical cores.
+from oversubscribing the machine (sharing all the cores, each slows the other several-fold). One
+ONNX Runtime session alone uses the physical cores.
 """
 
 from __future__ import annotations

@@ -140,7 +140,7 @@ def boxes_to_input(
 
 
 def postprocess_logits(
-    low_res: np.ndarray, input_hw: tuple[int, int], original_hw: tuple[int, int], long_side: int
+    low_res_logits: np.ndarray, input_hw: tuple[int, int], original_hw: tuple[int, int], long_side: int
 ) -> np.ndarray:
     """Low-res logits ``(B, M, 256, 256)`` -> logits at the original size ``(B, M, H, W)`` float32.
 
@@ -150,10 +150,10 @@ def postprocess_logits(
     region are resized (at the same integer scale, so the sample positions are unchanged), and both
     resizes run in OpenCV on all masks at once (channels). Max |diff| to the torch reference ~3e-5.
     """
-    b, m, lh, lw = low_res.shape
+    b, m, lh, lw = low_res_logits.shape
     ih, iw = input_hw
     h, w = original_hw
-    flat = np.asarray(low_res, dtype=np.float32).reshape(b * m, lh, lw)
+    flat = np.asarray(low_res_logits, dtype=np.float32).reshape(b * m, lh, lw)
     out = np.empty((b * m, h, w), np.float32)
     for start in range(0, b * m, 512):  # cv2 images hold at most 512 channels
         x = _upsample_cropped(flat[start : start + 512], (ih, iw), long_side)

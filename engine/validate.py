@@ -1,17 +1,21 @@
-"""Validation of user input at the boundary: numbers, prompts against the frame, output paths,
-image files and sizes, depth units, camera intrinsics, checkpoint weights, JSON outputs.
+"""Validation of user input at the boundary: numbers and timestamps, prompts against the frame,
+output paths, image files, bytes and sizes, depth format and units, camera intrinsics, poses,
+checkpoint weights, JSON outputs. One implementation per rule: the CLI verbs and the stream server
+(``engine.serve.protocol``) call the same functions.
 
 One error type, :class:`InputError` (a ``ValueError``), whose message starts with the input it is
-about (a flag such as ``--box``, a file, a field) and says how to fix it. The CLI turns it into
-exit status 2; the stream server into a protocol error. numpy only: every layer may import it.
+about (a flag such as ``--box``, a file, a field) and says how to fix it; :class:`InputTooLarge`
+marks a size limit. The CLI turns it into exit status 2; the stream server into a protocol error
+(``too_large`` or ``bad_frame``/``bad_message``). numpy only: every layer may import it.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +34,18 @@ class InputError(ValueError):
     """Bad user input; the message names the input and the fix."""
 
 
+class InputTooLarge(InputError):
+    """Input over a size limit (the stream server answers it with ``too_large``, not ``bad_frame``)."""
+
+
 # ---------------------------------------------------------------------------- numbers
 def number(name: str, value: Any, *, lo: float | None = None, hi: float | None = None,
            lo_open: bool = False, integer: bool = False, hint: str = "") -> float:
     """``value`` as a finite float (or int) within ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``)."""
     try:
         v = float(value)
+    except OverflowError:
+        raise InputError(f"{name} must be a finite number, got an integer of {len(str(value))} digits{hint}") from None
     except (TypeError, ValueError):
         raise InputError(f"{name} must be a number, got {value!r}{hint}") from None
     if not math.isfinite(v):
@@ -54,6 +64,32 @@ def optional_number(name: str, value: Any, **kw: Any) -> float | None:
     return None if value is None else number(name, value, **kw)
 
 
+def finite(name: str, values: Iterable[Any]) -> list[float]:
+    """``values`` as floats, each finite (no NaN, no infinity)."""
+    vals = list(values)
+    try:
+        out = [float(v) for v in vals]
+    except OverflowError:
+        raise InputError(f"{name} must be finite numbers, got an integer too large for a float") from None
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be numbers, got {vals}") from None
+    if not all(math.isfinite(v) for v in out):
+        raise InputError(f"{name} must be finite numbers (no NaN/Infinity), got {vals}")
+    return out
+
+
+INT64_MAX = 2**63 - 1
+
+
+def timestamp_ns(name: str, value: Any) -> int:
+    """An integer timestamp in nanoseconds that fits int64: ``0 <= value < 2**63``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"{name} must be an integer (ns), got {value!r}")
+    if not 0 <= int(value) <= INT64_MAX:
+        raise InputError(f"{name} {value} is outside 0..{INT64_MAX} ns (int64); send nanoseconds on a monotonic clock")
+    return int(value)
+
+
 def _g(v: float | None, default: str) -> str:
     return default if v is None else f"{v:g}"
 
@@ -63,9 +99,10 @@ def _wh(frame_hw: tuple[int, int]) -> str:
     return f"{frame_hw[1]}x{frame_hw[0]}"
 
 
-def box_xyxy(name: str, box: Any, frame_hw: tuple[int, int] | None) -> np.ndarray:
+def box_xyxy(name: str, box: Any, frame_hw: tuple[int, int] | None, *, inside: bool = False) -> np.ndarray:
     """A ``(4,)`` float32 box ``x0, y0, x1, y1`` (pixels): finite, ``x0 < x1`` and ``y0 < y1``,
-    and overlapping the ``frame_hw`` frame by some area (it may stick out)."""
+    and overlapping the ``frame_hw`` frame by some area (it may stick out), or with ``inside``
+    (the stream protocol's rule) lying within ``[0, W] x [0, H]``."""
     b = np.asarray(box, dtype=np.float64).reshape(-1)
     if b.shape != (4,):
         raise InputError(f"{name} needs 4 values X0,Y0,X1,Y1, got {b.size}")
@@ -81,11 +118,14 @@ def box_xyxy(name: str, box: Any, frame_hw: tuple[int, int] | None) -> np.ndarra
         if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
             raise InputError(f"{name} {b.tolist()} lies outside the {_wh(frame_hw)} image "
                              "(pixels, x right, y down, origin top-left)")
+        if inside and (x0 < 0 or y0 < 0 or x1 > w or y1 > h):
+            raise InputError(f"{name} {b.tolist()} sticks out of the {_wh(frame_hw)} image; "
+                             f"clamp it to [0, {w}] x [0, {h}]")
     return b.astype(np.float32)
 
 
 def points_xy(name: str, points: Any, frame_hw: tuple[int, int] | None) -> np.ndarray:
-    """``(N, 2)`` float32 points (pixels): finite and inside the ``frame_hw`` frame."""
+    """``(N, 2)`` float32 points (pixels): finite and inside the ``frame_hw`` frame (``[0, W) x [0, H)``)."""
     p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     bad = ~np.all(np.isfinite(p), axis=1)
     if bad.any():
@@ -97,6 +137,15 @@ def points_xy(name: str, points: Any, frame_hw: tuple[int, int] | None) -> np.nd
             raise InputError(f"{name} {p[out][0].tolist()} lies outside the {_wh(frame_hw)} image "
                              "(pixels, x right, y down, origin top-left)")
     return p.astype(np.float32)
+
+
+def point_labels(name: str, labels: Any) -> np.ndarray:
+    """``(N,)`` float32 point labels, each 1 (foreground) or 0 (background)."""
+    lab = np.asarray(labels, dtype=np.float64).reshape(-1)
+    if not np.all(np.isin(lab, (0.0, 1.0))):
+        bad = lab[~np.isin(lab, (0.0, 1.0))][0]
+        raise InputError(f"{name} must be 1 (foreground) or 0 (background), got {bad:g}")
+    return lab.astype(np.float32)
 
 
 # ---------------------------------------------------------------------------- paths
@@ -137,16 +186,21 @@ def output_dir(name: str, path: str | Path | None) -> Path | None:
 
 
 # ---------------------------------------------------------------------------- images
-def _truncated(path: Path, head: bytes, tail: bytes) -> bool:
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+_MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8"}
+
+
+def _truncated(head: bytes, tail: bytes, data: Callable[[], Any]) -> bool:
+    """A PNG without its IEND chunk or a JPEG without its end marker that PIL cannot load;
+    ``head``/``tail``: the first 16 / last 32 bytes, ``data()``: a file or stream for PIL."""
+    if head.startswith(_MAGIC["png"]):
         return b"IEND" not in tail
-    if head.startswith(b"\xff\xd8") and b"\xff\xd9" not in tail:  # no end marker: decode to be sure
+    if head.startswith(_MAGIC["jpeg"]) and b"\xff\xd9" not in tail:  # no end marker: decode to be sure
         try:
             from PIL import Image
         except ImportError:
             return False
         try:
-            with Image.open(path) as im:
+            with Image.open(data()) as im:
                 im.load()
         except OSError:
             return True
@@ -167,28 +221,61 @@ def image_file(path: str | Path, what: str = "image") -> Path:
         head = fh.read(16)
         fh.seek(max(0, size - 32))
         tail = fh.read(32)
-    if _truncated(p, head, tail):
+    if _truncated(head, tail, lambda: p):
         raise InputError(f"{what} {p} is truncated (its end marker is missing); copy or download it again")
     return p
 
 
-def image_hw(name: str, hw: tuple[int, ...]) -> None:
-    """A frame size the models can take: each side >= 8 px, <= 16384 px, aspect ratio <= 20."""
+def image_bytes(name: str, data: bytes, encoding: str) -> None:
+    """An in-memory ``encoding`` (``"png"`` or ``"jpeg"``) image: the right magic bytes, not cut short."""
+    if not data.startswith(_MAGIC[encoding]):
+        raise InputError(f"{name} bytes are not a {encoding.upper()} (wrong magic bytes); send the {encoding} file's bytes")
+    if _truncated(data[:16], data[-32:], lambda: io.BytesIO(data)):
+        raise InputError(f"{name} {encoding.upper()} is truncated (its end marker is missing); send the whole image")
+
+
+def image_hw(name: str, hw: tuple[int, ...], max_side: int = MAX_IMAGE_SIDE_PX) -> None:
+    """A frame size the models can take: each side >= 8 px and <= ``max_side`` px (else
+    :class:`InputTooLarge`), aspect ratio <= 20."""
     h, w = int(hw[0]), int(hw[1])
+    if max(h, w) > max_side:
+        raise InputTooLarge(f"{name} is {w}x{h} px; each side must be at most {max_side} px, scale it down")
     if max(h, w) / max(1, min(h, w)) > MAX_IMAGE_ASPECT:
         raise InputError(f"{name} is {w}x{h} px, an aspect ratio over {MAX_IMAGE_ASPECT:g}:1; crop it first")
-    if min(h, w) < MIN_IMAGE_SIDE_PX or max(h, w) > MAX_IMAGE_SIDE_PX:
-        raise InputError(f"{name} is {w}x{h} px; each side must be {MIN_IMAGE_SIDE_PX}..{MAX_IMAGE_SIDE_PX} px")
+    if min(h, w) < MIN_IMAGE_SIDE_PX:
+        raise InputError(f"{name} is {w}x{h} px; each side must be {MIN_IMAGE_SIDE_PX}..{max_side} px")
+
+
+def same_hw(name: str, hw: tuple[int, ...], other_is: str, other_hw: tuple[int, ...], fix: str) -> None:
+    """``name``'s size ``hw`` equals ``other_hw`` (``(H, W, ...)``, first two compared); ``other_is``
+    names the other with its verb ("the depth is", "the intrinsics are"), ``fix`` says what to do."""
+    if tuple(hw[:2]) != tuple(other_hw[:2]):
+        raise InputError(f"{name} is {_wh(hw)} but {other_is} {_wh(other_hw)}; {fix}")
 
 
 # ---------------------------------------------------------------------------- depth and camera
-def depth_units(name: str, depth_raw: np.ndarray, depth_scale_m: float) -> None:
+def depth_array(name: str, depth_raw: np.ndarray) -> None:
+    """A raw depth image: one channel, 16-bit or float (8-bit is a visualisation, not depth)."""
+    if depth_raw.ndim != 2:
+        raise InputError(f"{name} has {depth_raw.shape[2] if depth_raw.ndim == 3 else depth_raw.ndim} channels; "
+                         "depth must be one channel (16-bit raw units, or float)")
+    if depth_raw.dtype == np.uint8:
+        raise InputError(f"{name} is 8-bit (a visualisation?); use the 16-bit raw depth")
+
+
+DEPTH_SCALE_FIX = "pass --depth-scale-m 1 for metres, 0.001 for millimetres (metres per raw unit)"
+
+
+def depth_units(name: str, depth_raw: np.ndarray, depth_scale_m: float, fix: str = DEPTH_SCALE_FIX) -> None:
     """Refuse a depth image whose units do not match ``depth_scale_m`` (metres per raw unit).
 
     A float image whose median valid depth is under 20 (metres, as most float depth is) read
     at the default 0.001 m/unit would put the object millimetres from the camera; any image
-    whose median lands outside 2 cm .. 1 km is refused the same way, with the scale to pass.
+    whose median lands outside 2 cm .. 1 km is refused the same way; ``fix`` says how to give
+    the right scale. Large images are sampled every other pixel.
     """
+    if depth_raw.ndim == 2 and depth_raw.size > 1 << 18:
+        depth_raw = depth_raw[::2, ::2]
     valid = depth_raw[np.isfinite(depth_raw) & (depth_raw > 0)] if depth_raw.size else depth_raw
     if valid.size == 0:
         return
@@ -198,11 +285,11 @@ def depth_units(name: str, depth_raw: np.ndarray, depth_scale_m: float) -> None:
     floating = np.issubdtype(depth_raw.dtype, np.floating)
     if floating and med < 20 and depth_scale_m != 1.0:
         raise InputError(f"{name} is a float image with median depth {med:g}, which looks like metres; it would be "
-                         f"read as {med_m:g} m. Pass --depth-scale 1 (raw units per metre) if it is in metres")
+                         f"read as {med_m:g} m; {fix}")
     if not lo <= med_m <= hi:
         per_m = 1.0 / depth_scale_m
         raise InputError(f"{name}: median depth {med:g} raw units at {per_m:g} units per metre is {med_m:g} m, "
-                         f"outside {lo:g}..{hi:g} m; give the right --depth-scale (1 = metres, 1000 = mm)")
+                         f"outside {lo:g}..{hi:g} m; {fix}")
 
 
 def intrinsics(name: str, width: float, height: float, fx: float, fy: float, cx: float, cy: float) -> None:
@@ -222,14 +309,21 @@ def intrinsics(name: str, width: float, height: float, fx: float, fy: float, cx:
 
 
 def pose(name: str, matrix: Any) -> np.ndarray:
-    """A finite 4x4 homogeneous camera-to-world pose (float64)."""
-    m = np.asarray(matrix, dtype=np.float64)
+    """A finite 4x4 rigid camera-to-world pose (float64): last row ``0 0 0 1``, orthonormal rotation."""
+    try:
+        m = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{name} must be a 4x4 matrix of finite numbers") from None
     if m.shape != (4, 4):
         raise InputError(f"{name} must be a 4x4 matrix, got shape {m.shape}")
     if not np.all(np.isfinite(m)):
         raise InputError(f"{name} is not finite (it holds NaN or inf); fix or drop that pose")
     if not np.allclose(m[3], [0, 0, 0, 1]):
         raise InputError(f"{name}: the last row must be [0, 0, 0, 1], got {m[3].tolist()}")
+    rot = m[:3, :3]
+    if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-3) or np.linalg.det(rot) < 0:
+        raise InputError(f"{name} is not a rigid transform (its rotation is not orthonormal, or it mirrors); "
+                         "give a row-major camera-to-world pose in metres")
     return m
 
 

@@ -105,6 +105,8 @@ def build_kit(kit: Path) -> dict[str, str]:
     cv2.imwrite(str(kit / "depth_m.tiff"), np.full((H, W), 1.0, np.float32))  # float metres
     _png(kit / "depth8.png", np.full((H, W), 100, np.uint8))
     _png(kit / "depth_small.png", np.full((H // 2, W // 2), 1000, np.uint16))
+    _png(kit / "depth_far.png", np.full((H, W), 5000, np.uint16))  # 5 km at --depth-scale-m 1
+    _png(kit / "depth_rgb16.png", np.full((H, W, 3), 1000, np.uint16))
     mask = np.zeros((H, W), np.uint8)
     mask[12:36, 16:48] = 255
     _png(kit / "mask.png", mask)
@@ -154,3 +156,4 @@ def _fuse_folder(root: Path, img: np.ndarray, depth: np.ndarray) -> None:
     bad[0, 3] = np.nan
     _pose_log(root / "traj_nan.log", [np.eye(4), bad])
     _pose_log(root / "traj_short.log", [np.eye(4)])
+    _pose_log(root / "traj_scaled.log", [np.eye(4), np.diag([2.0, 2.0, 2.0, 1.0])])  # not rigid

@@ -64,3 +64,24 @@ def test_docs_one_table_per_host_newest_run_wins(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="bad.json is not a bench result"):
         make_docs.load_results(tmp_path)
+
+
+def _stream_result(date: str, tables: dict[str, float]) -> dict:
+    res = _result(date, "h1", 1.0)
+    res["bench"] = "bench_stream"
+    res["rows"] = [{"labels": {"table": t, "sequence": "s", "config": "torch, async k5"},
+                    "figures": {"mean_j": j, "fps": 2.0, "embedding_age_mean": 3.0, "embedding_age_max": 5}}
+                   for t, j in tables.items()]
+    return res
+
+
+def test_docs_table_run_alone_replaces_only_its_rows(tmp_path: Path) -> None:
+    """A bench_stream section run alone (the starts) refreshes its rows; the other tables stay."""
+    (tmp_path / "full.json").write_text(json.dumps(
+        _stream_result("2026-01-01T00:00:00+00:00", {"davis": 0.111, "starts": 0.222, "throughput": 0.333})))
+    (tmp_path / "starts.json").write_text(json.dumps(_stream_result("2026-01-02T00:00:00+00:00", {"starts": 0.444})))
+    results = make_docs.load_results(tmp_path)
+    docs = make_docs.render_docs(results)
+    assert "0.111" in docs and "0.333" in docs and "0.444" in docs and "0.222" not in docs
+    assert docs.count("### bench_stream") == 1 and "Tables starts: 2026-01-02" in docs
+    assert "mean J 0.333" in make_docs.render_readme_table(results)  # the throughput row of the full run

@@ -59,6 +59,7 @@ def test_segment_writes_mask_logits_overlay_json(tmp_path: Path, data_dir: Path)
     x0, y0, x1, y1 = report["bbox_xyxy"]
     assert 380 <= x0 and x1 <= 745 and 555 <= y0 and y1 <= 920  # the wheel, not the whole truck
     assert report["encode_ms"] > 0 and report["decode_ms"] > 0
+    assert report["original_hw"] == report["image_hw"] == [1200, 1800]  # image_hw: the old key, kept one release
     assert cv2.imread(str(tmp_path / "o.jpg")).shape == (1200, 1800, 3)
 
 

@@ -134,7 +134,7 @@ def test_gaze_recovers_known_mapping(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_gaze_poly2(tmp_path: Path) -> None:
     write_samples(tmp_path / "pairs.csv", n_bad=0)
     assert main(["calibrate", "gaze", str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "g.json"),
-                 "--model", "poly2"]) == 0
+                 "--mapping", "poly2"]) == 0
     mapping = GazeMapping.load(tmp_path / "g.json")
     assert mapping.model == "poly2" and mapping.rms_px < 0.5  # a homography is smooth enough for poly2 here
 

@@ -66,7 +66,7 @@ def test_lift_mask_matches_plain_deprojection(slambook: dict, tmp_path: Path, ca
 
 
 def test_lift_open3d_intrinsics_and_depth_scale(data_dir: Path, tmp_path: Path) -> None:
-    """Redwood frame 0 with Open3D's PrimeSense JSON; --depth-scale 500 doubles every depth."""
+    """Redwood frame 0 with Open3D's PrimeSense JSON; --depth-scale-m 0.002 doubles every depth."""
     root = data_dir / "open3d_rgbd" / "redwood"
     f = {"color": root / "color" / "00000.jpg", "depth": root / "depth" / "00000.png",
          "intrinsics": root / "camera_primesense.json"}
@@ -74,10 +74,11 @@ def test_lift_open3d_intrinsics_and_depth_scale(data_dir: Path, tmp_path: Path) 
     mask[380:440, 100:200] = 1  # the wooden floor
     cv2.imwrite(str(tmp_path / "floor.png"), mask)
     centroids = []
-    for scale in ("1000", "500"):
-        assert main(lift_argv(f, tmp_path, "--mask", str(tmp_path / "floor.png"), "--depth-scale", scale)) == 0
+    for scale in ("0.001", "0.002"):
+        assert main(lift_argv(f, tmp_path, "--mask", str(tmp_path / "floor.png"), "--depth-scale-m", scale,
+                              "--edge-gap-m", "0")) == 0  # off: a gap in metres is not scale-free
         report = json.loads((tmp_path / "obj.json").read_text())
-        assert report["depth_scale_m"] == pytest.approx(1 / float(scale))
+        assert report["depth_scale_m"] == pytest.approx(float(scale))
         centroids.append(np.array(report["centroid_m"]))
     depth = cv2.imread(str(f["depth"]), cv2.IMREAD_UNCHANGED)
     z = depth[380:440, 100:200]
@@ -155,9 +156,9 @@ def _bad_inputs(tmp: Path, f: dict[str, Path]) -> None:
         ({"--depth": "{tmp}/depth8.png"}, "is 8-bit"),
         ({"--color": "{tmp}/small_color.png"}, "colour image .* is 320x240 but the depth is 640x480; register"),
         ({"--intrinsics": "{tmp}/cam320.json"}, "is 640x480 but the intrinsics are 320x240"),
-        ({"--depth-scale": "0"}, r"--depth-scale must be in \(0, "),
-        ({"--depth-scale": "0.001"}, "--depth-scale is raw units per metre, got 0.001, which looks like metres "
-                                     "per unit; pass --depth-scale 1000"),
+        ({"--depth-scale-m": "0"}, r"--depth-scale-m must be in \(0, "),
+        ({"--depth-scale-m": "1000"}, "--depth-scale-m is metres per raw unit, got 1000, which looks like raw units "
+                                      "per metre; pass --depth-scale-m 0.001"),
         ({"--out": "{tmp}/obj.xyz"}, "--out .*obj.xyz'?: use a .ply file name"),
         ({"--mesh": "{tmp}/m.stl"}, "--mesh .*m.stl'?: use a .ply / .obj / .glb / .gltf file name"),
         ({"--mask": None}, "give a selection"),

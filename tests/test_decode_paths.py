@@ -79,9 +79,9 @@ def test_stream_decode_equals_image_predict(predictor: Predictor, name: str, mul
     best = int(np.argmax(pred.scores[0]))  # the image path's outputs, the stream's rule on top
     dec = decode_prompt(predictor, Prompt(kw.get("points_xy"), kw.get("labels"), kw.get("box_xyxy")),
                         mask_input, multimask)
-    assert dec.logits.shape == ORIGINAL_HW and dec.low_res.shape == (256, 256)
+    assert dec.logits.shape == ORIGINAL_HW and dec.low_res_logits.shape == (256, 256)
     assert dec.score == pred.scores[0, best]
-    np.testing.assert_array_equal(dec.low_res, pred.low_res_logits[0, best])
+    np.testing.assert_array_equal(dec.low_res_logits, pred.low_res_logits[0, best])
     np.testing.assert_array_equal(dec.logits, pred.logits[0, best])  # type: ignore[index]
     np.testing.assert_array_equal(dec.logits > 0, pred.masks[0, best])
     if multimask:  # the selection really chooses among three different outputs

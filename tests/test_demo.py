@@ -271,15 +271,19 @@ def test_demo_realsense_path_with_software_camera(tmp_path: Path, monkeypatch: p
 
 
 # Extents are measured on the fused lifted points (tests/test_lift_visible.py pins lifting against
-# the visible surface at 1 cm with the renderer's masks). End to end the model's masks set the
-# error: seed 0, 30 frames, LiteMedSAM: box 22.5 x 12.9 x 8.4 cm (visible 22 x 12 x 8; the mask
-# leaks onto the table), can 14.2 x 6.8 x 5.2 (visible 14 x 7 x 7, inside the masks 14 x 7 x 5),
-# ball 8.4 x 8.2 x 8.1 (visible 9.9 x 8.7 x 7.8, inside the masks 8.7 x 8.5 x 8.3): mask IoU 0.74-0.92.
+# the visible surface with the renderer's masks). Keyframes are synchronous for the synthetic scene,
+# so these figures do not depend on the machine's load. Seed 0, 30 frames, LiteMedSAM (ONNX
+# Runtime), error against the visible surface: box +0.4/+0.6/+0.3 cm, can +0.2/+0.4/+0.1, ball
+# -0.3/-0.1/-0.0 (150 frames: box +0.4/+0.6/+0.4, can +0.2/+0.4/+0.2, ball -0.1/-0.1/-0.4). With
+# the old 2 px window of the depth-edge test and the asynchronous encoder under load the ball came
+# out 0.6 cm shallower and 1.0 cm lower than what was seen.
 LARGEST_EXTENT_TOL_M = 0.02
 BOX_EXTENT_TOL_M = 0.015  # every side of the box is seen, so every side is checked
 LIFT_VS_MASKED_TOL_M = 0.012  # lifted vs the true surface inside the masks: the lifting's own error
+VISIBLE_EXTENT_TOL_M = 0.008  # the target is 1 cm for every object and side
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from engine.cli import main
     from engine.weights import where
@@ -290,7 +294,8 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["demo", "--frames", "30", "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["frames"] == 30 and summary["lifting"] == "tsdf"
+    assert summary["frames"] == 30 and summary["lifting"] == "tsdf" and summary["encoder"] == "sync"
+    assert summary["embedding_age_frames"]["max"] == 4  # keyframe every 5 frames, each one waited for
     assert summary["engine_fps"] > summary["wall_fps"] > 0  # the step alone vs rendering + lifting + video + waits
     for stage in ("frame", "decode", "encode", "lift", "render", "fusion"):
         assert {"p50_ms", "p95_ms"} <= set(summary["latency_ms"][stage]), stage
@@ -310,6 +315,7 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         assert obj["mask_iou_vs_truth"] > 0.6 and obj["frames_selected"] >= 3, obj
         visible, in_masks = obj["visible_extent_m"], obj["visible_in_masks_extent_m"]
         np.testing.assert_allclose(obj["visible_extent_error_m"], np.subtract(lifted, visible), atol=1e-3)
+        np.testing.assert_allclose(lifted, visible, atol=VISIBLE_EXTENT_TOL_M, err_msg=obj["true_object"])
         np.testing.assert_allclose(lifted, in_masks, atol=LIFT_VS_MASKED_TOL_M, err_msg=obj["true_object"])
         if obj["true_object"] == "ball":  # from 40 deg above the underside is hidden
             assert visible[2] < true[2] - 0.01, obj

@@ -244,6 +244,7 @@ def test_factory_reuses_the_cached_export(medsam_export, monkeypatch: pytest.Mon
         (True, True, True, "cuda", "tensorrt"),
         (True, True, True, "cpu", "onnxruntime"),
         (True, False, True, "cuda", "onnxruntime"),
+        (False, True, True, "cuda", "torch"),  # a GPU without TensorRT: torch on CUDA, not a CPU ORT
         (False, False, False, "cpu", "torch"),
     ],
 )

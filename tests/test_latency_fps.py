@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from engine.stream.latency import LatencyRecorder, draw_hud
+from engine.stream.hud import draw_hud
+from engine.stream.latency import LatencyRecorder
 
 
 def test_engine_fps_is_the_step_rate_wall_fps_the_tick_rate() -> None:

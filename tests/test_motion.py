@@ -1,4 +1,4 @@
-"""engine.motion: LK + RANSAC global motion on a virtual camera moving over a real photo."""
+"""engine.motion (with engine.synthetic_motion): LK + RANSAC global motion on a virtual camera moving over a real photo."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from engine.motion import (
     corner_error_px,
     estimate_motion,
     rescale_homography,
-    synthetic_homography_sequence,
     warp_mask,
     warp_points,
 )
+from engine.synthetic_motion import synthetic_homography_sequence
 
 FRAME_HW = (480, 640)  # the engine's stream resolution; tracking runs at 320x240
 

@@ -50,6 +50,8 @@ def _with_blob(head_update: dict[str, Any], blob: bytes, fid: int) -> bytes:
 JPEG = cv2.imencode(".jpg", np.zeros((*HW, 3), np.uint8))[1].tobytes()
 PNG = cv2.imencode(".png", np.zeros((*HW, 3), np.uint8))[1].tobytes()
 DEPTH_SMALL = cv2.imencode(".png", np.zeros((10, 10), np.uint16))[1].tobytes()
+DEPTH_8BIT = cv2.imencode(".png", np.full(HW, 100, np.uint8))[1].tobytes()
+DEPTH_FAR = np.full(HW, 5000, "<u2").tobytes()  # 5 km at scale_m 1
 NaN = float("nan")
 
 
@@ -77,7 +79,21 @@ def _cases(fid: int) -> dict[str, tuple[Any, str]]:
         "depth_wrong_size": (_with_blob({"image": img, "depth": {"encoding": "png16", "width": 10, "height": 10,
                                          "bytes": len(DEPTH_SMALL), "scale_m": 0.001}}, PNG + DEPTH_SMALL, fid),
                              "bad_frame"),
+        "depth_8bit_png": (_with_blob({"image": img, "depth": {"encoding": "png16", "width": HW[1], "height": HW[0],
+                                       "bytes": len(DEPTH_8BIT), "scale_m": 0.001}}, PNG + DEPTH_8BIT, fid),
+                           "bad_frame"),
+        "depth_units_km": (_with_blob({"image": img, "depth": {"encoding": "u16", "width": HW[1], "height": HW[0],
+                                       "bytes": len(DEPTH_FAR), "scale_m": 1.0}}, PNG + DEPTH_FAR, fid), "bad_frame"),
         "nan_intrinsics": (_frame(fid, intrinsics=[NaN, 500.0, 200.0, 120.0]), "bad_frame"),
+        "principal_point_far": (_frame(fid, intrinsics=[500.0, 500.0, -5000.0, 1e12]), "bad_frame"),
+        "focal_implausible": (_frame(fid, intrinsics=[1e9, 1e9, 200.0, 120.0]), "bad_frame"),
+        "pose_nan": (_frame(fid, pose=[NaN] + [0.0] * 15), "bad_frame"),
+        "pose_mirrored": (_frame(fid, pose=[-1.0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]), "bad_frame"),
+        "image_extreme_aspect": (_with_blob({"image": {**img, "encoding": "rgb8", "width": 400, "height": 8,
+                                             "bytes": 9600}}, b"\x01" * 9600, fid), "bad_frame"),
+        "t_capture_over_int64": (_frame(fid, t_capture_ns=2**70), "bad_frame"),
+        "image_too_small": (_with_blob({"image": {**img, "encoding": "rgb8", "width": 4, "height": 4, "bytes": 48}},
+                                       b"\x01" * 48, fid), "bad_frame"),
         "negative_intrinsics": (_frame(fid, intrinsics=[-500.0, 500.0, 200.0, 120.0]), "bad_frame"),
         "pose_not_rigid": (_frame(fid, pose=[2.0] * 16), "bad_frame"),
         "bad_gaze_in_header": (_frame(fid, gaze=[{"t_ns": 1, "x": 1, "y": 1, "confidence": 3}]), "bad_frame"),
@@ -98,6 +114,12 @@ def _cases(fid: int) -> dict[str, tuple[Any, str]]:
                                        "points": [[10, 10, 7]]}), "bad_message"),
         "prompt_box_inverted": (json.dumps({"type": "prompt", "frame_id": fid - 1, "action": "add",
                                             "box": [50, 50, 10, 10]}), "bad_message"),
+        "prompt_box_zero_area": (json.dumps({"type": "prompt", "frame_id": fid - 1, "action": "add",
+                                             "box": [10, 10, 10, 90]}), "bad_message"),
+        "prompt_point_right_edge": (json.dumps({"type": "prompt", "frame_id": fid - 1, "action": "add",
+                                                "points": [[HW[1], 10, 1]]}), "bad_message"),
+        "prompt_point_nan": ('{"type": "prompt", "frame_id": %d, "action": "add", "points": [[NaN, 5, 1]]}' % (fid - 1),
+                             "bad_message"),
         "prompt_wrong_types": (json.dumps({"type": "prompt", "frame_id": "one", "action": "add"}), "bad_message"),
         "prompt_refine_unknown_object": (json.dumps({"type": "prompt", "frame_id": fid - 1, "action": "refine",
                                                      "object_id": 99, "box": [1, 1, 9, 9]}), "bad_message"),

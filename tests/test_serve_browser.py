@@ -167,7 +167,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     _need(importlib.util.find_spec("fastapi") is not None and importlib.util.find_spec("uvicorn") is not None,
           "fastapi/uvicorn not installed (pip install 'arsel[serve]')")
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1", "--port", "0",
-           "--model", "lite_medsam", "--token", TOKEN, "--idle-timeout", "120", "--sync-encoder"]
+           "--model", "lite_medsam", "--backend", "torch", "--token", TOKEN, "--idle-timeout", "120", "--sync-encoder"]
     srv = ServerProcess(cmd, tmp_path_factory.mktemp("server") / "serve.log")
     try:
         yield srv

@@ -351,7 +351,7 @@ def test_reused_decodes_book_no_upsampling_time() -> None:
     eng.step(Frame(1, 1, rgb))
     tracked = eng.tracker.get(obj)
     kf, key, dec = tracked.decode_cache
-    tracked.decode_cache = (kf, key, dataclasses.replace(dec, upsample_ms=1e4))  # a stored decode with a huge upsampling time
+    tracked.decode_cache = (kf, key, dataclasses.replace(dec, postprocess_ms=1e4))  # a stored decode with a huge upsampling time
     before = eng.stats.decodes_reused
     for i in range(2, 5):
         eng.step(Frame(i, i, rgb))

@@ -90,7 +90,7 @@ def test_track_box_writes_one_mask_per_frame_with_bad_frame(tmp_path: Path, fake
 def test_track_several_points_write_object_ids(tmp_path: Path, slow_fake_model: None) -> None:
     folder = _folder(tmp_path, 4, second_disc=True)
     out = tmp_path / "out"
-    code = track_cli.main([str(folder), "--point", "120,120", "--point", "260,190", "--keyframe", "auto",
+    code = track_cli.main([str(folder), "--point", "120,120", "--point", "260,190", "--keyframe-interval", "auto",
                            "--motion", "affine", "--async-encoder", "--threads", "1", "--out", str(out)])
     assert code == 0
     metrics = _check_outputs(out, 4, (240, 320), {0, 1, 2})
@@ -138,7 +138,7 @@ def test_track_gaze(tmp_path: Path, fake_model: None) -> None:
         ([], "give one kind of prompt"),
         (["--box", "1,2,3,4", "--point", "5,5"], "give one kind of prompt"),
         (["--box", "1,2,3"], "must have 4 values"),
-        (["--box", "1,2,3,4", "--keyframe", "often"], "--keyframe"),
+        (["--box", "1,2,3,4", "--keyframe-interval", "often"], "--keyframe-interval"),
         (["--box", "1,2,3,4", "--keyframe-interval", "0"], "--keyframe-interval must be >= 1"),
     ],
 )

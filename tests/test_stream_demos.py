@@ -26,7 +26,7 @@ def _run(args: list[str]) -> str:
 
 def test_live_select_headless(tmp_path: Path) -> None:
     out = tmp_path / "live.mp4"
-    stdout = _run(["demos/live_select.py", "--headless", "--frames", "3", "--keyframe", "10",
+    stdout = _run(["demos/live_select.py", "--headless", "--frames", "3", "--keyframe-interval", "10",
                    "--checkpoint", str(medsam_checkpoint()), "--out", str(out)])
     (line,) = [ln for ln in stdout.splitlines() if ln.startswith("frame   2")]
     area = re.search(r"objects 1 mask px (\d+)", line)

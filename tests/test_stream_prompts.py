@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from engine.stream.events import CursorEvent, HoverEvent, Prompt, ReleaseEvent, SelectEvent
-from engine.stream.latency import LatencyRecorder, draw_hud
+from engine.stream.hud import draw_hud
+from engine.stream.latency import LatencyRecorder
 from engine.stream.prompt_sources import CursorPrompts, GazeReplay
 
 

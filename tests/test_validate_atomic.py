@@ -66,7 +66,7 @@ def test_image_sizes() -> None:
 def test_depth_units() -> None:
     depth_units("d", np.full((4, 4), 1200, np.uint16), 0.001)  # 1.2 m in mm: fine
     depth_units("d", np.full((4, 4), 1.2, np.float32), 1.0)  # metres declared: fine
-    with pytest.raises(InputError, match="looks like metres.*--depth-scale 1"):
+    with pytest.raises(InputError, match="looks like metres.*--depth-scale-m 1"):
         depth_units("d", np.full((4, 4), 1.2, np.float32), 0.001)
     with pytest.raises(InputError, match="outside"):
         depth_units("d", np.full((4, 4), 60000, np.uint16), 1.0)  # 60 km
@@ -110,3 +110,40 @@ def test_atomic_commit_merges_and_discard_cleans(tmp_path: Path) -> None:
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["00000.png"]  # masks/ replaced as a whole
     assert (out / "keep.txt").read_text() == "old" and (tmp_path / "r.json").is_file()
     assert not [p for p in tmp_path.rglob(".*part*")]
+
+
+def test_wire_level_checks() -> None:
+    """The checks the stream server added to the shared layer: finite lists, int64 timestamps, labels,
+    sizes that must agree, depth arrays, in-memory image bytes, rigid poses, the size limit's type."""
+    import cv2
+
+    from engine import validate as v
+
+    assert v.finite("k", [1, 2.5]) == [1.0, 2.5]
+    for values, match in (([1, float("nan")], "finite"), ([10**400], "too large"), (["a"], "numbers")):
+        with pytest.raises(InputError, match=match):
+            v.finite("k", values)
+    assert v.timestamp_ns("t", 5) == 5
+    for t, match in ((2**63, "int64"), (-1, "int64"), (1.5, "integer"), (True, "integer")):
+        with pytest.raises(InputError, match=match):
+            v.timestamp_ns("t", t)
+    with pytest.raises(InputError, match="got 7"):
+        v.point_labels("label", [1, 0, 7])
+    with pytest.raises(InputError, match="^depth is 32x24 but the image is 64x48; align"):
+        v.same_hw("depth", (24, 32), "the image is", (48, 64, 3), "align")
+    for depth, match in ((np.zeros((4, 4, 3), np.uint16), "3 channels"), (np.zeros((4, 4), np.uint8), "8-bit")):
+        with pytest.raises(InputError, match=match):
+            v.depth_array("depth", depth)
+    png = cv2.imencode(".png", np.zeros((48, 64, 3), np.uint8))[1].tobytes()
+    v.image_bytes("image", png, "png")
+    for data, enc, match in ((png[:60], "png", "truncated"), (png, "jpeg", "not a JPEG")):
+        with pytest.raises(InputError, match=match):
+            v.image_bytes("image", data, enc)
+    with pytest.raises(v.InputTooLarge, match="at most 256 px"):
+        image_hw("image", (20, 300), max_side=256)
+    for m, match in ((np.diag([2.0, 2.0, 2.0, 1.0]), "not a rigid"), (np.diag([-1.0, 1.0, 1.0, 1.0]), "mirrors"),
+                     ([[10**400] * 4] * 4, "finite numbers")):
+        with pytest.raises(InputError, match=match):
+            v.pose("pose", m)
+    with pytest.raises(InputError, match="sticks out of the 64x48 image; clamp"):
+        box_xyxy("box", [10, 10, 70, 40], (48, 64), inside=True)

@@ -26,8 +26,8 @@ class Backend(Protocol):
 
     ``encode``: ``image`` float32 ``(1, 3, S, S)`` -> embedding ``(1, 256, 64, 64)`` (a numpy array
     or a runtime-native tensor that ``decode`` of the same backend accepts).
-    ``decode``: the five ``engine.contract.DECODER_INPUTS`` as numpy float32 -> ``(iou (B, 4),
-    low_res (B, 4, 256, 256))`` numpy float32.
+    ``decode``: the five ``engine.contract.DECODER_INPUTS`` as numpy float32 -> ``(scores (B, 4),
+    low_res_logits (B, 4, 256, 256))`` numpy float32.
     """
 
     input_size: int
@@ -69,7 +69,7 @@ def decode_in_chunks(
 
     Calls ``decode(embedding, *prompts[s])`` for each ``batch_slices(B, max_batch)`` slice of the
     prompt arrays (numpy or torch, sliced on axis 0) and concatenates the numpy outputs along the
-    batch: ``(iou (B, 4), low_res (B, 4, 256, 256))``. ``decode`` must return host arrays that stay
+    batch: ``(scores (B, 4), low_res_logits (B, 4, 256, 256))``. ``decode`` must return host arrays that stay
     valid across calls (copies, not views of reused buffers).
     """
     prompts = (point_coords, point_labels, mask_input, has_mask_input)

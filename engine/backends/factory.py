@@ -111,9 +111,11 @@ def _gpu_present() -> bool:
 
 
 def resolve_auto(device: str = "cpu") -> str:
-    """The runtime ``auto`` picks: tensorrt (importable and a GPU), else onnxruntime, else torch."""
-    if importlib.util.find_spec("tensorrt") is not None and _gpu_present() and device != "cpu":
-        return "tensorrt"
+    """The runtime ``auto`` picks: on a CUDA ``device``, tensorrt where importable, else torch (CUDA);
+    on the CPU, onnxruntime where importable (its decodes are about twice torch's speed on 2 cores,
+    ``bench/bench_backends.py``), else torch."""
+    if device != "cpu" and _gpu_present():
+        return "tensorrt" if importlib.util.find_spec("tensorrt") is not None else "torch"
     if importlib.util.find_spec("onnxruntime") is not None:
         return "onnxruntime"
     return "torch"
@@ -126,6 +128,7 @@ def create_backend(
     device: str = "cpu",
     cache_dir: Path | None = None,
     torch_options: TorchOptions | None = None,
+    threads: int | None = None,
 ) -> Backend:
     """A ``Backend`` for ``model_name`` on runtime ``name`` ("torch", "onnxruntime", "tensorrt", "auto").
 
@@ -133,7 +136,10 @@ def create_backend(
     "cuda[:N]" (tensorrt needs CUDA; ``auto`` on "cpu" never picks tensorrt). ``cache_dir``:
     where exported ONNX files and engines are kept (default ``default_cache_dir()``).
     ``torch_options``: precision, channels_last, cuda_graphs, compile of the torch backend
-    (``engine.backends.torch_backend.TorchOptions``); other runtimes refuse them.
+    (``engine.backends.torch_backend.TorchOptions``); other runtimes refuse them. ``threads``:
+    intra-op threads of each onnxruntime session (other runtimes ignore it), with spin-waiting off (the encoder worker and the
+    decoder share the cores; ``engine.threads``); None: the physical cores, spinning. torch's pool
+    is process-wide (``engine.threads.apply_threads``), set by the caller.
     """
     from engine.models.registry import get_spec
 
@@ -166,6 +172,8 @@ def create_backend(
     if name == "onnxruntime":
         from engine.backends.ort_backend import OrtBackend
 
+        if threads:
+            return OrtBackend(encoder, decoder, spec.input_size, threads=threads, device=device, spin=False)
         return OrtBackend(encoder, decoder, spec.input_size, device=device)
     from trt.build import build_engine
     from trt.runtime import TrtBackend

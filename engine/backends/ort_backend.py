@@ -96,7 +96,7 @@ class OrtBackend:
 
     ``encode``: ``image`` float32 ``(1, 3, S, S)`` -> embedding float32 ``(1, 256, 64, 64)`` (numpy
     on CPU; an ``OrtValue`` on the GPU with CUDA providers). ``decode``: contract decoder inputs ->
-    ``(iou (B, 4), low_res (B, 4, 256, 256))`` float32 numpy.
+    ``(scores (B, 4), low_res_logits (B, 4, 256, 256))`` float32 numpy.
     ``providers``: ONNX Runtime execution providers (default: ``default_providers(device)``).
     ``threads``: intra-op threads (default: physical cores). ``spin``: let idle pool threads
     spin-wait (lowest latency on an idle machine; turn off when other work shares the cores).
@@ -165,7 +165,7 @@ class OrtBackend:
         """The no-mask image side of ``embedding``, recomputed only when its values change.
 
         A frozen array (read-only, its memory its own or ONNX Runtime's, as ``encode`` returns) is
-        kept as is and hits by identity without comparing its 4 MB of values (~0.4 ms a decode);
+        kept as is and hits by identity without comparing its 4 MB of values on every decode;
         the same array no longer frozen misses; any other array is compared by value with the kept
         one (a copy when the embedding was not frozen).
         """
@@ -256,7 +256,7 @@ class OrtBackend:
         mask_input: np.ndarray,
         has_mask_input: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Contract decoder inputs -> ``(iou (B, 4), low_res (B, 4, 256, 256))`` float32 numpy.
+        """Contract decoder inputs -> ``(scores (B, 4), low_res_logits (B, 4, 256, 256))`` float32 numpy.
 
         With the TensorRT execution provider (profile max ``TRT_EP_MAX_BATCH`` prompts) larger
         batches run as consecutive chunks (``decode_in_chunks``); other providers take any B.

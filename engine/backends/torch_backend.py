@@ -311,7 +311,7 @@ class TorchBackend:
         has_mask_input: np.ndarray,
         roi: tuple[int, int, int, int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Decoder inputs of ``engine.contract`` -> ``(iou (B, 4), low_res (B, 4, 256, 256))`` float32 numpy.
+        """Decoder inputs of ``engine.contract`` -> ``(scores (B, 4), low_res_logits (B, 4, 256, 256))`` float32 numpy.
 
         ``embedding``: ``encode``'s tensor or a float32 numpy ``(1, 256, 64, 64)``; ``point_coords``
         ``(B, N, 2)``, ``point_labels`` ``(B, N)``, ``mask_input`` ``(B, 1, 256, 256)``,

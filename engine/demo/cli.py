@@ -2,7 +2,7 @@
 
 Usage:
     arsel demo [--out DIR] [--frames N] [--model NAME] [--backend auto|torch|onnxruntime|tensorrt]
-               [--device cpu|cuda[:N]] [--seed S] [--no-video]
+               [--device cpu|cuda[:N]] [--seed S] [--async-encoder | --sync-encoder] [--no-video]
     arsel demo --realsense | --bag FILE.bag | --camera 0     (the same on real input)
 
 Without an input flag it renders a synthetic table-top scene (three objects of known size, an
@@ -48,6 +48,12 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
                    backend_help="runtime (default auto: TensorRT on a CUDA --device when installed, else "
                                 "onnxruntime when installed, else torch)")
     p.add_argument("--keyframe-interval", type=int, default=5, metavar="K", help="encode every K frames (default 5)")
+    enc = p.add_mutually_exclusive_group()
+    enc.add_argument("--async-encoder", dest="async_encoder", action="store_const", const=True, default=None,
+                     help="encode keyframes on a worker thread (default for real input)")
+    enc.add_argument("--sync-encoder", dest="async_encoder", action="store_const", const=False,
+                     help="encode keyframes in the frame loop (default for the synthetic scene: its 3D figures "
+                          "then do not depend on the machine's load)")
     p.add_argument("--seed", type=int, default=0, help="scene noise and gaze seed (synthetic)")
     p.add_argument("--no-video", action="store_true", help="skip overlay.mp4")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -74,6 +80,7 @@ def _config(args: argparse.Namespace) -> Any:
     return DemoConfig(frames=frames, model=args.model, backend=args.backend, device=args.device,
                       checkpoint=args.checkpoint,
                       seed=args.seed, keyframe_interval=args.keyframe_interval, video=not args.no_video,
+                      async_encoder=args.async_encoder,
                       input=kind, bag=args.bag, camera=0 if args.camera is None else args.camera)
 
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from engine.imageio import draw_overlay
-from engine.stream.latency import draw_hud
+from engine.stream.hud import draw_hud
 from engine.types import Frame
 from engine.video import VideoWriter
 

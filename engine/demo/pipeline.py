@@ -3,7 +3,7 @@
 One frame: the source yields ``Frame(rgb, depth_raw, intrinsics)``; prompt events come from the
 gaze (simulated for the synthetic scene, a centre reticle for real input: point the camera at an
 object and hold still); ``StreamEngine.step`` gives one mask per selected object; each ``ok`` mask
-is lifted (``engine.lift.lift``: erosion, outlier removal, clustering), and the lifted pixels,
+is lifted (``engine.lift.lift``: depth-edge test, outlier removal, clustering), and the lifted pixels,
 with the frame's camera pose, join that object's fusion frames. At the end each object's frames
 are TSDF-fused (``engine.lift.fuse_tsdf``) into a mesh whose oriented box gives the extents.
 Poses: the renderer's for the synthetic scene, Open3D RGB-D odometry for RealSense input; without
@@ -36,9 +36,10 @@ from typing import Any, Literal
 import numpy as np
 
 from engine.demo.objects import ObjectLog, largest_component, upright_box
-from engine.lift import fuse_points, fuse_tsdf, lift, oriented_box, save_ply
+from engine.lift import EDGE_GAP_M, fuse_points, fuse_tsdf, lift, oriented_box, save_ply
 from engine.frame_source import SourceError
-from engine.stream.latency import LatencyRecorder, track_status_line
+from engine.stream.hud import track_status_line
+from engine.stream.latency import LatencyRecorder
 from engine.types import Frame
 
 InputKind = Literal["synthetic", "realsense", "bag", "camera"]
@@ -52,8 +53,13 @@ class DemoConfig:
     ``voxel_m``/``trunc_m``: TSDF voxel and truncation (m); ``max_fusion_frames``: each object's
     fusion keeps between this many and twice as many frames, evenly spread over all the frames
     it was lifted in (memory stays bounded); ``erode_px``/``edge_gap_m``: ``lift``'s flying-pixel
-    filters (the depth-edge test keeps a ball's rim, a 2 px erosion cost it ~1 cm);
-    ``points_voxel_m``: voxel of the fused points the extents are measured on."""
+    filters, by default the rule ``arsel lift`` uses (``engine.lift.EDGE_GAP_M``: a depth-edge
+    test that keeps a ball's rim, where a 2 px erosion cost it ~1 cm); ``points_voxel_m``: voxel
+    of the fused points the extents are measured on. ``async_encoder``: keyframes encoded on a
+    worker thread (the live setting: under load the masks come from older keyframes) or in the
+    frame loop; ``None`` = synchronous for the synthetic scene, so which keyframe each mask is
+    decoded on, and with it every 3D figure, does not depend on the machine's load, and
+    asynchronous for real input."""
 
     frames: int = 150
     model: str = "lite_medsam"
@@ -62,7 +68,7 @@ class DemoConfig:
     checkpoint: str | None = None
     seed: int = 0
     keyframe_interval: int = 5
-    async_encoder: bool = True
+    async_encoder: bool | None = None
     video: bool = True
     input: InputKind = "synthetic"
     bag: str | None = None
@@ -72,7 +78,7 @@ class DemoConfig:
     max_fusion_frames: int = 40
     max_embedding_age: int | None = 10
     erode_px: int = 0
-    edge_gap_m: float | None = 0.01
+    edge_gap_m: float | None = EDGE_GAP_M
     points_voxel_m: float = 0.002
 
     def __post_init__(self) -> None:
@@ -89,6 +95,11 @@ class DemoConfig:
                              "--device cuda (or --backend auto / onnxruntime / torch on the CPU)")
         if self.max_fusion_frames < 1:
             raise ValueError(f"max_fusion_frames must be >= 1, got {self.max_fusion_frames}")
+
+    @property
+    def encoder_async(self) -> bool:
+        """Whether keyframes are encoded on a worker thread (``async_encoder``, resolved)."""
+        return self.input != "synthetic" if self.async_encoder is None else self.async_encoder
 
 
 def _backend(name: str, device: str) -> str:
@@ -112,7 +123,7 @@ def build_engine(config: DemoConfig) -> Any:
     return StreamEngine.from_name(
         config.model, Path(config.checkpoint) if config.checkpoint else None, config.device, backend=backend,
         threads=threads,
-        policy=KeyframePolicy(mode="interval", interval=config.keyframe_interval), async_encoder=config.async_encoder)
+        policy=KeyframePolicy(mode="interval", interval=config.keyframe_interval), async_encoder=config.encoder_async)
 
 
 class Demo:
@@ -339,6 +350,7 @@ class Demo:
             "latency_ms": lat,
             "embedding_age_frames": eng.latency.to_json()["embedding_age_frames"],
             "keyframes_used": eng.stats.keyframes_total,
+            "encoder": "async" if self.config.encoder_async else "sync",
             "gaze_events": dict(self.events),
             "lifting": self.lifting,
             "no_depth_frames": self.no_depth_frames,

@@ -221,9 +221,7 @@ class PupilLabsGazeReceiver:
     @last_t_ns.setter
     def last_t_ns(self, value: int | None) -> None:
         """Start after ``value`` (locks the clock offset there when none is locked yet)."""
-        self.clock.last_t_ns = value
-        if value is not None and self.clock.offset_ns is None:
-            self.clock.offset_ns = value - time.time_ns()
+        self.clock.start_after(value, time.time_ns())
 
     def _accept(self, datum: Any) -> None:
         """Count and queue one datum under one lock acquisition, so a reader never sees it

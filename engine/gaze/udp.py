@@ -98,9 +98,7 @@ class UdpGazeReceiver:
     @last_t_ns.setter
     def last_t_ns(self, value: int | None) -> None:
         """Start after ``value`` (locks the clock offset there when none is locked yet)."""
-        self.clock.last_t_ns = value
-        if value is not None and self.clock.offset_ns is None:
-            self.clock.offset_ns = value - time.monotonic_ns()
+        self.clock.start_after(value, time.monotonic_ns())
 
     @property
     def address(self) -> tuple[str, int]:

@@ -1,16 +1,18 @@
 """``arsel lift`` and ``arsel fuse``: lift a selected object from one RGB-D frame; fuse many frames.
 
-    arsel lift --color C.png --depth D.png --intrinsics I.json [--depth-scale 1000]
+    arsel lift --color C.png --depth D.png --intrinsics I.json [--depth-scale-m 0.001]
         (--mask M.png | --box X0,Y0,X1,Y1 | --point X,Y ...) [--model NAME] [--backend B]
+        [--edge-gap-m 0.01] [--erode-px 0]
         [--checkpoint P] --out OBJECT.ply [--json OUT.json] [--mesh MESH.ply|.obj|.glb]
-    arsel fuse FRAMES_DIR --poses TRAJ.log --intrinsics I.json [--depth-scale 1000] [--masks DIR]
+    arsel fuse FRAMES_DIR --poses TRAJ.log --intrinsics I.json [--depth-scale-m 0.001] [--masks DIR]
         [--voxel-m 0.01] [--every N] --out MESH.ply [--cloud CLOUD.ply] [--json OUT.json]
 
 Depth is raw units (16-bit PNG/PGM, or a float image) registered (aligned) to the colour image,
 so both are on one pixel grid; the intrinsics (ours or Open3D's JSON) are that grid's: the colour
 camera's once depth is aligned to colour (what ``RealSenseSource.save_intrinsics`` writes).
-``--depth-scale`` is raw units per metre (1000 = millimetres, 5000 = TUM; a RealSense's 0.001 m
-per unit is 1000) and overrides the intrinsics file's ``depth_scale_m``. ``arsel fuse`` reads and
+``--depth-scale-m`` is metres per raw unit (0.001 = millimetres and RealSense, 0.0002 = TUM), as the
+intrinsics file's ``depth_scale_m`` it overrides; the deprecated ``--depth-scale`` gave its inverse
+(raw units per metre) and is converted. ``arsel fuse`` reads and
 integrates one frame at a time, so memory does not grow with the number of frames.
 
 Exit status: 0 written; 2 bad input (one line naming the problem); 3 nothing to lift or fuse (an
@@ -31,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.cli_common import add_model_args, build_predictor, parse_box, parse_points
+from engine.cli_common import add_deprecated_flag, add_model_args, build_predictor, parse_box, parse_points
 from engine.lift.cli_io import (
     FrameReads,
     _usage,
@@ -42,6 +44,7 @@ from engine.lift.cli_io import (
     read_depth,
     read_mask,
 )
+from engine.lift.single import EDGE_GAP_M, EDGE_PX
 from engine.atomic import AtomicOutputs
 from engine.types import CameraIntrinsics
 from engine.validate import number, optional_number
@@ -59,9 +62,12 @@ def _add_camera_args(p: argparse.ArgumentParser) -> None:
                    help="intrinsics of the pixel grid the depth image is on: with depth aligned to colour, "
                         "the colour camera's (as RealSenseSource.save_intrinsics writes); arsel JSON or "
                         "Open3D PinholeCameraIntrinsic JSON")
-    p.add_argument("--depth-scale", type=float, metavar="UNITS_PER_M",
-                   help="raw depth units per metre, >= 1 (1000 = mm, also RealSense's 0.001 m/unit; 5000 = "
-                        "TUM); default: the intrinsics file's depth_scale_m (Open3D JSON: 1000)")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--depth-scale-m", type=float, metavar="M_PER_UNIT",
+                       help="metres per raw depth unit, <= 1 (0.001 = mm and RealSense; 0.0002 = TUM); default: "
+                            "the intrinsics file's depth_scale_m (Open3D JSON: 0.001)")
+    add_deprecated_flag(scale, "--depth-scale", use="--depth-scale-m", dest="depth_scale", type=float,
+                        metavar="UNITS_PER_M", note=" (metres per unit: --depth-scale-m 1/UNITS_PER_M)")
 
 
 def add_lift_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -79,7 +85,11 @@ def add_lift_parser(subparsers: Any) -> argparse.ArgumentParser:
                           "foreground point also picks the 3D cluster to keep")
     add_model_args(p)
     p.add_argument("--max-depth-m", type=float, default=10.0, help="ignore depth beyond this (default 10)")
-    p.add_argument("--erode-px", type=int, default=2, help="mask erosion against flying pixels (default 2)")
+    p.add_argument("--edge-gap-m", type=float, default=EDGE_GAP_M, metavar="M",
+                   help=f"drop mask pixels more than M metres (x (z/1 m)^2 beyond 1 m) behind the nearest depth z "
+                        f"within {EDGE_PX} px: flying pixels (default {EDGE_GAP_M:g}, as arsel demo; 0 = off)")
+    p.add_argument("--erode-px", type=int, default=0,
+                   help="erode the mask first (default 0: erosion also trims a curved object's rim)")
     p.add_argument("--out", required=True, metavar="OBJECT.ply", help="object point cloud (binary PLY, colours)")
     p.add_argument("--json", metavar="OUT.json", help="centroid, extent, oriented box, volume, status, timings")
     p.add_argument("--mesh", metavar="MESH.ply|.obj|.glb", help="also mesh the object and write it")
@@ -104,7 +114,8 @@ def add_fuse_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--trunc-m", type=float, help="SDF truncation in metres (default 3 voxels)")
     p.add_argument("--max-depth-m", type=float, default=4.0, help="ignore depth beyond this (default 4)")
     p.add_argument("--every", type=int, default=1, metavar="N", help="use every N-th frame (default 1)")
-    p.add_argument("--device", default="CPU:0", help="Open3D device, e.g. CPU:0 or CUDA:0")
+    p.add_argument("--o3d-device", default="CPU:0", help="Open3D device, e.g. CPU:0 or CUDA:0")
+    add_deprecated_flag(p, "--device", use="--o3d-device", dest="o3d_device", metavar="CPU:0|CUDA:0")
     p.add_argument("--out", required=True, metavar="MESH.ply", help="fused mesh (.ply, .obj, .glb)")
     p.add_argument("--cloud", metavar="CLOUD.ply", help="also write the mesh vertices as a coloured point cloud")
     p.add_argument("--json", metavar="OUT.json", help="vertex/triangle counts, bounds, timings")
@@ -122,12 +133,19 @@ def _check_suffix(path: str | None, allowed: tuple[str, ...], flag: str) -> None
 def _intrinsics(args: argparse.Namespace) -> CameraIntrinsics:
     from calibration.intrinsics import load_intrinsics
 
-    scale = optional_number("--depth-scale", args.depth_scale, lo=0, lo_open=True, hi=1e9,
-                            hint=" raw units per metre (1000 for mm)")
-    if scale is not None and scale < 1:
-        raise _usage(f"--depth-scale is raw units per metre, got {scale:g}, which looks like metres per unit; "
-                     f"pass --depth-scale {1 / scale:g}")
-    return load_intrinsics(args.intrinsics, None if args.depth_scale is None else 1.0 / args.depth_scale)
+    units = getattr(args, "depth_scale", None)  # the deprecated --depth-scale: raw units per metre
+    if units is not None:
+        units = optional_number("--depth-scale", units, lo=0, lo_open=True, hi=1e9,
+                                hint=" raw units per metre (1000 for mm)")
+        if units < 1:
+            raise _usage(f"--depth-scale is raw units per metre, got {units:g}, which looks like metres per unit; "
+                         f"pass --depth-scale-m {units:g}")
+    scale_m = optional_number("--depth-scale-m", args.depth_scale_m, lo=0, lo_open=True, hi=1e9,
+                              hint=" metres per raw unit (0.001 for mm)")
+    if scale_m is not None and scale_m > 1:
+        raise _usage(f"--depth-scale-m is metres per raw unit, got {scale_m:g}, which looks like raw units per "
+                     f"metre; pass --depth-scale-m {1 / scale_m:g}")
+    return load_intrinsics(args.intrinsics, scale_m if units is None else 1.0 / units)
 
 
 def _write_json(path: str | Path | None, report: dict[str, Any]) -> None:
@@ -155,7 +173,7 @@ def _segment(args: argparse.Namespace, rgb: np.ndarray) -> tuple[np.ndarray, dic
         prop = decode_point_proposals(predictor, points, labels, image_rgb=rgb)
         mask = np.zeros(rgb.shape[:2], bool) if prop.logits is None else prop.logits > 0
         info.update(score=round(prop.score, 4), segmentation="point_box_proposals")
-        info["timings_ms"]["decode"] = 0.0 if prop.decoded is None else prop.decoded.decoder_ms
+        info["timings_ms"]["decode"] = 0.0 if prop.decoded is None else prop.decoded.decode_ms
         return mask, info
     if predictor.spec.box_only and points is not None:
         print(f"arsel lift: warning: {args.model} answers boxes only; --point only picks the 3D cluster",
@@ -211,13 +229,15 @@ def cmd_lift(args: argparse.Namespace) -> int:
     _check_suffix(args.json, (".json",), "--json")
     number("--erode-px", args.erode_px, lo=0, hi=MAX_ERODE_PX, integer=True, hint=" (pixels of mask erosion)")
     number("--max-depth-m", args.max_depth_m, lo=0, lo_open=True, hi=MAX_DEPTH_M)
+    number("--edge-gap-m", args.edge_gap_m, lo=0, hi=MAX_DEPTH_M, hint=" (metres; 0 turns the depth-edge test off)")
     intr = _intrinsics(args)
     depth = read_depth(args.depth, intr)
     rgb = read_color(args.color, depth.shape)
     t1 = time.perf_counter()
     mask, prompt, extra = _selection(args, rgb)
     t2 = time.perf_counter()
-    res = lift(mask, depth, intr, rgb=rgb, prompt_xy=prompt, erode_px=args.erode_px, max_depth_m=args.max_depth_m)
+    res = lift(mask, depth, intr, rgb=rgb, prompt_xy=prompt, erode_px=args.erode_px, max_depth_m=args.max_depth_m,
+               edge_gap_m=args.edge_gap_m or None)
     t3 = time.perf_counter()
     extra["mask_area_px"] = int(mask.sum())
     with AtomicOutputs() as outs:  # the cloud, the mesh and the JSON appear together, or none of them
@@ -315,7 +335,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
                                          file=sys.stderr, disable=None) as bar:
         warnings.filterwarnings("ignore", "TSDF fusion produced an empty mesh")  # reported as a status
         mesh = fuse_tsdf(_counted(frames, bar), intr, args.voxel_m, args.trunc_m, args.max_depth_m,
-                         device=args.device)
+                         device=args.o3d_device)
     t2 = time.perf_counter()
     mesh.vertex_colors = o3d.utility.Vector3dVector(np.clip(np.asarray(mesh.vertex_colors), 0.0, 1.0))
     report = _fuse_report(args, mesh, reads.used, total)

@@ -18,7 +18,7 @@ import numpy as np
 from engine.cli_common import UsageError
 from engine.stream.sources import _natural_key
 from engine.types import CameraIntrinsics
-from engine.validate import depth_units
+from engine.validate import depth_array, depth_units, same_hw
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".exr")
 COLOR_DIRS = ("color", "rgb", "image")
@@ -26,10 +26,6 @@ COLOR_DIRS = ("color", "rgb", "image")
 
 def _usage(msg: str) -> Exception:
     return UsageError(msg)
-
-
-def _wh(hw: tuple[int, ...]) -> str:
-    return f"{hw[1]}x{hw[0]}"
 
 
 def _read_unchanged(path: Path, what: str) -> np.ndarray:
@@ -46,15 +42,9 @@ def read_depth(path: str | Path, intrinsics: CameraIntrinsics) -> np.ndarray:
     """HxW raw depth (uint16 or float) from an image file, checked against the intrinsics' size."""
     path = Path(path)
     depth = _read_unchanged(path, "depth image")
-    if depth.ndim != 2:
-        raise ValueError(f"depth image {path} has {depth.shape[2]} channels; depth must be one channel "
-                         "(16-bit PNG/PGM in raw units, or a float image)")
-    if depth.dtype == np.uint8:
-        raise ValueError(f"depth image {path} is 8-bit (a visualisation?); use the 16-bit raw depth")
-    if depth.shape != (intrinsics.height, intrinsics.width):
-        raise ValueError(f"depth image {path} is {_wh(depth.shape)} but the intrinsics are "
-                         f"{intrinsics.width}x{intrinsics.height}; pass the intrinsics of the pixel grid the "
-                         "depth is on (the colour camera's once depth is aligned to colour)")
+    depth_array(f"depth image {path}", depth)
+    same_hw(f"depth image {path}", depth.shape, "the intrinsics are", (intrinsics.height, intrinsics.width),
+            "pass the intrinsics of the pixel grid the depth is on (the colour camera's once depth is aligned to colour)")
     depth_units(f"depth image {path}", depth, intrinsics.depth_scale_m)
     return depth
 
@@ -64,9 +54,8 @@ def read_color(path: str | Path, depth_hw: tuple[int, int]) -> np.ndarray:
     from engine.imageio import load_rgb
 
     rgb = load_rgb(Path(path))
-    if rgb.shape[:2] != depth_hw:
-        raise ValueError(f"colour image {path} is {_wh(rgb.shape)} but the depth is {_wh(depth_hw)}; "
-                         "register (align) depth to colour at one resolution first")
+    same_hw(f"colour image {path}", rgb.shape, "the depth is", depth_hw,
+            "register (align) depth to colour at one resolution first")
     return rgb
 
 
@@ -77,9 +66,7 @@ def read_mask(path: str | Path, depth_hw: tuple[int, int]) -> np.ndarray:
     if mask.ndim != 2:
         raise ValueError(f"mask {path} has {mask.shape[2]} channels; save it as a single-channel PNG "
                          "(0 = background, nonzero = object), as `arsel segment` writes")
-    if mask.shape != depth_hw:
-        raise ValueError(f"mask {path} is {_wh(mask.shape)} but the depth is {_wh(depth_hw)}; "
-                         "resize it (nearest neighbour) to the depth image")
+    same_hw(f"mask {path}", mask.shape, "the depth is", depth_hw, "resize it (nearest neighbour) to the depth image")
     return mask != 0
 
 

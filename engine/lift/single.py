@@ -2,10 +2,10 @@
 
 Pipeline (:func:`lift`), all in the camera frame until the optional pose is applied:
 
-1. erode the mask by ``erode_px`` (drops flying pixels on depth edges at the mask border), or,
-   with ``edge_gap_m``, drop only the mask pixels lying more than ``edge_gap_m`` behind the
-   nearest depth within ``edge_px`` pixels (flying pixels and the far side of depth edges): a
-   blanket erosion also trims the rim of curved objects, which the depth test keeps;
+1. drop the mask pixels more than ``edge_gap_m`` behind the nearest depth within ``edge_px``
+   pixels (flying pixels, the far side of depth edges; :data:`EDGE_GAP_M`, the rule ``arsel
+   lift`` and ``arsel demo`` share), optionally after an ``erode_px`` erosion, which like a wider
+   window also trims a curved object's rim, where the depth steps mm per pixel;
 2. drop invalid depth (0, NaN/inf, beyond ``max_depth_m``);
 3. organised downsampling: when more than ``max_points`` pixels remain, the mask's bounding box is
    cut into ``s x s`` pixel blocks and each block is represented by its *median-depth pixel*
@@ -46,6 +46,12 @@ from engine.lift.geometry import (
 from engine.types import CameraIntrinsics
 
 STATUSES = ("ok", "empty_mask", "no_depth", "no_cluster")
+EDGE_GAP_M = 0.01
+"""Default flying-pixel test of :func:`lift`, ``arsel lift`` and ``arsel demo``: a mask pixel more
+than this (m; times (z / 1 m)^2 beyond 1 m, as depth noise grows) behind the nearest depth z within
+:data:`EDGE_PX` pixels is dropped. A 10 cm ball at 0.85 m steps < 1 cm per pixel up to its rim, so
+1 px keeps the rim (2 px trim ~0.6 cm of it)."""
+EDGE_PX = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,13 +148,14 @@ def _crop_and_erode(mask: np.ndarray, erode_px: int, edge_px: int = 0) -> tuple[
 
 
 def _behind_depth_edge(z_m: np.ndarray, edge_px: int, gap_m: float) -> np.ndarray:
-    """HxW bool: pixels of ``z_m`` (metres, NaN = invalid) more than ``gap_m`` behind the nearest
-    valid depth within ``edge_px`` pixels (a (2*edge_px+1) square window)."""
+    """HxW bool: pixels of ``z_m`` (metres, NaN = invalid) more than ``gap_m * max(1, z / 1 m)^2``
+    behind the nearest valid depth z within ``edge_px`` pixels (a (2*edge_px+1) square window):
+    beyond 1 m the gap grows as stereo / structured-light depth noise and quantisation do."""
     far = np.float32(1e6)
     zf = np.where(np.isnan(z_m), far, z_m).astype(np.float32)
     nearest = cv2.erode(zf, np.ones((2 * edge_px + 1, 2 * edge_px + 1), np.uint8))
     with np.errstate(invalid="ignore"):
-        return (z_m - nearest) > gap_m
+        return (z_m - nearest) > gap_m * np.maximum(nearest, 1.0) ** 2
 
 
 def _block_reps(z: np.ndarray, step: int) -> _Reps:
@@ -252,7 +259,7 @@ def lift(
     intrinsics: CameraIntrinsics,
     rgb: np.ndarray | None = None,
     prompt_xy: tuple[float, float] | np.ndarray | None = None,
-    erode_px: int = 2,
+    erode_px: int = 0,
     max_depth_m: float = 10.0,
     outlier_nb: int = 20,
     outlier_std: float = 2.0,
@@ -262,8 +269,8 @@ def lift(
     dbscan_min_points: int = 6,
     max_points: int = 1000,
     compute_volume: bool = True,
-    edge_gap_m: float | None = None,
-    edge_px: int = 2,
+    edge_gap_m: float | None = EDGE_GAP_M,
+    edge_px: int = EDGE_PX,
 ) -> LiftResult:
     """Lift one object mask into a 3D point cloud with centroid, oriented box and volume.
 
@@ -274,18 +281,19 @@ def lift(
         intrinsics: pinhole intrinsics of the depth image.
         rgb: optional HxWx3 uint8 RGB image for point colours.
         prompt_xy: optional (x, y) pixel of the user's prompt; picks the cluster to keep.
-        erode_px: mask erosion radius in pixels against flying pixels (0 = off).
+        erode_px: mask erosion radius in pixels before the depth-edge test (0 = off); it trims
+            the rim of curved objects with the flying pixels.
         outlier_nb, outlier_std: statistical outlier removal (0 neighbours = off).
         dbscan_eps_m: DBSCAN radius; ``None`` = 4 representative spacings (>= 1 cm).
         pose: optional 4x4 camera-to-world pose; outputs are then in the world frame.
         dbscan_min_points: DBSCAN core-point threshold.
         max_points: about this many representatives (at most one per block) go through outlier
             removal and DBSCAN; more is finer clustering and slower.
-        compute_volume: compute ``volume_m3`` (convex hull, ~0.7 ms).
-        edge_gap_m: drop mask pixels more than this far (metres) behind the nearest depth within
-            ``edge_px`` pixels (``None`` = off). With ``erode_px=0`` it replaces the erosion:
-            flying pixels go, the rim of a curved object stays.
-        edge_px: window radius (pixels) of the ``edge_gap_m`` test.
+        compute_volume: compute ``volume_m3`` (convex hull).
+        edge_gap_m: drop mask pixels more than this far (metres; times (z / 1 m)^2 beyond 1 m)
+            behind the nearest depth z within ``edge_px`` pixels (``None`` = off; default
+            :data:`EDGE_GAP_M`): flying pixels go, the rim of a curved object stays.
+        edge_px: window radius (pixels) of the ``edge_gap_m`` test (default :data:`EDGE_PX`).
 
     Returns:
         :class:`LiftResult`; ``status`` "empty_mask", "no_depth" (no valid depth under the

@@ -19,7 +19,8 @@ from engine.realsense.processing import (
     rs_intrinsics_from,
     save_rs_intrinsics,
 )
-from engine.realsense.software import SoftwareCamera, SyntheticRealSense, default_intrinsics, sphere_scene
+from engine.realsense.software import SoftwareCamera
+from engine.realsense.synthetic import SyntheticRealSense, default_intrinsics, sphere_scene
 from engine.realsense.source import RealSenseSource, RealSenseStats, list_devices
 
 __all__ = [

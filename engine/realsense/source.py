@@ -129,7 +129,7 @@ class RealSenseSource(FrameSource):
             cfg = self._rs_config()
             if self.bag is not None:
                 # Non-real-time must be set before the pipeline starts: set after start, the frames
-                # played meanwhile are dropped (measured: 0 to 5 of a 6-frame file lost per run).
+                # played meanwhile are dropped (a short file loses some of its frames).
                 resolved = cfg.resolve(rs.pipeline_wrapper(self._pipeline))
                 self._playback = resolved.get_device().as_playback()
                 self._playback.set_real_time(False)  # every recorded frame, deterministically

@@ -82,7 +82,7 @@ class ReferenceBackend:
     @torch.inference_mode()
     def decode(self, embedding: torch.Tensor, point_coords: np.ndarray, point_labels: np.ndarray,
                mask_input: np.ndarray, has_mask_input: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Contract arrays -> ``(iou (B, 4), low_res (B, 4, 256, 256))`` float32 numpy."""
+        """Contract arrays -> ``(scores (B, 4), low_res_logits (B, 4, 256, 256))`` float32 numpy."""
         pc, pl, mi, hm = (torch.from_numpy(np.asarray(a, np.float32)) for a in
                           (point_coords, point_labels, mask_input, has_mask_input))
         sparse = self._wrapper._embed_points(pc, pl)

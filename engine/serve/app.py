@@ -26,10 +26,11 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.websockets import WebSocketDisconnect
 
+from engine.gaze.counters import GazeCounters
 from engine.serve.engines import EngineFactory
 from engine.serve.protocol import (PROTOCOL, Limits, ProtocolError, check_prompt_inside, error_message, gaze_sample,
                                    parse_frame, parse_text)
-from engine.serve.session import Outgoing, QueuedFrame, SessionCore, release_memory
+from engine.serve.session import ClientClock, Outgoing, QueuedFrame, SessionCore, release_memory
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 CLOSE_UNAUTHORIZED, CLOSE_BUSY, CLOSE_NORMAL = 4401, 1013, 1000
@@ -40,7 +41,8 @@ log = logging.getLogger("arsel.serve")
 
 @dataclass
 class ServerStats:
-    """Process-wide counters reported by ``/healthz``."""
+    """Process-wide counters reported by ``/healthz``; gaze counters per live session (by id) and
+    summed over the closed ones."""
 
     started: float = field(default_factory=time.time)
     sessions: int = 0
@@ -50,6 +52,15 @@ class ServerStats:
     dropped: int = 0
     errors_sent: int = 0
     exceptions: int = 0
+    gaze_live: dict[str, GazeCounters] = field(default_factory=dict)
+    gaze_closed: GazeCounters = field(default_factory=GazeCounters)
+
+    def gaze(self) -> GazeCounters:
+        """Gaze counters of every session so far, live and closed."""
+        total = GazeCounters().add(self.gaze_closed)
+        for counters in list(self.gaze_live.values()):
+            total.add(counters)
+        return total
 
 
 class _RateLimit:
@@ -77,13 +88,17 @@ def create_app(engines: EngineFactory, limits: Limits | None = None, token: str 
     app.state.stats, app.state.engines, app.state.limits = stats, engines, limits
 
     @app.get("/healthz")
-    def healthz() -> Any:
-        return JSONResponse({"status": "ok", "protocol": PROTOCOL, "model": engines.model,
-                             "backend": engines.backend_name, "sessions": stats.sessions,
-                             "closing": stats.closing, "max_sessions": max_sessions, "uptime_s": round(time.time() - stats.started, 1),
-                             "sessions_total": stats.sessions_total, "frames": stats.frames,
-                             "dropped": stats.dropped, "errors_sent": stats.errors_sent,
-                             "exceptions": stats.exceptions})
+    async def healthz() -> Any:  # on the event loop: a closing session's counters move atomically
+        body = {"status": "ok", "protocol": PROTOCOL, "model": engines.model,
+                "backend": engines.backend_name, "sessions": stats.sessions,
+                "closing": stats.closing, "max_sessions": max_sessions, "uptime_s": round(time.time() - stats.started, 1),
+                "sessions_total": stats.sessions_total, "frames": stats.frames,
+                "dropped": stats.dropped, "errors_sent": stats.errors_sent,
+                "exceptions": stats.exceptions, "gaze": stats.gaze().as_dict()}
+        health = getattr(engines, "health", None)  # optional: a scale-out factory's replicas (ray_gateway)
+        if callable(health):  # it may block (remote calls): on a thread, after the counters were read
+            body.update(await asyncio.to_thread(health))
+        return JSONResponse(body)
 
     @app.get("/")
     def index() -> Any:
@@ -144,6 +159,7 @@ class _Session:
         self.wake = asyncio.Event()
         self.send_lock = asyncio.Lock()
         self.rate = _RateLimit(limits.max_messages_per_s)
+        self.client_clock = ClientClock()  # gaze times are judged against the frames' clock
         self.recent: dict[int, tuple[int, int]] = {}  # received frame id -> (h, w), last 64
         self.last_frame_id = -1
         self.dropped = 0
@@ -158,6 +174,7 @@ class _Session:
             self.stats.sessions -= 1
             self.worker.shutdown(wait=False)
             raise
+        self.stats.gaze_live[self.id] = self.core.gaze_counters
         processor = asyncio.create_task(self._process_loop())
         try:
             await self._receive_loop()
@@ -173,7 +190,8 @@ class _Session:
                 await loop.run_in_executor(self.worker, core.close)
                 del core
                 await loop.run_in_executor(self.worker, release_memory)
-            finally:
+            finally:  # the worker no longer counts: move the gaze counters to the totals (no await: atomic)
+                self.stats.gaze_closed.add(self.stats.gaze_live.pop(self.id, GazeCounters()))
                 self.worker.shutdown(wait=False)
                 self.stats.closing -= 1
 
@@ -231,7 +249,8 @@ class _Session:
             await self.send({"type": "pong", "t0": msg["t0"], "t1": t1, "t2": time.time_ns()})
         elif kind in ("gaze", "cursor"):
             sample = gaze_sample(msg)
-            loop.run_in_executor(self.worker, self.core.add_gaze, [sample])  # type: ignore[union-attr]
+            now_ns = self.client_clock.now_ns(time.monotonic_ns(), sample.timestamp_ns)
+            loop.run_in_executor(self.worker, self.core.add_gaze, [sample], now_ns)  # type: ignore[union-attr]
         elif kind == "prompt":
             self._check_prompt_frame(msg)
             self.pending_prompts += 1
@@ -267,6 +286,7 @@ class _Session:
                                                f"{max(self.recent, default='-')}) or the next one to be sent", fid)
 
     async def _frame(self, data: bytes) -> None:
+        received_ns = time.monotonic_ns()
         frame = await asyncio.to_thread(parse_frame, data, self.limits)
         if frame.frame_id <= self.last_frame_id:
             raise ProtocolError("bad_frame", f"frame_id {frame.frame_id} does not increase (last was "
@@ -275,8 +295,10 @@ class _Session:
         self.recent[frame.frame_id] = frame.rgb.shape[:2]
         while len(self.recent) > 64:
             del self.recent[next(iter(self.recent))]
+        self.client_clock.frame(frame.t_capture_ns, received_ns)
         if frame.gaze:
-            asyncio.get_running_loop().run_in_executor(self.worker, self.core.add_gaze, frame.gaze)  # type: ignore
+            asyncio.get_running_loop().run_in_executor(self.worker, self.core.add_gaze,  # type: ignore
+                                                       frame.gaze, frame.t_capture_ns)
         self.queue.append(QueuedFrame(frame, time.perf_counter()))
         while len(self.queue) > self.limits.max_inflight:  # the newest frame wins
             old = self.queue.popleft()

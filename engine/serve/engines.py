@@ -4,7 +4,9 @@
 over it (its own objects, keyframes, motion, encoder worker). The shared backend is wrapped in
 :class:`SharedBackend`, which serialises encodes with one lock and decodes with another, so two
 sessions never run the same module at once (compiled/graph runtimes keep per-module buffers) while
-one session's encode never waits for another's decode. A remote encoder (a Ray Serve deployment)
+one session's encode never waits for another's decode. Both locks are first come, first served
+(:class:`FairLock`): a plain lock lets the session that just released it take it again, and
+sessions that keep asking for decodes starve the others. A remote encoder (a Ray Serve deployment)
 would be another ``EngineFactory`` handing out engines whose backend ``encode`` calls it.
 """
 
@@ -34,14 +36,36 @@ class EngineFactory(Protocol):
     def close(self) -> None: ...
 
 
+class FairLock:
+    """A lock granted in the order it was asked for (a ticket lock), usable in ``with``."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._next_ticket = 0
+        self._serving = 0
+
+    def __enter__(self) -> "FairLock":
+        with self._cond:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            while ticket != self._serving:
+                self._cond.wait()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
+
+
 class SharedBackend:
-    """A backend shared by sessions: encode and decode each behind their own lock."""
+    """A backend shared by sessions: encode and decode each behind their own :class:`FairLock`."""
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
         self.input_size = backend.input_size
-        self._encode_lock = threading.Lock()
-        self._decode_lock = threading.Lock()
+        self._encode_lock = FairLock()
+        self._decode_lock = FairLock()
 
     def encode(self, image: np.ndarray) -> Any:
         with self._encode_lock:
@@ -83,13 +107,19 @@ class LocalEngines:
 
     @classmethod
     def load(cls, model: str, backend: str = "torch", checkpoint: Path | None = None, device: str = "cpu",
-             **kwargs: Any) -> "LocalEngines":
-        """Load ``model`` once on runtime ``backend`` (``engine.backends.factory``)."""
-        from engine.backends.factory import create_backend
+             threads: int | None = None, **kwargs: Any) -> "LocalEngines":
+        """Load ``model`` once on runtime ``backend`` (``engine.backends.factory``; "auto" resolved
+        here). ``threads``: intra-op threads per compute thread (``engine.threads``: None keeps the
+        runtime's default)."""
+        from engine.backends.factory import create_backend, resolve_auto
         from engine.models.registry import get_spec
+        from engine.threads import apply_threads
 
         spec = get_spec(model)
-        return cls(create_backend(backend, model, checkpoint, device), spec, model, **kwargs)
+        name = resolve_auto(device) if backend == "auto" else backend
+        if threads is not None:
+            apply_threads(name, threads)
+        return cls(create_backend(name, model, checkpoint, device, threads=threads), spec, model, **kwargs)
 
     def __call__(self) -> StreamEngine:
         return StreamEngine(self.shared, self.spec, policy=self.policy, motion=self.motion,  # type: ignore[arg-type]

@@ -1,18 +1,21 @@
 """``arsel.v1`` messages: schema validation, binary framing, frame decoding, message builders.
 
 Every message a client sends is checked here, before any slow work: first against the JSON Schema
-(``docs/protocol.schema.json``, packaged as ``engine/serve/protocol.schema.json``'s twin), then the
-semantic rules the schema cannot say (finite numbers, sizes that match the blobs, sane intrinsics).
-A failure raises :class:`ProtocolError` with the protocol's error ``code``; the session answers it
-with an ``error`` message and lives on.
+(``docs/protocol.schema.json``), then the rules the schema cannot say. Those about the input itself
+(finite numbers, image size and bytes, depth format and units, intrinsics, pose, prompts against
+the frame) are ``engine.validate``'s, the same functions the CLI calls; its ``InputError`` becomes
+a :class:`ProtocolError` (``input_error_code``). Only the wire's own rules (framing, blob byte
+counts, encodings, limits) live here. The session answers a ``ProtocolError`` with an ``error``
+message and lives on.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import math
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +24,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from engine import validate
 from engine.gaze import GazeSample
 from engine.types import CameraIntrinsics
 
@@ -30,7 +34,6 @@ ErrorCode = Literal["bad_message", "too_large", "bad_frame", "unauthorized", "se
                     "unsupported", "rate_limited", "idle_timeout"]
 CLIENT_TEXT_TYPES = ("hello", "prompt", "gaze", "cursor", "ping")
 _U32 = struct.Struct("<I")
-_MAGIC = {"jpeg": b"\xff\xd8", "png": b"\x89PNG\r\n\x1a\n", "png16": b"\x89PNG\r\n\x1a\n"}
 
 
 class ProtocolError(Exception):
@@ -39,6 +42,21 @@ class ProtocolError(Exception):
     def __init__(self, code: ErrorCode, message: str, frame_id: int | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code, self.message, self.frame_id = code, message, frame_id
+
+
+def input_error_code(exc: validate.InputError, default: ErrorCode) -> ErrorCode:
+    """The ``error`` code of a validation failure: ``too_large`` for a size limit, else ``default``
+    (``bad_frame`` in a frame, ``bad_message`` in a text message)."""
+    return "too_large" if isinstance(exc, validate.InputTooLarge) else default
+
+
+@contextmanager
+def checked(code: ErrorCode, frame_id: int | None = None) -> Iterator[None]:
+    """Run ``engine.validate`` checks; an ``InputError`` becomes ``ProtocolError`` (``input_error_code``)."""
+    try:
+        yield
+    except validate.InputError as exc:
+        raise ProtocolError(input_error_code(exc, code), str(exc), frame_id) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,11 +125,6 @@ def _loads(text: str | bytes, code: ErrorCode, what: str) -> Any:
         raise ProtocolError(code, f"{what} is not valid UTF-8 JSON ({exc}); send one JSON object") from None
 
 
-def _finite(values: Any, what: str, code: ErrorCode = "bad_message", frame_id: int | None = None) -> None:
-    if not all(math.isfinite(float(v)) for v in values):
-        raise ProtocolError(code, f"{what} must be finite numbers (no NaN/Infinity), got {values}", frame_id)
-
-
 def parse_text(text: str, limits: Limits) -> dict[str, Any]:
     """Validate one client text message; returns it as a dict (schema- and semantically checked)."""
     if len(text.encode("utf-8", "surrogatepass")) > limits.max_text_bytes:
@@ -126,10 +139,11 @@ def parse_text(text: str, limits: Limits) -> dict[str, Any]:
         raise ProtocolError("unsupported", f"unknown message type {kind!r}; arsel.v1 clients send "
                                            f"{', '.join(CLIENT_TEXT_TYPES)} and binary frames")
     check(kind, msg, frame_id=msg.get("frame_id") if kind == "prompt" and _is_uint(msg.get("frame_id")) else None)
-    if kind in ("gaze", "cursor") and msg["confidence"] > 0:
-        _finite((msg["x"], msg["y"]), f"{kind} x, y")
-    if kind == "ping":
-        _finite((msg["t0"],), "ping t0")
+    with checked("bad_message"):
+        if kind in ("gaze", "cursor") and msg["confidence"] > 0:
+            validate.finite(f"{kind} x, y", (msg["x"], msg["y"]))
+        if kind == "ping":
+            validate.finite("ping t0", (msg["t0"],))
     if kind == "prompt":
         _check_prompt(msg)
     return msg
@@ -140,31 +154,25 @@ def _is_uint(v: Any) -> bool:
 
 
 def _check_prompt(msg: dict[str, Any]) -> None:
+    check_prompt_inside(msg, None)
     fid, action = msg["frame_id"], msg["action"]
     points, box = msg.get("points") or [], msg.get("box")
-    _finite([c for p in points for c in p[:2]], "prompt points", frame_id=fid)
-    if box is not None:
-        _finite(box, "prompt box", frame_id=fid)
-        if box[2] < box[0] or box[3] < box[1]:
-            raise ProtocolError("bad_message", f"prompt box must be [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1, "
-                                               f"got {box}", fid)
     if action in ("add", "refine") and not points and box is None:
         raise ProtocolError("bad_message", f"prompt {action} needs points or a box", fid)
     if action in ("refine", "remove") and msg.get("object_id") is None:
         raise ProtocolError("bad_message", f"prompt {action} needs an object_id", fid)
 
 
-def check_prompt_inside(msg: dict[str, Any], frame_hw: tuple[int, int]) -> None:
-    """A prompt's points and box must lie in its frame (``[0, W] x [0, H]``, pixels)."""
-    h, w = frame_hw
-    pts = [(p[0], p[1]) for p in msg.get("points") or []]
-    box = msg.get("box")
-    if box is not None:
-        pts += [(box[0], box[1]), (box[2], box[3])]
-    for x, y in pts:
-        if not (0 <= x <= w and 0 <= y <= h):
-            raise ProtocolError("bad_message", f"prompt coordinate ({x}, {y}) is outside frame {msg['frame_id']}'s "
-                                               f"{w}x{h} image; clamp to [0, {w}] x [0, {h}]", msg["frame_id"])
+def check_prompt_inside(msg: dict[str, Any], frame_hw: tuple[int, int] | None) -> None:
+    """A prompt's points (finite, labels 0/1) lie in its frame (``[0, W) x [0, H)`` pixels) and its box
+    (finite, positive area) within ``[0, W] x [0, H]``; ``frame_hw`` None: frame not known yet."""
+    points, box = msg.get("points") or [], msg.get("box")
+    with checked("bad_message", msg["frame_id"]):
+        if points:
+            validate.points_xy("prompt points", [p[:2] for p in points], frame_hw)
+            validate.point_labels("prompt point label", [p[2] for p in points])
+        if box is not None:
+            validate.box_xyxy("prompt box", box, frame_hw, inside=True)
 
 
 def pack(header: dict[str, Any], *blobs: bytes) -> bytes:
@@ -196,10 +204,11 @@ def parse_frame(data: bytes, limits: Limits) -> FrameMessage:
     _check_encodings(header, fid)
     check("frame_header", header, "bad_frame", fid)
     image, depth = header["image"], header.get("depth")
-    for blob in (image, depth):
-        if blob is not None and max(blob["width"], blob["height"]) > limits.max_image_side:
-            raise ProtocolError("too_large", f"{blob['width']}x{blob['height']} is over the image side limit "
-                                             f"{limits.max_image_side}", fid)
+    with checked("bad_frame", fid):  # the time and sizes the header claims, before any decoding
+        validate.timestamp_ns("frame t_capture_ns", header["t_capture_ns"])
+        for name, blob in (("image", image), ("depth", depth)):
+            if blob is not None:
+                validate.image_hw(name, (blob["height"], blob["width"]), limits.max_image_side)
     sizes = [image["bytes"]] + ([depth["bytes"]] if depth else [])
     if sum(sizes) != len(rest):
         raise ProtocolError("bad_frame", f"the header lists blobs of {sizes} bytes but {len(rest)} bytes follow it", fid)
@@ -239,11 +248,10 @@ def decode_image(data: bytes, blob: dict[str, Any], fid: int | None) -> np.ndarr
             raise ProtocolError("bad_frame", f"rgb8 image of {hw[1]}x{hw[0]} needs {hw[0] * hw[1] * 3} bytes, got "
                                              f"{len(data)}", fid)
         return np.frombuffer(data, np.uint8).reshape(hw[0], hw[1], 3).copy()
-    if not data.startswith(_MAGIC[enc]):
-        raise ProtocolError("bad_frame", f"the image bytes are not a {enc.upper()} (wrong magic bytes)", fid)
-    actual = _image_hw(data, fid)
-    if actual != hw:
-        raise ProtocolError("bad_frame", f"header says {hw[1]}x{hw[0]} but the {enc} is {actual[1]}x{actual[0]}", fid)
+    with checked("bad_frame", fid):
+        validate.image_bytes("image", data, enc)
+        validate.same_hw(f"the {enc} image", _image_hw(data, fid), "the header says", hw,
+                         "send width and height of the image itself")
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None or bgr.shape[:2] != hw:
         raise ProtocolError("bad_frame", f"the {enc} image does not decode", fid)
@@ -253,19 +261,23 @@ def decode_image(data: bytes, blob: dict[str, Any], fid: int | None) -> np.ndarr
 def decode_depth(data: bytes, blob: dict[str, Any], image_hw: tuple[int, int], fid: int | None) -> np.ndarray:
     """Depth blob -> ``(H, W) uint16`` raw depth, the colour image's size."""
     hw = (blob["height"], blob["width"])
-    if hw != image_hw:
-        raise ProtocolError("bad_frame", f"depth is {hw[1]}x{hw[0]} but the image is {image_hw[1]}x{image_hw[0]}; "
-                                         "send depth aligned to the colour image", fid)
-    if blob["encoding"] == "u16":
-        if len(data) != hw[0] * hw[1] * 2:
-            raise ProtocolError("bad_frame", f"u16 depth of {hw[1]}x{hw[0]} needs {hw[0] * hw[1] * 2} bytes, "
-                                             f"got {len(data)}", fid)
-        return np.frombuffer(data, "<u2").reshape(hw).astype(np.uint16)
-    if not data.startswith(_MAGIC["png16"]) or _image_hw(data, fid) != hw:
-        raise ProtocolError("bad_frame", f"depth is not a {hw[1]}x{hw[0]} PNG", fid)
-    depth = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if depth is None or depth.ndim != 2 or depth.dtype != np.uint16:
-        raise ProtocolError("bad_frame", "png16 depth must be a 16-bit single-channel PNG", fid)
+    with checked("bad_frame", fid):
+        validate.same_hw("depth", hw, "the image is", image_hw, "send depth aligned to the colour image")
+        if blob["encoding"] == "u16":
+            if len(data) != hw[0] * hw[1] * 2:
+                raise ProtocolError("bad_frame", f"u16 depth of {hw[1]}x{hw[0]} needs {hw[0] * hw[1] * 2} bytes, "
+                                                 f"got {len(data)}", fid)
+            depth = np.frombuffer(data, "<u2").reshape(hw).astype(np.uint16)
+        else:
+            validate.image_bytes("depth", data, "png")
+            validate.same_hw("the depth PNG", _image_hw(data, fid), "the header says", hw,
+                             "send width and height of the depth image itself")
+            depth = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            if depth is None:
+                raise ProtocolError("bad_frame", "the png16 depth does not decode", fid)
+            validate.depth_array("png16 depth", depth)
+        validate.depth_units("depth", depth, float(blob["scale_m"]),
+                             fix="send the depth's scale_m in metres per raw unit (0.001 for millimetres)")
     return depth
 
 
@@ -274,10 +286,9 @@ def _intrinsics(header: dict[str, Any], hw: tuple[int, int], depth: dict[str, An
     k = header.get("intrinsics")
     if k is None:
         return None
-    _finite(k, "intrinsics [fx, fy, cx, cy]", "bad_frame", fid)
-    fx, fy, cx, cy = (float(v) for v in k)
-    if fx <= 0 or fy <= 0 or cx < 0 or cy < 0:
-        raise ProtocolError("bad_frame", f"intrinsics need fx, fy > 0 and cx, cy >= 0 (pixels), got {k}", fid)
+    with checked("bad_frame", fid):
+        fx, fy, cx, cy = validate.finite("intrinsics [fx, fy, cx, cy]", k)
+        validate.intrinsics("intrinsics [fx, fy, cx, cy]", hw[1], hw[0], fx, fy, cx, cy)
     scale = float(depth["scale_m"]) if depth else 0.001
     try:
         return CameraIntrinsics(hw[1], hw[0], fx, fy, cx, cy, scale)
@@ -288,19 +299,14 @@ def _intrinsics(header: dict[str, Any], hw: tuple[int, int], depth: dict[str, An
 def _pose(values: list[float] | None, fid: int | None) -> np.ndarray | None:
     if values is None:
         return None
-    _finite(values, "pose", "bad_frame", fid)
-    pose = np.asarray(values, np.float64).reshape(4, 4)
-    rot = pose[:3, :3]
-    if not np.allclose(pose[3], (0, 0, 0, 1), atol=1e-6) or not np.allclose(rot @ rot.T, np.eye(3), atol=1e-3):
-        raise ProtocolError("bad_frame", "pose must be a rigid 4x4 camera-to-world transform (row-major, last row "
-                                         "0 0 0 1, orthonormal rotation)", fid)
-    return pose
+    with checked("bad_frame", fid):
+        return validate.pose("pose (row-major 4x4 camera-to-world)", np.asarray(values, object).reshape(4, 4))
 
 
 def _gaze(samples: list[dict[str, Any]], fid: int | None) -> tuple[GazeSample, ...]:
     try:
         return tuple(GazeSample(s["t_ns"], s["x"], s["y"], s["confidence"]) for s in samples)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise ProtocolError("bad_frame", f"frame gaze: {exc}", fid) from None
 
 
@@ -308,7 +314,7 @@ def gaze_sample(msg: dict[str, Any]) -> GazeSample:
     """A checked ``gaze``/``cursor`` message -> ``GazeSample``."""
     try:
         return GazeSample(msg["t_ns"], msg["x"], msg["y"], msg["confidence"])
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise ProtocolError("bad_message", f"{msg['type']}: {exc}") from None
 
 

@@ -7,14 +7,15 @@ forward pass. It counts the batch sizes it ran (``batch_histogram``).
 
 :class:`RemoteEncoderBackend` is the seam the stream engine already has: a ``Backend`` whose
 ``encode`` calls the deployment and whose ``decode`` runs on the local backend, so the per-frame
-decode never waits on a network hop. Only the encoder part of issue #16 exists: the gateway
-deployment and ``arsel serve --ray`` are not built.
+decode never waits on a network hop. The gateways of ``arsel serve --ray`` use it
+(``engine.serve.ray_gateway``).
 
 Ray is imported only here (``pip install 'arsel[ray]'``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -54,14 +55,18 @@ class BatchedEncoder:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def encode(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        import torch
-
         for image in images:
             self._check(image)
-        with torch.inference_mode():
-            out = self.model.image_encoder(torch.from_numpy(np.concatenate(images))).numpy()  # checked above
+        # on a thread: the replica's event loop keeps answering (batch_histogram, /healthz) meanwhile
+        out = await asyncio.to_thread(self._forward, np.concatenate(images))
         self.sizes[len(images)] += 1
         return [out[i:i + 1].copy() for i in range(len(images))]
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model.image_encoder(torch.from_numpy(x)).numpy()
 
     def batch_histogram(self) -> dict[int, int]:
         """Batch size -> how many batches of that size this replica ran."""

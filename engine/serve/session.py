@@ -5,8 +5,11 @@ worker thread only (``app`` runs every call on the session's own single-thread e
 order the messages came). Prompts name the frame they were made on: a prompt on the frame about to
 be stepped is stamped by the engine as usual; one on an earlier frame is stamped with that frame's
 grey image (kept for the last ``RECENT_FRAMES``), so the engine maps it through the motion between
-that frame and the keyframe (``StreamEngine._prompt_motion``). Gaze and cursor samples wait in a
-time-ordered buffer and are fed to the dwell logic before the first frame captured after them.
+that frame and the keyframe (``StreamEngine._prompt_motion``). Gaze and cursor samples pass a clock
+guard against the client's clock at receipt (``ClientClock``, ``engine.gaze.clock``: a far-future
+``t_ns`` or a jumped clock is dropped, a clock that really moved is re-locked onto), wait in a time-ordered buffer and are fed to
+the dwell logic before the first frame captured after them; off-frame samples count as lost. All
+of it is counted in ``gaze_counters`` (``GazeCounters``, as ``arsel track`` writes to metrics.json).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import cv2
 import numpy as np
 
 from engine.gaze import GazeSample
+from engine.gaze.clock import ClockPolicy, GazeClock
+from engine.gaze.counters import GazeCounters
 from engine.serve.protocol import FrameMessage, ProtocolError, check_prompt_inside, pack
 from engine.serve.rle import encode_rle
 from engine.stream.engine import StreamEngine
@@ -49,6 +54,25 @@ class Outgoing:
     text: str | None = None
     data: bytes | None = None
     frame_id: int | None = None
+
+
+class ClientClock:
+    """The client's clock (its frames' ``t_capture_ns``, which gaze ``t_ns`` share) estimated at a
+    receive time: the newest frame's capture time plus the time received since, read on the server's
+    ``time.monotonic_ns``. Before the first frame, the first gaze sample anchors it. A client that
+    replays a recording slower than real time stays in step, since every frame re-anchors it."""
+
+    def __init__(self) -> None:
+        self._anchor: tuple[int, int] | None = None  # (client ns, monotonic ns at receipt)
+
+    def frame(self, t_capture_ns: int, received_ns: int) -> None:
+        self._anchor = (t_capture_ns, received_ns)
+
+    def now_ns(self, received_ns: int, t_sample_ns: int) -> int:
+        """Client time at ``received_ns``; anchors on ``t_sample_ns`` when nothing came before."""
+        if self._anchor is None:
+            self._anchor = (t_sample_ns, received_ns)
+        return self._anchor[0] + (received_ns - self._anchor[1])
 
 
 def prompt_from_message(msg: dict[str, Any]) -> Prompt:
@@ -81,7 +105,9 @@ class SessionCore:
     def __init__(self, engine: StreamEngine, mask_encoding: str = "coco_rle") -> None:
         self.engine = engine
         self.mask_encoding = mask_encoding
-        self.gaze = GazePrompts()
+        self.gaze_counters = GazeCounters()
+        self.gaze = GazePrompts(counters=self.gaze_counters)
+        self.gaze_clock = GazeClock(ClockPolicy(check_order=False))  # the buffer reorders by time
         self._gaze_buffer: list[tuple[int, int, GazeSample]] = []
         self._gaze_seq = 0
         self._gaze_object: int | None = None
@@ -89,7 +115,6 @@ class SessionCore:
         self._pending: list[dict[str, Any]] = []  # prompts on frames not stepped yet
         self._last_stepped = -1
         self._announced: set[int] = set()
-        self.gaze_dropped = 0
 
     # --- prompts and gaze -------------------------------------------------------------------
     def prompt(self, msg: dict[str, Any]) -> None:
@@ -147,15 +172,25 @@ class SessionCore:
         while len(self._greys) > RECENT_FRAMES:
             self._greys.popitem(last=False)
 
-    def add_gaze(self, samples: tuple[GazeSample, ...] | list[GazeSample]) -> None:
-        """Buffer gaze/cursor samples (fed to the dwell logic by capture time, see ``_feed_gaze``)."""
+    def add_gaze(self, samples: tuple[GazeSample, ...] | list[GazeSample], client_now_ns: int) -> None:
+        """Buffer gaze/cursor samples that pass the clock guard against ``client_now_ns`` (the client's
+        clock when they came, ``ClientClock``); fed to the dwell logic by capture time (``_feed_gaze``)."""
+        counters, clock = self.gaze_counters, self.gaze_clock
         for s in samples:
+            resyncs = clock.stats["clock_resyncs"]
+            reason = clock.check(s.timestamp_ns, client_now_ns)
+            if clock.stats["clock_resyncs"] != resyncs:
+                counters.clock_resyncs += 1
+                self.gaze.restart_clock()
+            if reason is not None:
+                counters.drop(reason)
+                continue
             heapq.heappush(self._gaze_buffer, (s.timestamp_ns, self._gaze_seq, s))
             self._gaze_seq += 1
         while len(self._gaze_buffer) > MAX_GAZE_BUFFER:
             self._gaze_buffer.remove(max(self._gaze_buffer))
             heapq.heapify(self._gaze_buffer)
-            self.gaze_dropped += 1
+            counters.drop("overflow")
 
     def _feed_gaze(self, t_capture_ns: int) -> None:
         while self._gaze_buffer and self._gaze_buffer[0][0] <= t_capture_ns:
@@ -180,6 +215,7 @@ class SessionCore:
         t_start = time.perf_counter()
         msg = item.frame
         errors = self._apply_pending(msg)
+        self.gaze.frame_hw = (msg.rgb.shape[0], msg.rgb.shape[1])  # gaze is in this frame's pixels
         self._feed_gaze(msg.t_capture_ns)
         frame = Frame(msg.frame_id, msg.t_capture_ns, msg.rgb, msg.depth_raw, msg.intrinsics)
         res = self.engine.step(frame)

@@ -12,8 +12,9 @@ Modules (import them directly; this package imports nothing so ``engine.gaze`` c
 * ``object_motion``: keyframe->frame motion per object (global fit as fallback), ``map_prompt``
 * ``decoding``: one prompt on the keyframe embedding, OpenCV upsampling
 * ``proposals``: point -> multi-scale box proposals for box-only checkpoints
-* ``engine``: ``StreamEngine``; ``results``: ``StepResult``, ``MaskResult``
-* ``latency``: ``LatencyRecorder``, ``draw_hud``
+* ``engine``: ``StreamEngine`` (``engine_config``: ``EngineConfig``; ``keyframe_step``, ``guard_steps``: its steps);
+  ``results``: ``StepResult``, ``MaskResult``
+* ``latency``: ``LatencyRecorder``; ``hud``: ``draw_hud``
 * ``evaluate``: mean J on DAVIS-layout sequences, ``CachingBackend``
-* ``track_cli``: the ``arsel track`` verb
+* ``track_cli``: the ``arsel track`` verb; ``track_output``: its masks, overlay and metrics
 """

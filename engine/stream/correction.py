@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from engine.deprecation import renamed_field
 from engine.predictor import Predictor
 from engine.types import Prediction
 from engine.prompts import build_prompts
@@ -22,8 +23,10 @@ class Candidate:
 
     mask: np.ndarray
     predicted_iou: float
-    low_res: np.ndarray | None
+    low_res_logits: np.ndarray | None
     check: GuardCheck
+
+    low_res = renamed_field("low_res_logits", "low_res")  # the old name, with a DeprecationWarning
 
     @property
     def score(self) -> float:
@@ -53,7 +56,7 @@ def score_decoded(decoded: Decoded, exp: Expectation, config: GuardConfig, matri
                   min_iou: float | None = None, rgb: np.ndarray | None = None) -> Candidate:
     """A decode (keyframe geometry) as a current-frame candidate checked against ``exp``."""
     mask = to_frame(decoded.logits, matrix, frame_hw, threshold, outside_logit)
-    return Candidate(mask, decoded.score, decoded.low_res, check(mask, exp, config, min_iou, rgb))
+    return Candidate(mask, decoded.score, decoded.low_res_logits, check(mask, exp, config, min_iou, rgb))
 
 
 def batched_candidates(predictor: Predictor, boxes_key_xyxy: np.ndarray, exp: Expectation, config: GuardConfig,
@@ -63,11 +66,11 @@ def batched_candidates(predictor: Predictor, boxes_key_xyxy: np.ndarray, exp: Ex
     """Decode ``(K, 4)`` keyframe boxes in one call; every mask upsampled, warped and checked.
     Returns the candidates and the decoder's time (ms)."""
     pred = decode_boxes(predictor, boxes_key_xyxy)
-    decoder_ms, k = pred.timings_ms["decode_ms"], len(pred.scores)
-    upsample_ms = pred.timings_ms["postprocess_ms"] / max(k, 1)
+    decode_ms, k = pred.timings_ms["decode_ms"], len(pred.scores)
+    postprocess_ms = pred.timings_ms["postprocess_ms"] / max(k, 1)
     out = []
     for i in range(k):
-        dec = Decoded(pred.logits[i, 0], pred.low_res_logits[i, 0], float(pred.scores[i, 0]), decoder_ms / k,
-                      upsample_ms)
+        dec = Decoded(pred.logits[i, 0], pred.low_res_logits[i, 0], float(pred.scores[i, 0]), decode_ms / k,
+                      postprocess_ms)
         out.append(score_decoded(dec, exp, config, matrix, frame_hw, threshold, outside_logit, min_iou, rgb))
-    return out, decoder_ms
+    return out, decode_ms

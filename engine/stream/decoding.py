@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.deprecation import renamed_field
 from engine.predictor import Predictor
 from engine.prompts import build_prompts
 from engine.stream.events import Prompt
@@ -20,15 +21,19 @@ from engine.stream.events import Prompt
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
-    """One decoded mask: full-size ``logits`` float32 ``(H, W)`` (keyframe pixels), ``low_res``
-    float32 ``(256, 256)``, predicted IoU ``score``, and the decoder and
-    upsampling wall times (ms)."""
+    """One decoded mask: full-size ``logits`` float32 ``(H, W)`` (keyframe pixels), ``low_res_logits``
+    float32 ``(256, 256)``, predicted IoU ``score``, and the decoder and upsampling wall times (ms).
+    The old names ``low_res``, ``decoder_ms``, ``upsample_ms`` still read, with a DeprecationWarning."""
 
     logits: np.ndarray
-    low_res: np.ndarray
+    low_res_logits: np.ndarray
     score: float
-    decoder_ms: float
-    upsample_ms: float
+    decode_ms: float
+    postprocess_ms: float
+
+    low_res = renamed_field("low_res_logits", "low_res")
+    decoder_ms = renamed_field("decode_ms", "decoder_ms")
+    upsample_ms = renamed_field("postprocess_ms", "upsample_ms")
 
 
 def box_roi(box_xyxy: np.ndarray, input_size: int, grid_hw: tuple[int, int], margin: float) -> tuple[int, int, int, int] | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,49 +25,21 @@ import numpy as np
 from engine.backends.base import Backend
 from engine.models.registry import ModelSpec
 from engine.predictor import Predictor
-from engine.stream import guard_steps, guards
+from engine.stream import guard_steps, guards, keyframe_step
 from engine.stream.decoding import Decoded, decode_prompt, effective_roi_margin
+from engine.stream.engine_config import EngineConfig
 from engine.stream.events import HoverEvent, Prompt, PromptEvent, ReleaseEvent, SelectEvent
 from engine.stream.latency import LatencyRecorder
 from engine.stream.object_motion import MotionEstimator, MotionInfo, map_prompt
-from engine.stream.proposals import ProposalConfig, decode_point_proposals
+from engine.stream.proposals import decode_point_proposals
 from engine.stream.results import EngineStats, MaskResult, MaskStatus, StepResult, prompt_key
 from engine.stream.scheduler import AsyncEncoder, Keyframe, KeyframePolicy
-from engine.stream.tracker import TrackedObject, Tracker, TrackerConfig, TrackPrompt
+from engine.stream.tracker import TrackedObject, Tracker, TrackPrompt
 from engine.transforms import preprocess
 from engine.types import Embedding, Frame
 
 MotionModel = Literal["homography", "affine", "none"]
 _IDENTITY = np.eye(3, dtype=np.float64)
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    """Engine knobs. ``motion_downscale_to``: long side (px) of the grey frames motion runs on;
-    ``frame_budget_ms``: a step slower than this counts as late; ``outside_logit``: logit given to
-    pixels warped in from outside the keyframe. ``reuse_decode_px``: when an object's prompt,
-    mapped into the keyframe, moved at most this many keyframe pixels since its last decode on the
-    same keyframe, that decode is reused (only warped by the new motion); 0 decodes every frame.
-    ``motion_corners``: most corners an object's motion fit tracks (100 fit as well as 200 on
-    DAVIS blackswan at half the LK time). ``encoder_nice``: the async encoder worker's thread runs
-    this much nicer (Linux), so the per-frame work (decoder, motion) wins the cores over the encode.
-    ``roi_margin``: box prompts upscale their masks only around the box, grown by this fraction of
-    its size (+2 tokens); exact inside, background outside (``decoding.box_roi``); None: whole.
-    Used only where no mask is fed back (see ``decoding.effective_roi_margin``). ``guard``: the
-    drift guards (``engine.stream.guards``)."""
-
-    tracker: TrackerConfig = field(default_factory=TrackerConfig)
-    guard: guards.GuardConfig = field(default_factory=guards.GuardConfig)
-    proposals: ProposalConfig = field(default_factory=ProposalConfig)
-    motion_downscale_to: int = 320
-    mask_threshold: float = 0.0
-    frame_budget_ms: float = 50.0
-    outside_logit: float = -32.0
-    reuse_decode_px: float = 0.0
-    encoder_nice: int = 10
-    motion_corners: int = 100
-    roi_margin: float | None = None
-    max_encoder_errors: int = 3  # keyframe encodes in a row that may fail (counted, skipped) before raising
 
 
 class StreamEngine:
@@ -123,18 +95,10 @@ class StreamEngine:
         encoder worker and the decoder share the cores); torch's are process-wide
         (``torch.set_num_threads``), set by the caller.
         """
-        from engine.backends.factory import create_backend, onnx_files
+        from engine.backends.factory import create_backend
         from engine.models.registry import get_spec
 
-        spec = get_spec(name)
-        if backend == "onnxruntime" and threads:
-            from engine.backends.ort_backend import OrtBackend
-
-            enc, dec = onnx_files(name, checkpoint)
-            be: Backend = OrtBackend(enc, dec, spec.input_size, threads=threads, device=device, spin=False)
-        else:
-            be = create_backend(backend, name, checkpoint, device)
-        return cls(be, spec, **kwargs)
+        return cls(create_backend(backend, name, checkpoint, device, threads=threads), get_spec(name), **kwargs)
 
     # --- objects and events ---------------------------------------------------------------------
     def add_object(self, prompt: Prompt, object_id: int | None = None) -> int:
@@ -200,7 +164,7 @@ class StreamEngine:
         self._small = small
         self.tracker.stamp_prompts(frame.index, small, frame_hw)
         self._motion_ms = (time.perf_counter() - t0) * 1e3
-        kf, reason, submitted, motions, glob = self._schedule(frame, small, frame_hw)
+        kf, reason, submitted, motions, glob = keyframe_step.schedule(self, frame, small, frame_hw)
         timings = {"motion": self._motion_ms, "decode": 0.0, "postprocess": 0.0}
         if capture_ms is not None:
             timings["capture"] = capture_ms
@@ -240,64 +204,6 @@ class StreamEngine:
         self.stats.late_frames += frame_ms > self.config.frame_budget_ms
         return result
 
-    def _schedule(
-        self, frame: Frame, small: np.ndarray, frame_hw: tuple[int, int]
-    ) -> tuple[Keyframe | None, str | None, bool, dict[int, MotionInfo], MotionInfo | None]:
-        """Pick the keyframe to decode on, fit its motion to ``frame``, request a new keyframe if due.
-
-        Returns (keyframe, reason, submitted, per-object motion, global motion or None)."""
-        kf = self.encoder.latest()
-        reason = None
-        if kf is None:
-            reason = "first"
-        elif kf.frame_hw != frame_hw:
-            reason, kf = "resize", None
-        elif frame.index < kf.frame_index:  # indices went back: another source on the same engine
-            reason, kf = "restart", None
-            self.tracker.forget_keyframes()
-            self._seen_keyframe = -1
-        since = 0 if kf is None else frame.index - kf.frame_index
-        if reason is None and self.policy.mode == "interval":
-            reason = self.policy.reason(since)
-        motions: dict[int, MotionInfo] = {}
-        glob = None
-        if kf is not None and since != 0 and (reason is None or self.encoder.asynchronous):
-            t0 = time.perf_counter()
-            motions, glob = self._motions(kf, small, frame_hw)
-            self._motion_ms += (time.perf_counter() - t0) * 1e3
-            fits = list(motions.values()) or ([glob] if glob is not None else [])
-            if reason is None and fits:
-                reason = self.policy.reason(
-                    since, max(m.corner_px for m in fits), min(m.inlier_ratio for m in fits),
-                    all(m.ok for m in fits), self.tracker.score_drop(kf.frame_index))
-        submitted = False
-        if reason is not None:
-            self.stats.keyframe_requests += 1
-            submitted = self.encoder.submit(frame, small)
-            if not self.encoder.asynchronous:
-                kf, motions, glob = self.encoder.latest(), {}, None
-        return kf, reason, submitted, motions, glob
-
-    def _motions(
-        self, kf: Keyframe, small: np.ndarray, frame_hw: tuple[int, int]
-    ) -> tuple[dict[int, MotionInfo], MotionInfo | None]:
-        """Each object's keyframe->frame fit (from its keyframe mask), the global fit as fallback."""
-        est = self.motion_estimator
-        glob: MotionInfo | None = None
-        out: dict[int, MotionInfo] = {}
-        for obj in self.tracker.objects:
-            if obj.status == "lost" and obj.lost_on_keyframe == kf.frame_index:
-                continue  # waits for the next keyframe: not decoded on this one
-            region = obj.key_regions.get(kf.frame_index)
-            fit = None if region is None else est.region_motion(kf.grey, small, region, frame_hw)
-            if fit is None:
-                glob = glob or est.global_motion(kf.grey, small, frame_hw)
-                fit = glob
-            out[obj.object_id] = fit
-        if glob is None and (self._hover is not None or (not out and self.policy.mode == "auto")):
-            glob = est.global_motion(kf.grey, small, frame_hw)  # the hover preview / auto keyframes need it
-        return out, glob
-
     def _encode(self, rgb: np.ndarray, frame_index: int) -> Embedding:
         """Encoder worker body: touches the backend only (never the decoder's predictor state)."""
         x, input_hw = preprocess(rgb, self.spec.input_size, self.spec.pixel_norm, self.spec.resize)  # type: ignore[arg-type]
@@ -314,17 +220,17 @@ class StreamEngine:
         tp = self.tracker.prompt_for(obj, kf.frame_index, frame_hw)
         if tp is None:
             return self._empty(obj.object_id, frame, kf.frame_index, "lost")
-        exp = None if tp.mode == "user" else self._expectation(obj, kf, motion, frame_hw, timings)
+        exp = None if tp.mode == "user" else guard_steps.expectation(self, obj, kf, motion, frame_hw, timings)
         if tp.mode == "reacquire" and exp is not None:
-            result, low_res = self._correct(obj, tp, exp, kf, motion, frame, timings, reacquire=True)
+            result, low_res_logits = guard_steps.correct(self, obj, tp, exp, kf, motion, frame, timings, True)
         else:
             prompt_motion = self._prompt_motion(obj, kf, motion, frame.index, timings) if tp.mode == "user" else None
-            result, low_res = self._decode_prompt(tp, obj, kf, motion, frame, timings, prompt_motion)
+            result, low_res_logits = self._decode_prompt(tp, obj, kf, motion, frame, timings, prompt_motion)
             if exp is not None and result.status == "ok":
                 chk = guards.check(result.mask, exp, self.config.guard, rgb=frame.rgb)
                 result = replace(result, area_ratio=chk.area_ratio)
                 if not chk.passed:
-                    result, low_res = self._correct(obj, tp, exp, kf, motion, frame, timings)
+                    result, low_res_logits = guard_steps.correct(self, obj, tp, exp, kf, motion, frame, timings, False)
             elif tp.mode == "reacquire" and result.status == "ok":
                 result = replace(result, status="reacquired")
         t0 = time.perf_counter()
@@ -332,27 +238,14 @@ class StreamEngine:
             if not result.found:  # outside the keyframe, or nothing fitted: try again on the next keyframe
                 self.tracker.mark_lost(obj, kf.frame_index)
                 return result
-            if self.tracker.update(obj, result.mask, result.score, low_res, kf.frame_index) != "ok":
+            if self.tracker.update(obj, result.mask, result.score, low_res_logits, kf.frame_index) != "ok":
                 return MaskResult(obj.object_id, frame.index, kf.frame_index, np.zeros(frame_hw, bool),
                                   result.score, "lost", None, motion, result.area_ratio)
-            self._fold_guard(obj, tp, exp, result.mask, frame, kf, motion)
+            guard_steps.fold(self, obj, tp, exp, result.mask, frame, kf, motion)
             return MaskResult(obj.object_id, frame.index, kf.frame_index, result.mask, result.score, result.status,
                               obj.box_xyxy, motion, result.area_ratio)
         finally:
             timings["postprocess"] += (time.perf_counter() - t0) * 1e3
-
-    def _expectation(self, obj: TrackedObject, kf: Keyframe, motion: MotionInfo, frame_hw: tuple[int, int],
-                     timings: dict) -> guards.Expectation | None:
-        return guard_steps.expectation(self, obj, kf, motion, frame_hw, timings)
-
-    def _correct(self, obj: TrackedObject, tp: TrackPrompt, exp: guards.Expectation, kf: Keyframe,
-                 motion: MotionInfo, frame: Frame, timings: dict,
-                 reacquire: bool = False) -> tuple[MaskResult, np.ndarray | None]:
-        return guard_steps.correct(self, obj, tp, exp, kf, motion, frame, timings, reacquire)
-
-    def _fold_guard(self, obj: TrackedObject, tp: TrackPrompt, exp: guards.Expectation | None, mask: np.ndarray,
-                    frame: Frame, kf: Keyframe, motion: MotionInfo) -> None:
-        guard_steps.fold(self, obj, tp, exp, mask, frame, kf, motion)
 
     def _prompt_motion(
         self, obj: TrackedObject, kf: Keyframe, motion: MotionInfo, frame_index: int, timings: dict
@@ -394,7 +287,8 @@ class StreamEngine:
         cached = None if obj is None else obj.decode_cache
         tol = self.config.reuse_decode_px
         reused = (tol > 0 and tp.mode == "track" and cached is not None and cached[0] == kf.frame_index
-                and (tp.mask_input is None or tp.mask_input is cached[2].low_res) and cached[1].shape == key.shape
+                and (tp.mask_input is None or tp.mask_input is cached[2].low_res_logits)
+                and cached[1].shape == key.shape
                 and float(np.max(np.abs(cached[1] - key))) <= tol)
         if reused:
             dec = cached[2]  # same keyframe, (almost) the same prompt there: the same answer
@@ -404,9 +298,9 @@ class StreamEngine:
             if obj is not None:
                 obj.decode_cache = None if dec is None else (kf.frame_index, key, dec)
         t1 = time.perf_counter()
-        upsample_ms = 0.0 if dec is None or reused else dec.upsample_ms  # a reused decode upsampled nothing now
-        timings["decode"] += (t1 - t0) * 1e3 - upsample_ms  # prompt mapping + decoder
-        timings["postprocess"] += upsample_ms
+        postprocess_ms = 0.0 if dec is None or reused else dec.postprocess_ms  # a reused decode upsampled nothing now
+        timings["decode"] += (t1 - t0) * 1e3 - postprocess_ms  # prompt mapping + decoder
+        timings["postprocess"] += postprocess_ms
         if dec is None:
             return self._empty(object_id, frame, kf.frame_index, "lost"), None
         logits = dec.logits
@@ -416,7 +310,7 @@ class StreamEngine:
                                          borderMode=cv2.BORDER_CONSTANT, borderValue=self.config.outside_logit)
         mask = logits > self.config.mask_threshold
         timings["postprocess"] += (time.perf_counter() - t1) * 1e3  # warp back + threshold
-        return MaskResult(object_id, frame.index, kf.frame_index, mask, dec.score, "ok"), dec.low_res
+        return MaskResult(object_id, frame.index, kf.frame_index, mask, dec.score, "ok"), dec.low_res_logits
 
     def _decode(self, prompt: Prompt, mask_input: np.ndarray | None, first: bool,
                 key_rgb: np.ndarray | None = None) -> Decoded | None:

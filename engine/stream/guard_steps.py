@@ -64,24 +64,24 @@ def _proposals(engine: Any, exp: Expectation, kf: Keyframe, motion: MotionInfo, 
     inv = np.linalg.inv(_key_to_frame(motion))
     mapped = [map_prompt(Prompt.box(b, source="mask"), inv, kf.frame_hw)
               for b in guards.correction_boxes(exp, cfg, frame_hw)]
-    boxes = [m.box_xyxy for m in mapped if m is not None and m.box_xyxy is not None]
+    boxes = [m.box_xyxy for m in mapped if m is not None and m.box_xyxy is not None][:cfg.max_candidates]
     if not boxes:
         return []
     matrix = None if motion.is_identity else motion.matrix
-    out, decoder_ms = batched_candidates(engine.predictor, np.stack(boxes), exp, cfg, matrix, frame_hw,
+    out, decode_ms = batched_candidates(engine.predictor, np.stack(boxes), exp, cfg, matrix, frame_hw,
                                          ecfg.mask_threshold, ecfg.outside_logit, min_iou, frame.rgb)
-    timings["decode"] += decoder_ms
-    timings["postprocess"] += (time.perf_counter() - t0) * 1e3 - decoder_ms
+    timings["decode"] += decode_ms
+    timings["postprocess"] += (time.perf_counter() - t0) * 1e3 - decode_ms
     return out
 
 
 def _single(engine: Any, prompt: TrackPrompt, exp: Expectation, kf: Keyframe, motion: MotionInfo, frame: Frame,
             timings: dict, min_iou: float | None) -> list[Candidate]:
-    res, low_res = engine._decode_prompt(prompt, None, kf, motion, frame, timings)
+    res, low_res_logits = engine._decode_prompt(prompt, None, kf, motion, frame, timings)
     if not res.found:
         return []
     chk = guards.check(res.mask, exp, engine.config.guard, min_iou, frame.rgb)
-    return [Candidate(res.mask, res.score, low_res, chk)]
+    return [Candidate(res.mask, res.score, low_res_logits, chk)]
 
 
 def _candidates(engine: Any, obj: TrackedObject, tp: TrackPrompt, exp: Expectation, kf: Keyframe,
@@ -94,7 +94,7 @@ def _candidates(engine: Any, obj: TrackedObject, tp: TrackPrompt, exp: Expectati
     if strategy == "auto":  # a point start's mask grows back with its logits; a box start's holds best by boxes
         strategy = "proposals" if obj.user_prompt.box_xyxy is not None else "mask_input"
     out: list[Candidate] = []
-    mask_input = obj.low_res if obj.low_res_keyframe == kf.frame_index else None
+    mask_input = obj.low_res_logits if obj.low_res_keyframe == kf.frame_index else None
     if strategy in ("mask_input", "combined") and mask_input is not None:
         out += _single(engine, TrackPrompt(tp.prompt, mask_input, "track"), exp, kf, motion, frame, timings, min_iou)
     if strategy in ("proposals", "combined"):
@@ -126,7 +126,7 @@ def correct(engine: Any, obj: TrackedObject, tp: TrackPrompt, exp: Expectation, 
         return replace(res, area_ratio=ratio, motion=motion), None
     status = "reacquired" if reacquire else "drift_corrected"
     return MaskResult(obj.object_id, frame.index, kf.frame_index, best.mask, best.predicted_iou, status,
-                      None, motion, best.check.area_ratio), best.low_res
+                      None, motion, best.check.area_ratio), best.low_res_logits
 
 
 def fold(engine: Any, obj: TrackedObject, tp: TrackPrompt, exp: Expectation | None, mask: np.ndarray,

@@ -41,7 +41,9 @@ class GuardConfig:
     tracking prompt again with the previous low-res logits as ``mask_input``; "box" without
     them), "combined" (the "mask_input" decode and the "proposals" boxes, best one kept) or
     "auto" ("proposals" for an object started from a box, "mask_input" for one started from a
-    point). "proposals" is the default: the best on the four DAVIS clips taken together."""
+    point). "proposals" is the default (the best over the DAVIS clips, ``bench/bench_stream.py``).
+    ``max_candidates``: most prompts one correction decodes (the first of ``correction_boxes``, in
+    its order); None: all. A live server caps it to bound a correcting frame's time."""
 
     enabled: bool = True
     min_area_ratio: float = 0.8
@@ -56,8 +58,11 @@ class GuardConfig:
     anchor_scales: tuple[float, ...] = (1.0, 1.4)
     anchor_squares: tuple[float, ...] = (0.45, 0.65)
     strategy: Strategy = "proposals"
+    max_candidates: int | None = None
 
     def __post_init__(self) -> None:
+        if self.max_candidates is not None and self.max_candidates < 1:
+            raise ValueError(f"max_candidates must be >= 1 or None, got {self.max_candidates}")
         if not 0 < self.min_area_ratio <= 1 <= self.max_area_ratio:
             raise ValueError(f"need 0 < min_area_ratio <= 1 <= max_area_ratio, got {self.min_area_ratio}, "
                              f"{self.max_area_ratio}")

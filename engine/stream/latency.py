@@ -1,4 +1,5 @@
-"""Per-stage latency of the stream (p50/p95), fps, embedding age, JSON export and an on-frame HUD.
+"""Per-stage latency of the stream (p50/p95), fps, embedding age, JSON export and the HUD's text lines
+(drawn by :mod:`engine.stream.hud`).
 
 Stages of one frame, as stamped by ``StreamEngine.step``: ``capture`` (waiting for the source),
 ``motion`` (keyframe->frame homography), ``decode`` (prompt mapping + mask decoder), ``postprocess``
@@ -15,12 +16,10 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-import cv2
 import numpy as np
 
 FRAME_STAGES = ("capture", "motion", "decode", "postprocess", "frame")
-HUD_SAMPLES = 300  # the HUD's p50/p95 cover each stage's last 300 samples: the full 10,000-sample
-# windows cost several ms a frame
+HUD_SAMPLES = 300  # the HUD's p50/p95 cover each stage's last 300 samples (the full window is too slow per frame)
 
 
 class LatencyRecorder:
@@ -119,23 +118,5 @@ class LatencyRecorder:
         return lines
 
 
-def track_status_line(counts: Mapping[str, int]) -> str:
-    """HUD line of the per-object tracking counters (``EngineStats.track_status``)."""
-    short = {"ok": "ok", "drift_corrected": "fixed", "lost": "lost", "reacquired": "reacq"}
-    return "track " + " ".join(f"{short.get(k, k)} {v}" for k, v in counts.items() if k in short)
-
-
-def draw_hud(rgb: np.ndarray, lines: list[str], origin_xy: tuple[int, int] = (8, 8), scale: float = 0.5) -> np.ndarray:
-    """Draw ``lines`` of text on a dark box at the top-left of an ``HxWx3 uint8`` image (in place)."""
-    if not lines:
-        return rgb
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    (tw, th), _ = cv2.getTextSize(max(lines, key=len), font, scale, 1)
-    step = th + 6
-    x0, y0 = origin_xy
-    x1, y1 = min(rgb.shape[1] - 1, x0 + tw + 10), min(rgb.shape[0] - 1, y0 + step * len(lines) + 6)
-    region = rgb[y0:y1, x0:x1]
-    region[:] = (region.astype(np.uint16) * 2 // 5).astype(np.uint8)
-    for i, text in enumerate(lines):
-        cv2.putText(rgb, text, (x0 + 5, y0 + (i + 1) * step), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
-    return rgb
+# The drawing moved to engine.stream.hud; the old import path keeps working.
+from engine.stream.hud import draw_hud, track_status_line  # noqa: E402,F401

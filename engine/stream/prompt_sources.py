@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from engine.gaze import DwellSelector, GazeSample, GazeSmoother, read_gaze_csv
+from engine.gaze.counters import GazeCounters
 from engine.stream.events import CursorEvent, HoverEvent, Prompt, PromptEvent, ReleaseEvent, SelectEvent
 
 
@@ -109,35 +110,50 @@ class GazePrompts:
     out of order, or another clock) is skipped and counted in ``dropped_out_of_order``; feed one
     ``GazePrompts`` from one clock only. With ``frame_hw`` set, a sample off the frame is counted
     in ``off_frame`` and treated as lost (confidence 0): it releases a dwell, never selects.
+    The counts live in ``counters`` (``engine.gaze.counters.GazeCounters``, shareable).
     """
 
     def __init__(self, smoother: GazeSmoother | None = None, dwell: DwellSelector | None = None,
-                 frame_hw: tuple[int, int] | None = None) -> None:
+                 frame_hw: tuple[int, int] | None = None, counters: GazeCounters | None = None) -> None:
         self.smoother = smoother or GazeSmoother()
         self.dwell = dwell or DwellSelector()
         self.frame_hw = frame_hw
         self.gaze_xy: tuple[float, float] | None = None
-        self.dropped_out_of_order = 0
-        self.accepted = 0
-        self.off_frame = 0
+        self.counters = counters if counters is not None else GazeCounters()
         self._last_ns: int | None = None
 
-    def stats(self) -> dict[str, int]:
-        """Counters: samples ``accepted``, ``off_frame`` (treated as lost), ``dropped_out_of_order``."""
-        return {"accepted": self.accepted, "off_frame": self.off_frame,
-                "dropped_out_of_order": self.dropped_out_of_order}
+    @property
+    def accepted(self) -> int:
+        return self.counters.accepted
+
+    @property
+    def off_frame(self) -> int:
+        return self.counters.off_frame
+
+    @property
+    def dropped_out_of_order(self) -> int:
+        return self.counters.dropped["out_of_order"]
+
+    def stats(self) -> dict[str, Any]:
+        """``GazeCounters.as_dict()`` (``accepted``, ``off_frame``, ``clock_resyncs``, ``dropped`` by
+        reason, ``dropped_total``) plus ``dropped_out_of_order`` at the top level."""
+        return {**self.counters.as_dict(), "dropped_out_of_order": self.dropped_out_of_order}
+
+    def restart_clock(self) -> None:
+        """The tracker's clock moved (a resync): the next sample starts a new order, whatever its time."""
+        self._last_ns = None
 
     def push(self, sample: GazeSample) -> list[PromptEvent]:
         """One gaze sample (frame pixels, ns) -> the prompt events it triggers (often none)."""
         if self._last_ns is not None and sample.timestamp_ns <= self._last_ns:
-            self.dropped_out_of_order += 1
+            self.counters.drop("out_of_order")
             return []
         self._last_ns = sample.timestamp_ns
-        self.accepted += 1
+        self.counters.accepted += 1
         if self.frame_hw is not None and sample.confidence > 0:
             h, w = self.frame_hw
             if not (0 <= sample.x < w and 0 <= sample.y < h):
-                self.off_frame += 1
+                self.counters.off_frame += 1
                 sample = GazeSample(sample.timestamp_ns, math.nan, math.nan, 0.0)
         smooth = self.smoother.update(sample)
         self.gaze_xy = None if smooth is None else smooth.xy
@@ -175,9 +191,9 @@ class GazeReplay:
         kwargs.setdefault("prompts", GazePrompts(frame_hw=frame_hw))
         return cls(samples, **kwargs)  # type: ignore[arg-type]
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         """Counters of the replay so far: ``samples`` in the file, ``fed`` to the prompts, and the
-        prompts' ``accepted``, ``off_frame``, ``dropped_out_of_order``."""
+        prompts' ``GazePrompts.stats()``."""
         return {"samples": len(self.samples), "fed": self._next, **self.prompts.stats()}
 
     @property

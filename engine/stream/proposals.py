@@ -138,9 +138,9 @@ def colour_contrast(image_rgb: np.ndarray, masks: np.ndarray, ring_frac: float =
     return out
 
 
-def stability_scores(low_res: np.ndarray, valid_hw: tuple[int, int], offset: float) -> np.ndarray:
+def stability_scores(low_res_logits: np.ndarray, valid_hw: tuple[int, int], offset: float) -> np.ndarray:
     """``area(l > +offset) / area(l > -offset)`` per mask over the valid (unpadded) region, ``(K,)``."""
-    lo = low_res[:, : valid_hw[0], : valid_hw[1]]
+    lo = low_res_logits[:, : valid_hw[0], : valid_hw[1]]
     inner = (lo > offset).sum(axis=(1, 2)).astype(np.float64)
     outer = (lo > -offset).sum(axis=(1, 2)).astype(np.float64)
     return np.where(outer > 0, inner / np.maximum(outer, 1), 0.0).astype(np.float32)

@@ -217,13 +217,13 @@ class ImageFolderSource(FrameSource):
 
 
 class SyntheticSource(FrameSource):
-    """A still image moved by known random homographies (``engine.motion.synthetic_homography_sequence``).
+    """A still image moved by known random homographies (``engine.synthetic_motion.synthetic_homography_sequence``).
 
     ``homographies[k]`` (3x3 float64) maps frame-0 pixels to frame-k pixels.
     """
 
     def __init__(self, rgb: np.ndarray, n: int = 30, seed: int = 0, fps: float = 30.0, **motion: float) -> None:
-        from engine.motion import synthetic_homography_sequence
+        from engine.synthetic_motion import synthetic_homography_sequence
 
         super().__init__()
         if n < 1:

@@ -1,13 +1,13 @@
 """``arsel track``: select objects in a video/camera/folder stream and write a mask for every frame.
 
     arsel track SOURCE (--box X0,Y0,X1,Y1 | --point X,Y | --gaze GAZE.csv) [--model NAME]
-        [--backend torch] [--keyframe-interval K | --keyframe auto|K]
+        [--backend torch] [--keyframe-interval auto|K]
         [--motion homography|affine|none] [--async-encoder] --out DIR
 
 Writes ``DIR/masks/NNNNN.png`` (one per input frame, input order, frame size; 0/255 for one
 object, object ids for several), ``DIR/metrics.json`` and ``DIR/overlay.mp4`` (at the first
-frame's size; frames of another size are resized to it and counted). ``--box`` and ``--point``
-repeat for several objects and apply to the first frame. With ``--async-encoder`` on a file,
+frame's size; frames of another size are resized to it and counted), through
+:mod:`engine.stream.track_output`. ``--box`` and ``--point`` repeat for several objects and apply to the first frame. With ``--async-encoder`` on a file,
 folder or recording (not a live camera) the first frame waits for its keyframe, so the frames
 after it get masks instead of empty ones while the first encode runs.
 """
@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 
-from engine.cli_common import UsageError, add_model_args, parse_box, parse_floats, verb_main
+from engine.cli_common import (UsageError, add_keyframe_args, add_model_args, keyframe_policy, parse_box,
+                               parse_floats, verb_main)
+from engine.stream.track_output import TrackWriter, track_metrics
 from engine.threads import apply_threads, engine_threads
-from engine.video import VideoWriter
 
 
 def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -43,9 +43,7 @@ def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_model_args(p, model_help="registered model name (default lite_medsam)",
                    backend_help="runtime of encoder and decoder (default torch; onnxruntime/tensorrt export on "
                                 "first use)")
-    key = p.add_mutually_exclusive_group()
-    key.add_argument("--keyframe-interval", type=int, metavar="K", help="encode every K frames (default 5)")
-    key.add_argument("--keyframe", metavar="auto|K", help="'auto' (motion/score driven) or an interval K")
+    add_keyframe_args(p)
     p.add_argument("--motion", default="homography", choices=("homography", "affine", "none"),
                    help="keyframe->frame motion compensation (default homography)")
     p.add_argument("--async-encoder", action="store_true", help="encode keyframes on a worker thread")
@@ -66,20 +64,6 @@ def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _usage(msg: str) -> Exception:
     return UsageError(msg)
-
-
-def _policy(args: argparse.Namespace) -> Any:
-    from engine.stream.scheduler import KeyframePolicy
-
-    if args.keyframe is not None:
-        try:
-            return KeyframePolicy.parse(args.keyframe)
-        except ValueError as exc:
-            raise _usage(f"--keyframe: {exc}") from None
-    k = 5 if args.keyframe_interval is None else args.keyframe_interval
-    if k < 1:
-        raise _usage(f"--keyframe-interval must be >= 1 (1 = every frame), got {k}")
-    return KeyframePolicy(mode="interval", interval=k)
 
 
 def _prompts(args: argparse.Namespace, frame_hw: tuple[int, int] | None) -> list[Any]:
@@ -157,7 +141,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     from engine.validate import json_text, output_dir
 
     _check_numbers(args)
-    policy = _policy(args)
+    policy = keyframe_policy(args)
     out = Path(args.out)
     output_dir("--out", out)
     source = open_source(args.source)  # first: a bad source fails before the model loads
@@ -180,7 +164,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     with AtomicOutputs() as outs:  # masks/, metrics.json, overlay.mp4 appear together, or not at all
         tmp = outs.folder(out)
         (tmp / "masks").mkdir()
-        writer = _Writer(tmp, len(prompts) > 1, None if args.no_overlay else source.fps)
+        writer = TrackWriter(tmp, len(prompts) > 1, None if args.no_overlay else source.fps)
         t0 = time.perf_counter()
         wait_first = engine.encoder.asynchronous and not _is_live(source)
         try:  # the camera/file is released and the encoder worker stopped whatever happens
@@ -199,7 +183,7 @@ def cmd_track(args: argparse.Namespace) -> int:
             writer.close()
             engine.close()
             source.close()
-        metrics = _metrics(args, engine, source, writer, time.perf_counter() - t0)
+        metrics = track_metrics(args, engine, source, writer, time.perf_counter() - t0)
         if events.replay is not None:
             metrics["gaze"] = events.replay.stats()
         (tmp / "metrics.json").write_text(json_text(metrics))
@@ -255,93 +239,6 @@ def _loop(engine: Any, source: Any, events: Any, max_frames: int | None) -> Any:
             bar.update(1)
             if max_frames is not None and frame is not None and frame.index + 1 >= max_frames:
                 return
-
-
-class _Writer:
-    """Masks (one per input frame, gaps filled with empty masks), overlay video."""
-
-    def __init__(self, out: Path, id_values: bool, overlay_fps: float | None) -> None:
-        self.out, self.id_values = out, id_values
-        self.count = 0
-        self.next_index = 0
-        self.hw: tuple[int, int] | None = None
-        # At the first frame's size; frames of another size are resized to it and counted.
-        self.video = None if overlay_fps is None else VideoWriter(out / "overlay.mp4", overlay_fps, "pass --no-overlay")
-
-    def _mask(self, index: int, mask: np.ndarray) -> None:
-        from engine.imageio import save_mask_png
-
-        save_mask_png(self.out / "masks" / f"{index:05d}.png", mask)
-        self.count += 1
-
-    def fill_to(self, index: int) -> None:
-        """Empty masks for input frames ``next_index .. index-1`` that produced no result."""
-        if self.hw is None:
-            return
-        for i in range(self.next_index, index):
-            self._mask(i, np.zeros(self.hw, bool if not self.id_values else np.uint8))
-        self.next_index = max(self.next_index, index)
-
-    def write(self, res: Any, frame: Any, engine: Any) -> None:
-        if res.status == "bad_frame" or frame is None:
-            return
-        self.hw = res.frame_hw
-        self.fill_to(frame.index)
-        ids = res.id_map()
-        self._mask(frame.index, ids if self.id_values else ids > 0)
-        self.next_index = frame.index + 1
-        if self.video is not None:
-            self._overlay(res, frame, engine)
-
-    def _overlay(self, res: Any, frame: Any, engine: Any) -> None:
-        from engine.imageio import draw_overlay
-        from engine.stream.latency import draw_hud, track_status_line
-
-        masks = res.masks_by_id()
-        boxes = [r.box_xyxy for r in res.objects if r.box_xyxy is not None]
-        img = draw_overlay(frame.rgb, masks, boxes_xyxy=np.array(boxes) if boxes else None)
-        lines = [f"frame {res.frame_index}  key {res.keyframe_index}  age {res.embedding_age_frames}",
-                 *engine.latency.hud_lines(), track_status_line(engine.stats.track_status)]
-        draw_hud(img, lines)
-        self.video.write_rgb(img)  # type: ignore[union-attr]
-
-    def close(self) -> None:
-        if self.video is not None:
-            self.video.close()
-
-
-def _metrics(args: argparse.Namespace, engine: Any, source: Any, writer: _Writer, wall_s: float) -> dict[str, Any]:
-    lat = engine.latency.to_json()
-    enc = engine.encoder.stats
-    src = source.stats.to_dict()
-    return {
-        "source": args.source,
-        "model": args.model,
-        "backend": engine.predictor.backend.describe().runtime,
-        "policy": {"mode": engine.policy.mode, "interval": engine.policy.interval},
-        "motion": args.motion,
-        "async_encoder": bool(args.async_encoder),
-        "frames": engine.stats.frames,
-        "masks_written": writer.count,
-        "overlay_frames": 0 if writer.video is None else writer.video.frames,
-        "overlay_frames_resized": 0 if writer.video is None else writer.video.resized,
-        "wall_s": round(wall_s, 3),
-        "fps": lat["fps"],
-        "stages": lat["stages"],
-        "embedding_age_frames": lat["embedding_age_frames"],
-        "keyframes_used": list(engine.stats.keyframes_used),  # the most recent RECENT_KEYFRAMES
-        "keyframes_total": engine.stats.keyframes_total,
-        "keyframe_requests": engine.stats.keyframe_requests,
-        "keyframe_requests_dropped_busy": enc.dropped_busy,
-        "decodes_reused": engine.stats.decodes_reused,
-        "track_status": dict(engine.stats.track_status),  # object-frames per status (drift guards)
-        "dropped_frames": src["dropped"],
-        "late_frames": src["late"] + engine.stats.late_frames,
-        "late_frames_over_budget": engine.stats.late_frames,
-        "frame_budget_ms": engine.config.frame_budget_ms,
-        "bad_frames": src["bad"] + engine.stats.bad_frames,
-        "source_stats": src,
-    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

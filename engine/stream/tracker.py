@@ -21,6 +21,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from engine.deprecation import renamed_field
 from engine.stream.events import Prompt
 from engine.stream.guards import GuardState
 from engine.transforms import mask_to_box_xyxy
@@ -35,8 +36,7 @@ class TrackerConfig:
     """Prompt refresh and loss rules. ``lost_score``: predicted IoU under which an object is lost;
     ``min_area_px``: a smaller mask counts as vanished. ``use_mask_input``: feed the previous
     low-res logits back (same keyframe only); ``None`` = only for point-capable models. LiteMedSAM
-    was trained on boxes alone: with its logits fed back, DAVIS blackswan mean J (keyframe every 5
-    frames, homography) falls from 0.47 to 0.21, so box-only models leave it off."""
+    was trained on boxes alone and degrades with its logits fed back, so box-only models leave it off."""
 
     box_pad_frac: float = 0.05
     use_mask_input: bool | None = None
@@ -81,8 +81,9 @@ class TrackedObject:
     mask: np.ndarray | None = None  # HxW bool, last frame
     box_xyxy: np.ndarray | None = None  # float32 (4,), last frame
     last_good_box_xyxy: np.ndarray | None = None
-    low_res: np.ndarray | None = None  # float32 (256, 256), keyframe geometry
+    low_res_logits: np.ndarray | None = None  # float32 (256, 256), keyframe geometry
     low_res_keyframe: int | None = None
+    low_res = renamed_field("low_res_logits", "low_res", settable=True)  # the old name, with a DeprecationWarning
     score: float = float("nan")
     score_at_keyframe: dict[int, float] = field(default_factory=dict)
     lost_on_keyframe: int | None = None
@@ -196,7 +197,7 @@ class Tracker:
         """Drop every object's per-keyframe state (the keyframes restart: another source)."""
         for obj in self._objects.values():
             obj.key_regions, obj.decode_cache, obj.score_at_keyframe = {}, None, {}
-            obj.low_res = obj.low_res_keyframe = obj.lost_on_keyframe = None
+            obj.low_res_logits = obj.low_res_keyframe = obj.lost_on_keyframe = None
             obj.guard = None
 
     def prompt_for(self, obj: TrackedObject, keyframe_index: int, frame_hw: tuple[int, int]) -> TrackPrompt | None:
@@ -217,7 +218,7 @@ class Tracker:
             pt = interior_point_xy(obj.mask)
             if pt is not None:
                 points, labels = pt[None], np.ones(1, np.float32)
-        mask_input = obj.low_res if self.feeds_masks_back and obj.low_res_keyframe == keyframe_index else None
+        mask_input = obj.low_res_logits if self.feeds_masks_back and obj.low_res_keyframe == keyframe_index else None
         return TrackPrompt(Prompt(points, labels, box, source="mask"), mask_input, "track")
 
     def update(
@@ -225,7 +226,7 @@ class Tracker:
         obj: TrackedObject,
         mask: np.ndarray,
         score: float,
-        low_res: np.ndarray | None,
+        low_res_logits: np.ndarray | None,
         keyframe_index: int,
     ) -> ObjectStatus:
         """Fold one decoded mask (current frame, HxW bool) in; returns the object's new status."""
@@ -238,7 +239,7 @@ class Tracker:
         box = box + np.array([0, 0, 1, 1], np.float32)  # inclusive indices -> pixel-edge box
         obj.status, obj.mask, obj.box_xyxy, obj.last_good_box_xyxy = "ok", mask, box, box
         obj.prompt_grey = None  # found: its user prompt is not decoded again (a refine starts afresh)
-        obj.low_res, obj.low_res_keyframe, obj.frames_lost = low_res, keyframe_index, 0
+        obj.low_res_logits, obj.low_res_keyframe, obj.frames_lost = low_res_logits, keyframe_index, 0
         if keyframe_index not in obj.score_at_keyframe:  # only the current keyframe's is kept
             obj.score_at_keyframe = {keyframe_index: float(score)}
         obj.lost_on_keyframe = None
@@ -247,7 +248,7 @@ class Tracker:
     def mark_lost(self, obj: TrackedObject, keyframe_index: int) -> None:
         """Lose ``obj`` on this keyframe; it is tried again from its last good box (or, if it was
         never found, its user prompt) on the next one."""
-        obj.status, obj.mask, obj.low_res, obj.low_res_keyframe = "lost", None, None, None
+        obj.status, obj.mask, obj.low_res_logits, obj.low_res_keyframe = "lost", None, None, None
         obj.lost_on_keyframe = keyframe_index
         obj.frames_lost += 1
 

@@ -1,0 +1,44 @@
+"""The DAVIS blackswan stream both serving benchmarks use (``bench_serve``, ``bench_serve_ray``):
+640x480 frames, the swan's box, re-numbered frame messages, percentiles."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+HW = (480, 640)
+
+
+def swan_box(data: Path, hw: tuple[int, int]) -> list[float]:
+    """The swan's ground-truth box on frame 0 (DAVIS annotation), in the pixels of ``hw`` frames."""
+    from engine.stream.evaluate import box_of, davis_annotations
+
+    truth = davis_annotations(data / "davis_blackswan")[0]
+    sx, sy = hw[1] / truth.shape[1], hw[0] / truth.shape[0]
+    return [float(v) for v in box_of(truth) * np.array([sx, sy, sx, sy])]
+
+
+def frames_640(data: Path, n: int = 50) -> list[np.ndarray]:
+    """The first ``n`` DAVIS blackswan frames resized to 640x480, ``(480, 640, 3)`` uint8 RGB."""
+    paths = sorted((data / "davis_blackswan" / "JPEGImages").glob("*.jpg"))[:n]
+    if not paths:
+        raise FileNotFoundError(f"no DAVIS blackswan frames under {data}; pass --data /path/to/shared/data")
+    rgb = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
+    return [cv2.resize(f, (HW[1], HW[0]), interpolation=cv2.INTER_AREA) for f in rgb]
+
+
+def renumber(frame_msg: bytes, frame_id: int) -> bytes:
+    """A packed frame message with a new ``frame_id`` and capture time now (JSON header rewritten, blob kept)."""
+    from engine.serve.protocol import pack, unpack
+
+    header, blob = unpack(frame_msg)
+    header["frame_id"], header["t_capture_ns"] = frame_id, time.time_ns()
+    return pack(header, bytes(blob))
+
+
+def pct(values: list[float], q: float) -> float:
+    """The ``q``-th percentile of ``values``; NaN when there are none."""
+    return float(np.percentile(values, q)) if values else float("nan")

@@ -1,0 +1,37 @@
+"""``EngineConfig``: the stream engine's knobs (``engine.stream.engine.StreamEngine``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.stream import guards
+from engine.stream.proposals import ProposalConfig
+from engine.stream.tracker import TrackerConfig
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Engine knobs. ``motion_downscale_to``: long side (px) of the grey frames motion runs on;
+    ``frame_budget_ms``: a step slower than this counts as late; ``outside_logit``: logit given to
+    pixels warped in from outside the keyframe. ``reuse_decode_px``: when an object's prompt,
+    mapped into the keyframe, moved at most this many keyframe pixels since its last decode on the
+    same keyframe, that decode is reused (only warped by the new motion); 0 decodes every frame.
+    ``motion_corners``: most corners an object's motion fit tracks. ``encoder_nice``: the async encoder worker's thread runs
+    this much nicer (Linux), so the per-frame work (decoder, motion) wins the cores over the encode.
+    ``roi_margin``: box prompts upscale their masks only around the box, grown by this fraction of
+    its size (+2 tokens); exact inside, background outside (``decoding.box_roi``); None: whole.
+    Used only where no mask is fed back (see ``decoding.effective_roi_margin``). ``guard``: the
+    drift guards (``engine.stream.guards``)."""
+
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    guard: guards.GuardConfig = field(default_factory=guards.GuardConfig)
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    motion_downscale_to: int = 320
+    mask_threshold: float = 0.0
+    frame_budget_ms: float = 50.0
+    outside_logit: float = -32.0
+    reuse_decode_px: float = 0.0
+    encoder_nice: int = 10
+    motion_corners: int = 100
+    roi_margin: float | None = None
+    max_encoder_errors: int = 3  # keyframe encodes in a row that may fail (counted, skipped) before raising
