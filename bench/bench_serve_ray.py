@@ -258,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     run = Run("bench_serve_ray", {**{k: v for k, v in vars(args).items() if k != "out"}, "mode": "full"},
               notes=["640x480 JPEG at 30 fps per stream over loopback, LiteMedSAM, async encoder, keyframe every 5",
                      "keyframes_per_s: distinct keyframes the sessions received per second; target at 8 streams: "
-                     "Ray >= 1.5x the single process, fairness >= 0.7"])
+                     "Ray >= 1.5x the single process, fairness >= 0.7",
+                     "other_cores includes Ray's own processes (GCS, raylet, replicas), which are no children of "
+                     "the bench once shut down"])
     single = single_process(jpegs, args.clients, args)
     ray_runs = on_ray(jpegs, args.clients, args)
     ratios = {}

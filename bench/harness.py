@@ -97,6 +97,35 @@ def load_avg() -> float | None:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
+def cpu_busy_s() -> float | None:
+    """CPU seconds every process on the machine has spent busy since boot (``/proc/stat``);
+    None where there is no ``/proc/stat``."""
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process and its children (waited for, and still running: psutil)."""
+    t = os.times()
+    total = t.user + t.system + t.children_user + t.children_system
+    try:
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            try:
+                ct = child.cpu_times()
+                total += ct.user + ct.system
+            except psutil.Error:
+                continue
+    except ImportError:
+        pass
+    return total
+
+
 def host_info() -> dict[str, Any]:
     """CPU model, usable cores, SIMD flags (best first), load average, and a short ``id`` for file names."""
     model, flags = _cpuinfo()
@@ -150,6 +179,7 @@ class Run:
         self.host = host_info()
         self.started = dt.datetime.now(dt.timezone.utc)
         self.source = git_commit()  # the code that runs: taken at the start, before anything can change it
+        self._cpu0 = (cpu_busy_s(), own_cpu_s(), time.monotonic())
         self.rows: list[dict[str, Any]] = []
 
     def add(self, labels: Mapping[str, Any], figures: Mapping[str, Any]) -> None:
@@ -157,14 +187,24 @@ class Run:
 
     def result(self) -> dict[str, Any]:
         end_load, start_load = load_avg(), self.host["load_avg_1min"]
-        loads = [x for x in (start_load, end_load) if x is not None]
         return {
             "schema": SCHEMA, "bench": self.bench, "date": self.started.isoformat(timespec="seconds"),
             **self.source, "host": self.host, "libraries": library_versions(), "config": self.config,
-            "load": {"start": start_load, "end": end_load,
-                     "under_load": bool(loads) and max(loads) > 0.5 * self.host["cores"]},
+            "load": {"start": start_load, "end": end_load, **self._other_work()},
             "notes": self.notes, "rows": self.rows,
         }
+
+    def _other_work(self) -> dict[str, Any]:
+        """How many cores other processes kept busy during the run (machine busy time minus this
+        process tree's), and ``under_load``: more than a quarter of the cores. The load average
+        is no measure of that: it counts the bench's own threads."""
+        busy0, own0, t0 = self._cpu0
+        busy1, own1, elapsed = cpu_busy_s(), own_cpu_s(), time.monotonic() - t0
+        if busy0 is None or busy1 is None or elapsed <= 0:
+            start = self.host["load_avg_1min"]
+            return {"other_cores": None, "under_load": start is not None and start > 0.5 * self.host["cores"]}
+        other = max(0.0, (busy1 - busy0) - (own1 - own0)) / elapsed
+        return {"other_cores": round(other, 2), "under_load": other > 0.25 * self.host["cores"]}
 
     def write(self, out: Path | None = None) -> Path:
         """Write the result (default ``bench/results/<bench>-<host id>-<date>.json``), print and return the path."""

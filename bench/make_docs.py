@@ -81,7 +81,12 @@ def _run_line(res: dict[str, Any]) -> str:
     flag = " — **under load**" if load.get("under_load") else ""
     dirty = " (uncommitted changes)" if res.get("dirty") else ""
     return (f"{res['date']}, commit `{res.get('commit', 'unknown')}`{dirty}, mode {res.get('config', {}).get('mode', '?')}, "
-            f"load average {load.get('start')} → {load.get('end')}{flag}; file `{res['_file']}`")
+            f"load average {load.get('start')} → {load.get('end')}{_other(load)}{flag}; file `{res['_file']}`")
+
+
+def _other(load: dict[str, Any]) -> str:
+    cores = load.get("other_cores")
+    return "" if cores is None else f", other processes {cores} cores"
 
 
 def render_docs(results: list[dict[str, Any]]) -> str:
