@@ -121,7 +121,8 @@ class _CountingBackend:
 
 @pytest.mark.slow
 def test_correction_cap_bounds_every_correction_decode(data_dir: Path) -> None:
-    """A point start on blackswan is corrected within 12 frames; with the cap at 2 no later decode
+    """A point start on blackswan from the old square proposals (the half-swan start that decays,
+    ``test_stream_guards.SQUARES``) is corrected within 12 frames; with the cap at 2 no later decode
     (a correction included) takes more than 2 prompts, and it still holds the swan (never under 60 % of its first area)."""
     import torch
 
@@ -132,6 +133,7 @@ def test_correction_cap_bounds_every_correction_decode(data_dir: Path) -> None:
     from engine.stream.scheduler import KeyframePolicy
     from engine.stream.sources import ArraySource, folder_images
     from tests.refs import medsam_checkpoint
+    from tests.test_stream_guards import SQUARES
 
     folder = data_dir / "davis_blackswan"
     truth = davis_annotations(folder)[:12]
@@ -143,7 +145,7 @@ def test_correction_cap_bounds_every_correction_decode(data_dir: Path) -> None:
         n_all = len(uncapped.margins) + len(uncapped.anchor_scales) + len(uncapped.anchor_squares)
         backend = _CountingBackend(TorchBackend(load_model("lite_medsam", medsam_checkpoint()), 256))
         eng = StreamEngine(backend, get_spec("lite_medsam"), KeyframePolicy(interval=5),  # type: ignore[arg-type]
-                           config=EngineConfig(guard=GuardConfig(max_candidates=2)))
+                           config=EngineConfig(guard=GuardConfig(max_candidates=2), proposals=SQUARES))
         with eng:
             eng.add_object(start_prompt("point", truth[0]))
             results = []
