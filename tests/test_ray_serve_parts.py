@@ -36,6 +36,21 @@ def test_bad_ray_flags_fail_before_ray_starts(argv: list[str], match: str, capsy
     assert match in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, interval", [([], 5), (["--keyframe-interval", "3"], 3)])
+def test_serve_ray_reaches_the_ray_server_with_the_keyframe_policy(argv: list[str], interval: int,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``arsel serve --ray`` hands ``cmd_serve_ray`` the checked limits and the keyframe policy of the flags
+    (the start of Ray itself is covered by tests/test_ray_serve.py)."""
+    pytest.importorskip("fastapi")
+    from engine.serve import cli as serve_cli
+
+    seen: list[Any] = []
+    monkeypatch.setattr(serve_cli, "cmd_serve_ray", lambda args, limits, policy: seen.append((args, policy)) or 0)
+    assert main(["serve", "--ray", "--port", "8799", *argv]) == 0
+    (args, policy), = seen
+    assert policy.mode == "interval" and policy.interval == interval and args.gateways == 2
+
+
 def test_triton_address() -> None:
     from engine.serve.triton_encoder import triton_address
 

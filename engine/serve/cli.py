@@ -145,7 +145,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _require_server_libs()
     bound_malloc_arenas()
     if args.ray:
-        return cmd_serve_ray(args, limits, _policy(args))
+        return cmd_serve_ray(args, limits, keyframe_policy(args))
     import uvicorn
 
     from engine.threads import engine_threads

@@ -15,7 +15,6 @@ after it get masks instead of empty ones while the first encode runs.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
