@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import Run, add_mode_args  # noqa: E402
-from bench.swan import HW, frames_640, renumber, swan_box  # noqa: E402
+from bench.swan import HW, frames_640, renumber, swan_box, until_keyframe  # noqa: E402
 from bench.swan import pct as _pct  # noqa: E402
 from engine.serve.cli import LIVE_MAX_CORRECTION_DECODES, LIVE_REUSE_DECODE_PX, engine_config  # noqa: E402
 from engine.serve.client import encode_frame  # noqa: E402
@@ -89,16 +89,7 @@ async def _client(url: str, jpegs: list[bytes], box: list[float], seconds: float
                     got.append(time.perf_counter())
                     last.update(msg)
 
-        i = 0  # frames at 2 fps until results come on a keyframe: then the clock starts
-        while True:
-            await ws.send(renumber(jpegs[i % len(jpegs)], i))
-            i += 1
-            msg = json.loads(await ws.recv())
-            while msg["type"] != "result":
-                msg = json.loads(await ws.recv())
-            if msg["keyframe_id"] >= 0:
-                break
-            await asyncio.sleep(0.5)
+        i = await until_keyframe(ws, jpegs)  # the clock starts once results come on a keyframe
         task = asyncio.create_task(reader())
         t_start, first = time.perf_counter(), i
         while time.perf_counter() - t_start < seconds:

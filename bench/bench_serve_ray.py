@@ -67,16 +67,7 @@ async def _session(url: str, jpegs: list[bytes], seconds: float, ready: list[int
     async with connect(url, max_size=None, open_timeout=120) as ws:
         await ws.send(json.dumps({"type": "hello", "client": "bench-ray"}))
         await ws.send(json.dumps({"type": "prompt", "frame_id": 0, "action": "add", "box": BOX, "points": []}))
-        i = 0
-        while True:  # 2 fps until a result comes on a keyframe
-            await ws.send(swan.renumber(jpegs[i % len(jpegs)], i))
-            i += 1
-            msg = json.loads(await ws.recv())
-            while msg["type"] != "result":
-                msg = json.loads(await ws.recv())
-            if msg["keyframe_id"] >= 0:
-                break
-            await asyncio.sleep(0.5)
+        i = await swan.until_keyframe(ws, jpegs)
         ready.append(i)
         await start.wait()
 

@@ -1,10 +1,13 @@
 """The DAVIS blackswan stream both serving benchmarks use (``bench_serve``, ``bench_serve_ray``):
-640x480 frames, the swan's box, re-numbered frame messages, percentiles."""
+640x480 frames, the swan's box, re-numbered frame messages, the wait for a first keyframe, percentiles."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -42,3 +45,18 @@ def renumber(frame_msg: bytes, frame_id: int) -> bytes:
 def pct(values: list[float], q: float) -> float:
     """The ``q``-th percentile of ``values``; NaN when there are none."""
     return float(np.percentile(values, q)) if values else float("nan")
+
+
+async def until_keyframe(ws: Any, jpegs: list[bytes]) -> int:
+    """Send frames at 2 fps on the open WebSocket ``ws`` until a result comes on a keyframe;
+    returns the next frame id to send."""
+    i = 0
+    while True:
+        await ws.send(renumber(jpegs[i % len(jpegs)], i))
+        i += 1
+        msg = json.loads(await ws.recv())
+        while msg["type"] != "result":
+            msg = json.loads(await ws.recv())
+        if msg["keyframe_id"] >= 0:
+            return i
+        await asyncio.sleep(0.5)

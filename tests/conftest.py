@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,3 +21,20 @@ def data_dir() -> Path:
             pytest.fail("ARSEL_REQUIRE_DATA=1 but the shared data is missing; set ARSEL_DATA")
         pytest.skip("shared data not found: set ARSEL_DATA=/path/to/shared/data (CI sets it)")
     return path
+
+
+@pytest.fixture(scope="module")
+def cached_backend() -> Any:
+    """LiteMedSAM (real weights, torch, 1 intra-op thread) behind a ``CachingBackend``: encodes are
+    shared between the runs of one test module (``test_stream_davis``, ``test_stream_guards``)."""
+    import torch
+
+    from engine.backends.torch_backend import TorchBackend
+    from engine.models.registry import load_model
+    from engine.stream.evaluate import CachingBackend
+    from tests.refs import medsam_checkpoint
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores: 1 intra-op thread is several times faster here
+    yield CachingBackend(TorchBackend(load_model("lite_medsam", medsam_checkpoint()), 256))
+    torch.set_num_threads(threads)

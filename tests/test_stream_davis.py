@@ -15,20 +15,6 @@ from engine.stream.evaluate import CachingBackend, evaluate_davis
 from engine.stream.scheduler import KeyframePolicy
 
 
-@pytest.fixture(scope="module")
-def cached_backend() -> CachingBackend:
-    import torch
-
-    from engine.backends.torch_backend import TorchBackend
-    from engine.models.registry import load_model
-    from tests.refs import medsam_checkpoint
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: 1 intra-op thread is several times faster here
-    yield CachingBackend(TorchBackend(load_model("lite_medsam", medsam_checkpoint()), 256))
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 def test_davis_blackswan_keyframe5_with_motion_keeps_j(
     cached_backend: CachingBackend, data_dir: Path, record_property: pytest.RecordProperty

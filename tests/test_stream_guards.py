@@ -30,20 +30,6 @@ from engine.stream.sources import ArraySource, folder_images
 from engine.stream.tracker import interior_point_xy
 
 
-@pytest.fixture(scope="module")
-def cached_backend() -> CachingBackend:
-    import torch
-
-    from engine.backends.torch_backend import TorchBackend
-    from engine.models.registry import load_model
-    from tests.refs import medsam_checkpoint
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: 1 intra-op thread is several times faster here
-    yield CachingBackend(TorchBackend(load_model("lite_medsam", medsam_checkpoint()), 256))
-    torch.set_num_threads(threads)
-
-
 def _frames(folder: Path, n: int) -> list[np.ndarray]:
     return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in folder_images(folder / "JPEGImages")[:n]]
 
