@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                                 config=engine_config(args))
     config = {k: v for k, v in vars(args).items() if k not in ("out", "short")}
     run = Run("bench_serve", {**config, "mode": "short" if args.short else "full", "runtime": engines.backend_name},
-              notes=["640x480 JPEG (q85) at 30 fps over loopback, LiteMedSAM, async encoder, box prompt on the swan",
+              notes=["640x480 JPEG (q85) at 30 fps over loopback, LiteMedSAM, async encoder, box prompt on the swan; "
+                     "blackswan frames 0..49 and back, looped (no scene cut)",
                      "latency: send -> result per frame; fps: results per second per session after the first 10 %",
                      "overhead: served send->result p50 / in-process step p50 - 1 (targets: one client >= 20 fps, "
                      "p95 <= 80 ms, overhead <= 15 %; four clients >= 5 fps each, fairness >= 0.7)"])

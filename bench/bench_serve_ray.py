@@ -49,7 +49,7 @@ BOX: list[float] = []  # the swan's ground-truth box in the 640x480 frames (set 
 
 
 def frames_640(data: Path, n: int = 50) -> list[bytes]:
-    """The first ``n`` DAVIS blackswan frames at 640x480 as packed JPEG frame messages."""
+    """``swan.frames_640`` (there and back) as packed JPEG frame messages."""
     return [encode_frame(0, f, encoding="jpeg", jpeg_quality=85) for f in swan.frames_640(data, n)]
 
 

@@ -25,12 +25,16 @@ def swan_box(data: Path, hw: tuple[int, int]) -> list[float]:
 
 
 def frames_640(data: Path, n: int = 50) -> list[np.ndarray]:
-    """The first ``n`` DAVIS blackswan frames resized to 640x480, ``(480, 640, 3)`` uint8 RGB."""
+    """The first ``n`` DAVIS blackswan frames resized to 640x480, ``(480, 640, 3)`` uint8 RGB, then
+    back again (frames ``0..n-1, n-2..1``): a stream that loops over them by index stays continuous,
+    as a camera's does. Wrapping from the last frame to the first would cut the scene every ``n``
+    frames, and each cut sets off drift corrections that no live stream would see."""
     paths = sorted((data / "davis_blackswan" / "JPEGImages").glob("*.jpg"))[:n]
     if not paths:
         raise FileNotFoundError(f"no DAVIS blackswan frames under {data}; pass --data /path/to/shared/data")
     rgb = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
-    return [cv2.resize(f, (HW[1], HW[0]), interpolation=cv2.INTER_AREA) for f in rgb]
+    forth = [cv2.resize(f, (HW[1], HW[0]), interpolation=cv2.INTER_AREA) for f in rgb]
+    return forth + forth[-2:0:-1]
 
 
 def renumber(frame_msg: bytes, frame_id: int) -> bytes:

@@ -120,13 +120,26 @@ class _CountingBackend:
 
 
 @pytest.mark.slow
-def test_correction_cap_bounds_every_correction_decode(data_dir: Path) -> None:
+def test_correction_cap_bounds_every_correction_decode(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A point start on blackswan from the old square proposals (the half-swan start that decays,
     ``test_stream_guards.SQUARES``) is corrected within 12 frames; with the cap at 2 no later decode
-    (a correction included) takes more than 2 prompts, and it still holds the swan (never under 60 % of its first area)."""
+    (a correction included) takes more than 2 prompts, and it still holds the swan (never under 60 % of its first area).
+    A drift correction forgets the object's cached decode (the one that failed its check), so decode
+    reuse (``reuse_decode_px``) can never hand the failing mask back on the next frame."""
     import torch
 
     from engine.backends.torch_backend import TorchBackend
+    from engine.stream import guard_steps
+
+    cache_at_correction: list[object] = []
+    correct = guard_steps.correct
+
+    def recording_correct(engine: Any, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        if not (args[-1] if len(args) == 7 else kwargs.get("reacquire", False)):
+            cache_at_correction.append(obj.decode_cache)
+        return correct(engine, obj, *args, **kwargs)
+
+    monkeypatch.setattr(guard_steps, "correct", recording_correct)
     from engine.models.registry import get_spec, load_model
     from engine.stream.engine import EngineConfig, StreamEngine
     from engine.stream.evaluate import davis_annotations, start_prompt
@@ -156,6 +169,19 @@ def test_correction_cap_bounds_every_correction_decode(data_dir: Path) -> None:
     finally:
         torch.set_num_threads(threads)
     assert eng.stats.track_status["drift_corrected"] >= 1, eng.stats.track_status
+    assert cache_at_correction and all(c is None for c in cache_at_correction), cache_at_correction
     assert n_all > 2 and max(backend.batches) <= 2, backend.batches
     areas = np.array([r.mask.sum() for r in results], float)
     assert areas.min() > 0.6 * areas[0], areas
+
+
+def test_frames_in_flight_count_the_one_being_processed() -> None:
+    """At most ``max_inflight`` frames in flight: the one the worker steps plus those queued, so with
+    the default 2 a new frame waits only for the frame being processed, never behind another."""
+    from engine.serve.app import frames_to_drop
+
+    assert frames_to_drop(queued=1, processing=0, max_inflight=2) == 0
+    assert frames_to_drop(queued=2, processing=0, max_inflight=2) == 0  # idle worker: it takes one at once
+    assert frames_to_drop(queued=2, processing=1, max_inflight=2) == 1  # busy: only the newest waits
+    assert frames_to_drop(queued=1, processing=1, max_inflight=1) == 1  # busy, one in flight: the arrival goes
+    assert frames_to_drop(queued=5, processing=1, max_inflight=3) == 3

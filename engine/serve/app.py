@@ -132,6 +132,13 @@ def create_app(engines: EngineFactory, limits: Limits | None = None, token: str 
     return app
 
 
+def frames_to_drop(queued: int, processing: int, max_inflight: int) -> int:
+    """How many of the oldest ``queued`` frames to drop so that at most ``max_inflight`` frames are
+    in flight: those queued plus the ``processing`` one (0 or 1) the worker is stepping. A frame
+    waits at most for the one being processed, never behind another queued frame."""
+    return max(0, queued + processing - max_inflight)
+
+
 def _authorized(ws: Any, token: str) -> bool:
     auth = ws.headers.get("authorization", "")
     given = auth[7:].strip() if auth.lower().startswith("bearer ") else ws.query_params.get("token", "")
@@ -163,6 +170,7 @@ class _Session:
         self.recent: dict[int, tuple[int, int]] = {}  # received frame id -> (h, w), last 64
         self.last_frame_id = -1
         self.dropped = 0
+        self.processing = 0  # 1 while the worker steps a frame: it counts as in flight
         self.pending_prompts = 0
         self.closed = False
 
@@ -300,8 +308,8 @@ class _Session:
             asyncio.get_running_loop().run_in_executor(self.worker, self.core.add_gaze,  # type: ignore
                                                        frame.gaze, frame.t_capture_ns)
         self.queue.append(QueuedFrame(frame, time.perf_counter()))
-        while len(self.queue) > self.limits.max_inflight:  # the newest frame wins
-            old = self.queue.popleft()
+        for _ in range(frames_to_drop(len(self.queue), self.processing, self.limits.max_inflight)):
+            old = self.queue.popleft()  # the newest frame wins
             self.dropped += 1
             self.stats.dropped += 1
             asyncio.get_running_loop().run_in_executor(self.worker, self.core.remember,  # type: ignore
@@ -321,6 +329,7 @@ class _Session:
             self.wake.clear()
             while self.queue:
                 item = self.queue.popleft()
+                self.processing = 1
                 try:
                     out, errors = await loop.run_in_executor(self.worker, self.core.process,  # type: ignore
                                                              item, self.dropped)
@@ -328,6 +337,8 @@ class _Session:
                     self.stats.exceptions += 1
                     log.exception("frame %d failed", item.frame.frame_id)
                     continue
+                finally:
+                    self.processing = 0
                 self.stats.frames += 1
                 for exc in errors:
                     await self.send(error_message(exc.code, exc.message, exc.frame_id))

@@ -229,7 +229,8 @@ class StreamEngine:
             if exp is not None and result.status == "ok":
                 chk = guards.check(result.mask, exp, self.config.guard, rgb=frame.rgb)
                 result = replace(result, area_ratio=chk.area_ratio)
-                if not chk.passed:
+                if not chk.passed:  # never reuse a decode that failed its check: it would fail again
+                    obj.decode_cache = None
                     result, low_res_logits = guard_steps.correct(self, obj, tp, exp, kf, motion, frame, timings, False)
             elif tp.mode == "reacquire" and result.status == "ok":
                 result = replace(result, status="reacquired")
