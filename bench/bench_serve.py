@@ -2,7 +2,7 @@
 
 Usage: python bench/bench_serve.py [--seconds 20] [--clients 1 4] [--repeats 1] [--threads 1]
                                    [--keyframe-interval 5] [--backend auto] [--reuse-decode-px 6]
-                                   [--max-correction-decodes 4] [--short] [--out FILE.json]
+                                   [--max-correction-decodes 4] [--frame-slots N] [--short] [--out FILE.json]
        python bench/bench_serve.py --ray ...   (Ray Serve vs this server: bench/bench_serve_ray.py)
 
 The engine settings are ``arsel serve``'s (its defaults unless given), in both the reference and
@@ -12,7 +12,7 @@ the served runs: same backend, threads, decode reuse and correction cap.
    5 frames) paced at 30 fps: median and p95 step time.
 2. ``arsel serve`` in its own process; one client, then N clients at once (each its own session),
    each waiting for its first keyframe, then sending JPEG frames at 30 fps without waiting and
-   reading results as they come. Per session: processed fps, send->result
+   reading results as they come (all sessions start together once each has its keyframe). Per session: processed fps, send->result
    p50/p95, dropped (server-side), embedding age; overall: fairness (slowest / fastest session fps)
    and the server's overhead over the in-process step at the median (send->result p50 / step p50 - 1).
 Targets (issue #12): one client >= 20 fps, p95 <= 80 ms, overhead <= 15 %; four clients >= 5 fps
@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import Run, add_mode_args  # noqa: E402
-from bench.swan import HW, frames_640, renumber, swan_box, until_keyframe  # noqa: E402
+from bench.swan import HW, frames_640, renumber, start_together, swan_box, until_keyframe  # noqa: E402
 from bench.swan import pct as _pct  # noqa: E402
 from engine.serve.cli import LIVE_MAX_CORRECTION_DECODES, LIVE_REUSE_DECODE_PX, engine_config  # noqa: E402
 from engine.serve.client import encode_frame  # noqa: E402
@@ -70,7 +70,8 @@ def reference(engines: Any, frames: list[np.ndarray], box: list[float], seconds:
             "embedding_age_p50": _pct(ages, 50)}
 
 
-async def _client(url: str, jpegs: list[bytes], box: list[float], seconds: float) -> dict[str, Any]:
+async def _client(url: str, jpegs: list[bytes], box: list[float], seconds: float, ready: list[int],
+                  start: asyncio.Event) -> dict[str, Any]:
     from websockets.asyncio.client import connect
 
     sent: dict[int, float] = {}
@@ -90,6 +91,8 @@ async def _client(url: str, jpegs: list[bytes], box: list[float], seconds: float
                     last.update(msg)
 
         i = await until_keyframe(ws, jpegs)  # the clock starts once results come on a keyframe
+        ready.append(i)
+        await start.wait()  # ... in every session: all stream over the same span
         task = asyncio.create_task(reader())
         t_start, first = time.perf_counter(), i
         while time.perf_counter() - t_start < seconds:
@@ -121,6 +124,8 @@ def served_run(frames: list[np.ndarray], box: list[float], clients: int, seconds
            "--backend", args.backend, "--reuse-decode-px", str(args.reuse_decode_px),
            "--max-correction-decodes", str(args.max_correction_decodes),
            "--keyframe-interval", str(args.keyframe_interval), "--max-sessions", str(clients + 1)]
+    if args.frame_slots is not None:
+        cmd += ["--frame-slots", str(args.frame_slots)]
     proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]
@@ -130,7 +135,7 @@ def served_run(frames: list[np.ndarray], box: list[float], clients: int, seconds
         url = f"ws://127.0.0.1:{port.group(1)}/v1/stream"
 
         async def all_clients() -> list[dict[str, Any]]:
-            return await asyncio.gather(*[_client(url, jpegs, box, seconds) for _ in range(clients)])
+            return await start_together(lambda ready, start: _client(url, jpegs, box, seconds, ready, start), clients)
 
         sessions = asyncio.run(all_clients())
     finally:
@@ -160,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="auto", help="runtime (default auto: onnxruntime on the CPU)")
     p.add_argument("--reuse-decode-px", type=float, default=LIVE_REUSE_DECODE_PX)
     p.add_argument("--max-correction-decodes", type=int, default=LIVE_MAX_CORRECTION_DECODES)
+    p.add_argument("--frame-slots", type=int, default=None, help="arsel serve --frame-slots (default: its own)")
     add_mode_args(p, "8 s per run, one client only")
     args = p.parse_args(argv)
     from engine.serve.engines import LocalEngines

@@ -99,13 +99,7 @@ async def _session(url: str, jpegs: list[bytes], seconds: float, ready: list[int
 
 async def _ready_sessions(url: str, jpegs: list[bytes], clients: int, seconds: float) -> list[dict[str, Any]]:
     """``clients`` sessions; each waits for its first keyframe, then all stream together."""
-    ready: list[int] = []
-    start = asyncio.Event()
-    tasks = [asyncio.create_task(_session(url, jpegs, seconds, ready, start)) for _ in range(clients)]
-    while len(ready) < clients and not any(t.done() for t in tasks):
-        await asyncio.sleep(0.2)
-    start.set()
-    return await asyncio.gather(*tasks)
+    return await swan.start_together(lambda ready, start: _session(url, jpegs, seconds, ready, start), clients)
 
 
 def _streams(url: str, jpegs: list[bytes], clients: int, seconds: float) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import cv2
 import numpy as np
@@ -64,3 +64,16 @@ async def until_keyframe(ws: Any, jpegs: list[bytes]) -> int:
         if msg["keyframe_id"] >= 0:
             return i
         await asyncio.sleep(0.5)
+
+
+async def start_together(session: Callable[[list[int], asyncio.Event], Awaitable[Any]], clients: int) -> list[Any]:
+    """Run ``clients`` copies of ``session(ready, start)``: each appends to ``ready`` once it has its
+    first keyframe, then waits for ``start``, set when all are ready (or one ended early), so all
+    sessions stream over the same span and none runs alone."""
+    ready: list[int] = []
+    start = asyncio.Event()
+    tasks = [asyncio.create_task(session(ready, start)) for _ in range(clients)]
+    while len(ready) < clients and not any(t.done() for t in tasks):
+        await asyncio.sleep(0.2)
+    start.set()
+    return await asyncio.gather(*tasks)

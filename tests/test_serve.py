@@ -194,3 +194,52 @@ def test_box3d_matches_arsel_lift(server, data_dir: Path, tmp_path: Path) -> Non
     np.testing.assert_allclose(np.array(world["centroid_m"]) - cam["centroid_m"], pose[:3, 3], atol=0.02)
     q = np.array(cam["box3d"]["rotation_xyzw"])
     assert np.linalg.norm(q) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_frame_slots_bound_concurrent_steps(engines: LocalEngines, data_dir: Path, monkeypatch) -> None:
+    """``frame_slots=1``: three sessions bursting frames at once never step two frames at the same
+    time, each still gets a result for its newest frame, and none waits out the others (each steps
+    again before any session steps a third time in a row: first come, first served)."""
+    import threading
+    import time
+
+    from engine.serve.client import encode_frame
+    from engine.serve.session import SessionCore
+
+    spans: list[tuple[float, float, str]] = []
+    process = SessionCore.process
+
+    def timed(self: SessionCore, item, dropped):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        try:
+            return process(self, item, dropped)
+        finally:
+            spans.append((t0, time.perf_counter(), threading.current_thread().name))
+
+    monkeypatch.setattr(SessionCore, "process", timed)
+    _, frames, box = blackswan(data_dir, 6)
+    packed = [encode_frame(i, f, encoding="jpeg") for i, f in enumerate(frames)]
+    finals: dict[int, dict] = {}
+
+    def client(k: int, url: str) -> None:
+        with CheckedClient(url, check_sent=False) as c:
+            c.prompt(0, box=box.tolist())
+            for msg in packed:
+                c._send(msg)
+            finals[k] = c.result(len(packed) - 1, timeout_s=120)
+
+    with served(engines, limits=Limits(idle_timeout_s=30), frame_slots=1) as srv:
+        threads = [threading.Thread(target=client, args=(k, srv.ws_url)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(180)
+    assert sorted(finals) == [0, 1, 2] and all(r["objects"] for r in finals.values())
+    spans.sort()
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), "two frames stepped at once with one slot"
+    names = [s[2] for s in spans]
+    assert len(set(names)) == 3 and not any(a == b == c for a, b, c in zip(names, names[1:], names[2:])), names
+    with pytest.raises(ValueError, match="frame_slots"):
+        from engine.serve.app import create_app
+
+        create_app(engines, frame_slots=0)

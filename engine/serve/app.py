@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import time
 import uuid
 from collections import deque
@@ -79,11 +80,23 @@ class _RateLimit:
         return False
 
 
+def default_frame_slots() -> int:
+    """Frames stepped at once across all sessions: one per CPU core, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def create_app(engines: EngineFactory, limits: Limits | None = None, token: str | None = None,
-               max_sessions: int = 8, static_dir: Path = STATIC_DIR) -> Any:
-    """The FastAPI app serving ``arsel.v1`` with engines from ``engines``."""
+               max_sessions: int = 8, static_dir: Path = STATIC_DIR, frame_slots: int | None = None) -> Any:
+    """The FastAPI app serving ``arsel.v1`` with engines from ``engines``. ``frame_slots``: frames
+    stepped at once across all sessions (default ``default_frame_slots``); a session waits for a
+    slot in arrival order (first come, first served), so every session with frames waiting steps one
+    frame per round and none starves, however cheap another session's frames are."""
     limits = limits or Limits()
     stats = ServerStats()
+    slots = default_frame_slots() if frame_slots is None else frame_slots
+    if slots < 1:
+        raise ValueError(f"frame_slots must be >= 1, got {slots}")
+    gate = asyncio.Semaphore(slots)  # FIFO: a session re-asking queues behind those already waiting
     app = FastAPI(title="arsel serve", docs_url=None, redoc_url=None)
     app.state.stats, app.state.engines, app.state.limits = stats, engines, limits
 
@@ -124,7 +137,7 @@ def create_app(engines: EngineFactory, limits: Limits | None = None, token: str 
         stats.sessions += 1
         stats.sessions_total += 1
         try:
-            await _Session(ws, engines, limits, stats).run()
+            await _Session(ws, engines, limits, stats, gate).run()
         except Exception:  # noqa: BLE001 - a session's failure is logged and counted, never the server's
             stats.exceptions += 1
             log.exception("session failed")
@@ -156,8 +169,9 @@ async def _send_close(ws: Any, msg: dict[str, Any], code: int) -> None:
 class _Session:
     """Glue between one WebSocket and its ``SessionCore`` (see the module docstring)."""
 
-    def __init__(self, ws: Any, engines: EngineFactory, limits: Limits, stats: ServerStats) -> None:
-        self.ws, self.engines, self.limits, self.stats = ws, engines, limits, stats
+    def __init__(self, ws: Any, engines: EngineFactory, limits: Limits, stats: ServerStats,
+                 gate: asyncio.Semaphore) -> None:
+        self.ws, self.engines, self.limits, self.stats, self.gate = ws, engines, limits, stats, gate
         self.id = uuid.uuid4().hex[:12]
         self.worker = ThreadPoolExecutor(1, thread_name_prefix=f"arsel-session-{self.id}")
         self.core: SessionCore | None = None
@@ -308,13 +322,18 @@ class _Session:
             asyncio.get_running_loop().run_in_executor(self.worker, self.core.add_gaze,  # type: ignore
                                                        frame.gaze, frame.t_capture_ns)
         self.queue.append(QueuedFrame(frame, time.perf_counter()))
-        for _ in range(frames_to_drop(len(self.queue), self.processing, self.limits.max_inflight)):
-            old = self.queue.popleft()  # the newest frame wins
+        self._drop_oldest(frames_to_drop(len(self.queue), self.processing, self.limits.max_inflight))
+        self.wake.set()
+
+    def _drop_oldest(self, n: int) -> None:
+        """Drop the ``n`` oldest queued frames (the newest frame wins): counted, and their grey kept
+        for prompts that name them."""
+        for _ in range(n):
+            old = self.queue.popleft()
             self.dropped += 1
             self.stats.dropped += 1
             asyncio.get_running_loop().run_in_executor(self.worker, self.core.remember,  # type: ignore
                                                        old.frame.frame_id, old.frame.rgb)
-        self.wake.set()
 
     async def _process_loop(self) -> None:
         try:
@@ -328,17 +347,21 @@ class _Session:
             await self.wake.wait()
             self.wake.clear()
             while self.queue:
-                item = self.queue.popleft()
-                self.processing = 1
-                try:
-                    out, errors = await loop.run_in_executor(self.worker, self.core.process,  # type: ignore
-                                                             item, self.dropped)
-                except Exception:  # noqa: BLE001 - counted; the session goes on with the next frame
-                    self.stats.exceptions += 1
-                    log.exception("frame %d failed", item.frame.frame_id)
-                    continue
-                finally:
-                    self.processing = 0
+                async with self.gate:  # one frame per slot turn; those that came meanwhile: the newest wins
+                    if not self.queue:
+                        break
+                    self._drop_oldest(len(self.queue) - 1)
+                    item = self.queue.popleft()
+                    self.processing = 1
+                    try:
+                        out, errors = await loop.run_in_executor(self.worker, self.core.process,  # type: ignore
+                                                                 item, self.dropped)
+                    except Exception:  # noqa: BLE001 - counted; the session goes on with the next frame
+                        self.stats.exceptions += 1
+                        log.exception("frame %d failed", item.frame.frame_id)
+                        continue
+                    finally:
+                        self.processing = 0
                 self.stats.frames += 1
                 for exc in errors:
                     await self.send(error_message(exc.code, exc.message, exc.frame_id))

@@ -53,6 +53,9 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
                         f"{LIVE_MAX_CORRECTION_DECODES}; 0: all, as `arsel track` does)")
     p.add_argument("--max-sessions", type=int, default=8, help="concurrent sessions (default 8)")
     p.add_argument("--max-inflight", type=int, default=2, help="frames in flight per session: the one being processed plus those waiting (default 2)")
+    p.add_argument("--frame-slots", type=int, default=None, metavar="N",
+                   help="frames stepped at once across sessions, granted first come, first served "
+                        "(default: one per core, at most 8)")
     p.add_argument("--max-frame-mb", type=float, default=8.0, help="largest frame message in MiB (default 8)")
     p.add_argument("--max-image-side", type=int, default=4096, help="largest image width/height (default 4096)")
     p.add_argument("--max-messages-per-s", type=float, default=400.0, help="per-session message rate (default 400)")
@@ -92,6 +95,8 @@ def check_args(args: argparse.Namespace) -> Limits:
     check_ray_args(args)
     if args.max_sessions < 1 or args.max_inflight < 1 or not 0 <= args.port <= 65535:
         raise _usage("--max-sessions and --max-inflight must be >= 1 and --port in 0..65535")
+    if args.frame_slots is not None and args.frame_slots < 1:
+        raise _usage("--frame-slots must be >= 1 (or left out: one per core)")
     from engine.validate import number, optional_number
 
     optional_number("--threads", args.threads, lo=1, hi=1024, integer=True)
@@ -153,7 +158,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     engines = LocalEngines.load(args.model, args.backend, Path(args.checkpoint) if args.checkpoint else None,
                                 args.device, threads=engine_threads(args.threads), policy=keyframe_policy(args),
                                 async_encoder=not args.sync_encoder, config=engine_config(args))
-    app = create_app(engines, limits, token=args.token, max_sessions=args.max_sessions)
+    app = create_app(engines, limits, token=args.token, max_sessions=args.max_sessions, frame_slots=args.frame_slots)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                             ws_max_size=ws_max_size(limits), ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key)
     server = uvicorn.Server(config)
