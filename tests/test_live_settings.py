@@ -95,8 +95,9 @@ def test_serve_flags_set_the_live_engine_config() -> None:
     assert args.backend == "auto"
     cfg = engine_config(args)
     assert cfg.reuse_decode_px == LIVE_REUSE_DECODE_PX and cfg.guard.max_candidates == LIVE_MAX_CORRECTION_DECODES
+    assert cfg.guard.staged  # the expected box first
     cfg = engine_config(_serve_args("--reuse-decode-px", "0", "--max-correction-decodes", "0"))
-    assert cfg.reuse_decode_px == 0 and cfg.guard.max_candidates is None  # as `arsel track`
+    assert cfg.reuse_decode_px == 0 and cfg.guard.max_candidates is None and not cfg.guard.staged  # as `arsel track`
     from engine.validate import InputError
 
     for flag, value in (("--max-correction-decodes", "-1"), ("--reuse-decode-px", "nan"), ("--threads", "0")):
@@ -185,3 +186,52 @@ def test_frames_in_flight_count_the_one_being_processed() -> None:
     assert frames_to_drop(queued=2, processing=1, max_inflight=2) == 1  # busy: only the newest waits
     assert frames_to_drop(queued=1, processing=1, max_inflight=1) == 1  # busy, one in flight: the arrival goes
     assert frames_to_drop(queued=5, processing=1, max_inflight=3) == 3
+
+
+@pytest.mark.slow
+def test_staged_correction_decodes_the_expected_box_first(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``GuardConfig(staged=True)`` (``arsel serve``'s live setting): every drift correction first
+    decodes the expected mask's box alone; the other boxes are decoded only after it failed its
+    check, and at least one correction on blackswan's decaying point start stops after that one decode."""
+    import torch
+
+    from engine.backends.torch_backend import TorchBackend
+    from engine.models.registry import get_spec, load_model
+    from engine.stream import guard_steps
+    from engine.stream.engine import EngineConfig, StreamEngine
+    from engine.stream.evaluate import davis_annotations, start_prompt
+    from engine.stream.scheduler import KeyframePolicy
+    from engine.stream.sources import ArraySource, folder_images
+    from tests.refs import medsam_checkpoint
+    from tests.test_stream_guards import SQUARES
+
+    calls: list[tuple[int, bool]] = []  # (boxes decoded, any passed) per batched decode
+    batched = guard_steps.batched_candidates
+
+    def recording(predictor: Any, boxes: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+        out, ms = batched(predictor, boxes, *args, **kwargs)
+        calls.append((len(boxes), any(c.check.passed for c in out)))
+        return out, ms
+
+    monkeypatch.setattr(guard_steps, "batched_candidates", recording)
+    folder = data_dir / "davis_blackswan"
+    truth = davis_annotations(folder)[:12]
+    frames = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in folder_images(folder / "JPEGImages")[:12]]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        backend = TorchBackend(load_model("lite_medsam", medsam_checkpoint()), 256)
+        eng = StreamEngine(backend, get_spec("lite_medsam"), KeyframePolicy(interval=5),  # type: ignore[arg-type]
+                           config=EngineConfig(guard=GuardConfig(max_candidates=4, staged=True), proposals=SQUARES))
+        with eng:
+            eng.add_object(start_prompt("point", truth[0]))
+            areas = [res.objects[0].mask.sum() for res in eng.run(ArraySource(frames))]
+    finally:
+        torch.set_num_threads(threads)
+    assert eng.stats.track_status["drift_corrected"] >= 1, eng.stats.track_status
+    assert calls and {n for n, _ in calls} <= {1, 3}, calls
+    for k, (n, _) in enumerate(calls):
+        if n == 3:  # a second stage follows its own first stage, which failed
+            assert k > 0 and calls[k - 1] == (1, False), calls
+    assert any(call == (1, True) for call in calls), calls  # a correction that cost one decode
+    assert min(areas) > 0, areas  # it holds the swan on every frame

@@ -49,8 +49,9 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="reuse an object's last decode on the same keyframe when its prompt moved <= PX there "
                         f"(default {LIVE_REUSE_DECODE_PX:g}; 0: decode every frame, as `arsel track` does)")
     p.add_argument("--max-correction-decodes", type=int, default=LIVE_MAX_CORRECTION_DECODES, metavar="N",
-                   help="prompts a drift correction decodes at most (default "
-                        f"{LIVE_MAX_CORRECTION_DECODES}; 0: all, as `arsel track` does)")
+                   help="prompts a drift correction decodes at most, the expected box first and the "
+                        f"others only if it fails (default {LIVE_MAX_CORRECTION_DECODES}; 0: all at once, "
+                        "as `arsel track` does)")
     p.add_argument("--max-sessions", type=int, default=8, help="concurrent sessions (default 8)")
     p.add_argument("--max-inflight", type=int, default=2, help="frames in flight per session: the one being processed plus those waiting (default 2)")
     p.add_argument("--frame-slots", type=int, default=None, metavar="N",
@@ -111,12 +112,14 @@ def check_args(args: argparse.Namespace) -> Limits:
 
 
 def engine_config(args: argparse.Namespace) -> Any:
-    """The sessions' ``EngineConfig``: the flags' reuse distance and correction cap (0: every prompt)."""
+    """The sessions' ``EngineConfig``: the flags' reuse distance and correction cap (0: every prompt
+    in one batch, as ``arsel track``; else staged: the expected box first, ``GuardConfig.staged``)."""
     from engine.stream.engine import EngineConfig
     from engine.stream.guards import GuardConfig
 
     return EngineConfig(reuse_decode_px=float(args.reuse_decode_px),
-                        guard=GuardConfig(max_candidates=args.max_correction_decodes or None))
+                        guard=GuardConfig(max_candidates=args.max_correction_decodes or None,
+                                          staged=args.max_correction_decodes > 0))
 
 
 def bound_malloc_arenas(n: int = 2) -> bool:

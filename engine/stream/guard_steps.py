@@ -68,8 +68,15 @@ def _proposals(engine: Any, exp: Expectation, kf: Keyframe, motion: MotionInfo, 
     if not boxes:
         return []
     matrix = None if motion.is_identity else motion.matrix
-    out, decode_ms = batched_candidates(engine.predictor, np.stack(boxes), exp, cfg, matrix, frame_hw,
-                                         ecfg.mask_threshold, ecfg.outside_logit, min_iou, frame.rgb)
+    stages = [boxes[:1], boxes[1:]] if cfg.staged and len(boxes) > 1 else [boxes]
+    out: list[Candidate] = []
+    decode_ms = 0.0
+    for stage in stages:  # staged: the expected box alone first, the rest only if it fails its check
+        cands, ms = batched_candidates(engine.predictor, np.stack(stage), exp, cfg, matrix, frame_hw,
+                                       ecfg.mask_threshold, ecfg.outside_logit, min_iou, frame.rgb)
+        out, decode_ms = out + cands, decode_ms + ms
+        if any(c.check.passed for c in cands):
+            break
     timings["decode"] += decode_ms
     timings["postprocess"] += (time.perf_counter() - t0) * 1e3 - decode_ms
     return out

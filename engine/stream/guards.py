@@ -43,7 +43,10 @@ class GuardConfig:
     "auto" ("proposals" for an object started from a box, "mask_input" for one started from a
     point). "proposals" is the default (the best over the DAVIS clips, ``bench/bench_stream.py``).
     ``max_candidates``: most prompts one correction decodes (the first of ``correction_boxes``, in
-    its order); None: all. A live server caps it to bound a correcting frame's time."""
+    its order); None: all. A live server caps it to bound a correcting frame's time. ``staged``:
+    "proposals" decodes the first box (the expected mask's own) alone and keeps it when it passes
+    its check, decoding the others only when it fails (a decode costs about the same per prompt,
+    so most corrections cost one decode instead of all of them); False: all in one batch."""
 
     enabled: bool = True
     min_area_ratio: float = 0.8
@@ -59,6 +62,7 @@ class GuardConfig:
     anchor_squares: tuple[float, ...] = (0.45, 0.65)
     strategy: Strategy = "proposals"
     max_candidates: int | None = None
+    staged: bool = False
 
     def __post_init__(self) -> None:
         if self.max_candidates is not None and self.max_candidates < 1:
