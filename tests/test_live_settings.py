@@ -235,3 +235,55 @@ def test_staged_correction_decodes_the_expected_box_first(data_dir: Path, monkey
             assert k > 0 and calls[k - 1] == (1, False), calls
     assert any(call == (1, True) for call in calls), calls  # a correction that cost one decode
     assert min(areas) > 0, areas  # it holds the swan on every frame
+
+
+def test_encoder_waiting_for_its_turn_encodes_the_newest_frame() -> None:
+    """A session's keyframe encoder that waits for the shared encode lock (other sessions' encodes)
+    starts on the newest frame submitted meanwhile, not on the one it was first asked for; once an
+    encode runs, new requests are dropped as before. Both kinds are counted in ``dropped_busy``."""
+    from engine.stream.scheduler import AsyncEncoder
+    from engine.types import Frame
+
+    lock, running, release = FairLock(), threading.Event(), threading.Event()
+    encoded: list[int] = []
+
+    def encode(rgb: np.ndarray, index: int) -> int:
+        encoded.append(index)
+        if index == 9:
+            running.set()
+            release.wait(10)
+        return index
+
+    frame = lambda i: Frame(i, i, np.zeros((8, 8, 3), np.uint8))  # noqa: E731
+    grey = np.zeros((4, 4), np.uint8)
+    with AsyncEncoder(encode, turn=lambda: lock) as enc:
+        with lock:  # another session's encode holds the turn
+            assert all(enc.submit(frame(i), grey) for i in range(4))
+            time.sleep(0.05)
+        assert enc.wait_idle(10) and encoded == [3] and enc.latest().frame_index == 3  # type: ignore[union-attr]
+        assert enc.stats.dropped_busy == 3
+        assert enc.submit(frame(9), grey) and running.wait(10)
+        assert not enc.submit(frame(10), grey)  # an encode is running: dropped
+        release.set()
+        assert enc.wait_idle(10) and encoded == [3, 9] and enc.stats.dropped_busy == 4
+
+
+def test_shared_backend_encode_inside_a_turn_does_not_wait_for_itself() -> None:
+    """``SharedBackend.encode_turn`` holds the encode lock; ``encode`` on the same thread inside it
+    runs at once, while another thread's ``encode`` waits for the turn to end."""
+    class Echo:
+        input_size = 8
+
+        def encode(self, image: np.ndarray) -> float:
+            return float(image.sum())
+
+    shared = SharedBackend(Echo())  # type: ignore[arg-type]
+    other: list[float] = []
+    with shared.encode_turn():
+        assert shared.encode(np.ones(3)) == 3.0
+        t = threading.Thread(target=lambda: other.append(shared.encode(np.ones(2))))
+        t.start()
+        time.sleep(0.05)
+        assert other == []  # waits for the turn
+    t.join(5)
+    assert other == [2.0]

@@ -13,9 +13,10 @@ would be another ``EngineFactory`` handing out engines whose backend ``encode`` 
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 
@@ -66,8 +67,23 @@ class SharedBackend:
         self.input_size = backend.input_size
         self._encode_lock = FairLock()
         self._decode_lock = FairLock()
+        self._turn = threading.local()
+
+    @contextmanager
+    def encode_turn(self) -> Iterator[None]:
+        """Hold the encode lock (a session's turn); ``encode`` on this thread meanwhile runs at once.
+        A session's keyframe encoder waits here before it takes its newest frame
+        (``engine.stream.scheduler.AsyncEncoder``'s ``turn``)."""
+        with self._encode_lock:
+            self._turn.held = True
+            try:
+                yield
+            finally:
+                self._turn.held = False
 
     def encode(self, image: np.ndarray) -> Any:
+        if getattr(self._turn, "held", False):
+            return self._backend.encode(image)
         with self._encode_lock:
             return self._backend.encode(image)
 

@@ -67,7 +67,8 @@ class StreamEngine:
         self.motion = motion
         self.config = config or EngineConfig()
         self.encoder = AsyncEncoder(self._encode, asynchronous=async_encoder, nice=self.config.encoder_nice,
-                                    max_consecutive_errors=self.config.max_encoder_errors)
+                                    max_consecutive_errors=self.config.max_encoder_errors,
+                                    turn=getattr(backend, "encode_turn", None))  # a backend shared by sessions
         self.tracker = Tracker(self.config.tracker, points_supported=not spec.box_only)
         self._roi_margin = effective_roi_margin(self.config.roi_margin, backend, self.tracker.feeds_masks_back)
         self.motion_estimator = MotionEstimator(motion, self.config.motion_downscale_to,

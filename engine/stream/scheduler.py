@@ -13,8 +13,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, ContextManager, Literal
 
 import cv2
 import numpy as np
@@ -150,13 +151,18 @@ class AsyncEncoder:
     ``nice``: how much lower the worker thread's scheduling priority is (Linux, per thread).
     ``max_consecutive_errors``: encodes in a row that may raise before the error is re-raised to
     the caller; fewer are counted (``stats.errors``, ``last_error``) and their keyframe skipped.
+    ``turn``: a context the worker enters before it takes a request, held through the encode (a
+    shared encoder's turn, ``engine.serve.engines.SharedBackend.encode_turn``). While the worker
+    waits for it, a newer request replaces the waiting one (counted in ``dropped_busy``), so an
+    encode that had to wait for other sessions' encodes still starts on the newest frame.
     """
 
     def __init__(self, encode_fn: EncodeFn, asynchronous: bool = True, nice: int = 0,
-                 max_consecutive_errors: int = 1) -> None:
+                 max_consecutive_errors: int = 1, turn: Callable[[], ContextManager[Any]] | None = None) -> None:
         if max_consecutive_errors < 1:
             raise ValueError(f"max_consecutive_errors must be >= 1, got {max_consecutive_errors}")
         self._encode_fn = encode_fn
+        self._turn = turn or nullcontext
         self.asynchronous = asynchronous
         self.nice = nice
         self.max_consecutive_errors = max_consecutive_errors
@@ -186,9 +192,11 @@ class AsyncEncoder:
             self._raise_if_failed()
             return True
         with self._cond:
-            if self._busy:
+            if self._busy and self._pending is None:  # an encode is running
                 self.stats.dropped_busy += 1
                 return False
+            if self._pending is not None:  # waiting for its turn: the newest frame takes its place
+                self.stats.dropped_busy += 1
             self._busy = True
             self._pending = (frame, grey)
             self._cond.notify()
@@ -257,21 +265,32 @@ class AsyncEncoder:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._pending is not None or self._closed)
-                if self._closed:  # a request not started yet is dropped: close() waits for a running one only
-                    self._pending, self._busy = None, False
-                    self._cond.notify_all()
+                if self._stop_if_closed():
                     return
-                frame, grey = self._pending
-                self._pending = None
-            try:
-                self._encode(frame, grey)
-            except BaseException as exc:  # noqa: BLE001 - not an Exception (SystemExit): the decoder
-                self._error = exc  # thread re-raises it; this worker stops
-                return
-            finally:
+            with self._turn():  # the newest request once it is this encoder's turn
                 with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+                    if self._stop_if_closed():
+                        return
+                    frame, grey = self._pending  # type: ignore[misc]
+                    self._pending = None
+                try:
+                    self._encode(frame, grey)
+                except BaseException as exc:  # noqa: BLE001 - not an Exception (SystemExit): the decoder
+                    self._error = exc  # thread re-raises it; this worker stops
+                    return
+                finally:
+                    with self._cond:
+                        self._busy = False
+                        self._cond.notify_all()
+
+    def _stop_if_closed(self) -> bool:
+        """Under ``_cond``: when closed, drop a request not started yet (close() waits for a running
+        one only) and tell the waiters; True if so."""
+        if not self._closed:
+            return False
+        self._pending, self._busy = None, False
+        self._cond.notify_all()
+        return True
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
