@@ -192,3 +192,38 @@ def test_triton_backend_refuses_a_wrong_answer(triton_url: tuple[str, list[Any]]
                           outputs=[grpcclient.InferRequestedOutput("image_embeddings")])
     with pytest.raises(ValueError, match=r"expected float32 \(1, 256, 64, 64\)"):
         encoder_embedding(result)
+
+
+def test_gateway_sessions_send_keyframe_encodes_at_once() -> None:
+    """On a gateway, encodes are remote calls the encoder deployment batches: two sessions' keyframe
+    encoders must not take encode turns (``SharedBackend.encode_turn``), or one would wait for the
+    other's round trip and no batch could form. Two encodes here overlap in time."""
+    import time
+
+    pytest.importorskip("ray")
+    from engine.serve.ray_gateway import _ConcurrentEncodes
+    from engine.stream.scheduler import AsyncEncoder
+    from engine.types import Frame
+
+    spans: list[tuple[float, float]] = []
+
+    class SlowRemote:
+        input_size = 8
+
+        def encode(self, image: np.ndarray) -> int:
+            t0 = time.perf_counter()
+            time.sleep(0.3)
+            spans.append((t0, time.perf_counter()))
+            return 0
+
+    shared = _ConcurrentEncodes(SlowRemote())  # type: ignore[arg-type]
+    encoders = [AsyncEncoder(lambda rgb, i: shared.encode(rgb), turn=getattr(shared, "encode_turn", None))
+                for _ in range(2)]
+    try:
+        for enc in encoders:
+            assert enc.submit(Frame(0, 0, np.zeros((8, 8, 3), np.uint8)), np.zeros((4, 4), np.uint8))
+        assert all(enc.wait_idle(10) for enc in encoders)
+    finally:
+        for enc in encoders:
+            enc.close()
+    assert len(spans) == 2 and max(s[0] for s in spans) < min(s[1] for s in spans), spans  # they overlapped

@@ -65,7 +65,10 @@ class GatewaySettings:
 
 
 class _ConcurrentEncodes(SharedBackend):
-    """``SharedBackend`` whose encodes are not serialised: they are remote calls, batched over there."""
+    """``SharedBackend`` whose encodes are not serialised: they are remote calls, batched over there
+    (so no encode turns either: sessions' keyframe encoders send at once)."""
+
+    encode_turn = None  # type: ignore[assignment]
 
     def encode(self, image: np.ndarray) -> Any:
         return self._backend.encode(image)
