@@ -95,9 +95,10 @@ def test_serve_flags_set_the_live_engine_config() -> None:
     assert args.backend == "auto"
     cfg = engine_config(args)
     assert cfg.reuse_decode_px == LIVE_REUSE_DECODE_PX and cfg.guard.max_candidates == LIVE_MAX_CORRECTION_DECODES
-    assert cfg.guard.staged  # the expected box first
+    assert cfg.guard.staged and cfg.track_prompt_own_motion  # the expected box first; reuse survives skipped frames
     cfg = engine_config(_serve_args("--reuse-decode-px", "0", "--max-correction-decodes", "0"))
     assert cfg.reuse_decode_px == 0 and cfg.guard.max_candidates is None and not cfg.guard.staged  # as `arsel track`
+    assert not cfg.track_prompt_own_motion
     from engine.validate import InputError
 
     for flag, value in (("--max-correction-decodes", "-1"), ("--reuse-decode-px", "nan"), ("--threads", "0")):
@@ -287,3 +288,41 @@ def test_shared_backend_encode_inside_a_turn_does_not_wait_for_itself() -> None:
         assert other == []  # waits for the turn
     t.join(5)
     assert other == [2.0]
+
+
+def _panning_scene(n: int, dx: int) -> list[np.ndarray]:
+    """``n`` 480x640 RGB frames of a camera panning ``dx`` px per frame over a textured scene with a
+    red block fixed in it (the block moves ``-dx`` px per frame in the image)."""
+    rng = np.random.default_rng(0)
+    scene = cv2.GaussianBlur(rng.integers(0, 256, (480, 640 + n * dx, 3), dtype=np.uint8), (0, 0), 2)
+    scene[180:300, 300:420] = (230, 40, 40)
+    return [np.ascontiguousarray(scene[:, i * dx:i * dx + 640]) for i in range(n)]
+
+
+@pytest.mark.parametrize("own", [True, False])
+def test_track_prompt_through_its_own_frames_motion_keeps_decodes_reusable(cached_backend: Any, own: bool) -> None:
+    """A camera pans 12 px a frame over a still object; decode reuse allows 6 px. Mapped through the
+    motion of the frame it was found on (``track_prompt_own_motion``, ``arsel serve``'s live
+    setting), the last box names the same keyframe place every frame, so the decodes after the
+    first tracking one are reused; through the current frame's motion it is one frame's pan off and
+    none is. The mask follows the block either way."""
+    from engine.models.registry import get_spec
+    from engine.stream.engine import EngineConfig, StreamEngine
+    from engine.stream.events import Prompt
+    from engine.stream.scheduler import KeyframePolicy
+    from engine.stream.sources import ArraySource
+
+    frames = _panning_scene(10, 12)
+    eng = StreamEngine(cached_backend, get_spec("lite_medsam"), KeyframePolicy(interval=1000), async_encoder=False,
+                       config=EngineConfig(reuse_decode_px=6.0, track_prompt_own_motion=own))
+    with eng:
+        eng.add_object(Prompt.box([300, 180, 420, 300]))
+        results = [res.objects[0] for res in eng.run(ArraySource(frames))]
+    for i, r in enumerate(results):  # the block, wherever the camera is
+        block = np.zeros((480, 640), bool)
+        block[180:300, 300 - 12 * i:420 - 12 * i] = True
+        assert (r.mask & block).sum() / (r.mask | block).sum() > 0.8, (i, own)
+    if own:
+        assert eng.stats.decodes_reused >= 7, eng.stats.decodes_reused
+    else:
+        assert eng.stats.decodes_reused <= 1, eng.stats.decodes_reused

@@ -112,12 +112,14 @@ def check_args(args: argparse.Namespace) -> Limits:
 
 
 def engine_config(args: argparse.Namespace) -> Any:
-    """The sessions' ``EngineConfig``: the flags' reuse distance and correction cap (0: every prompt
-    in one batch, as ``arsel track``; else staged: the expected box first, ``GuardConfig.staged``)."""
+    """The sessions' ``EngineConfig``: the flags' reuse distance (with tracking prompts mapped through
+    their own frame's motion, ``EngineConfig.track_prompt_own_motion``, so reuse survives skipped
+    frames; 0: as ``arsel track``) and correction cap (0: every prompt in one batch, as ``arsel
+    track``; else staged: the expected box first, ``GuardConfig.staged``)."""
     from engine.stream.engine import EngineConfig
     from engine.stream.guards import GuardConfig
 
-    return EngineConfig(reuse_decode_px=float(args.reuse_decode_px),
+    return EngineConfig(reuse_decode_px=float(args.reuse_decode_px), track_prompt_own_motion=args.reuse_decode_px > 0,
                         guard=GuardConfig(max_candidates=args.max_correction_decodes or None,
                                           staged=args.max_correction_decodes > 0))
 

@@ -225,7 +225,12 @@ class StreamEngine:
         if tp.mode == "reacquire" and exp is not None:
             result, low_res_logits = guard_steps.correct(self, obj, tp, exp, kf, motion, frame, timings, True)
         else:
-            prompt_motion = self._prompt_motion(obj, kf, motion, frame.index, timings) if tp.mode == "user" else None
+            prompt_motion = None
+            if tp.mode == "user":
+                prompt_motion = self._prompt_motion(obj, kf, motion, frame.index, timings)
+            elif tp.mode == "track" and self.config.track_prompt_own_motion and obj.box_motion is not None \
+                    and obj.box_motion[0] == kf.frame_index:
+                prompt_motion = obj.box_motion[1]  # the box is in the pixels of the frame it was found on
             result, low_res_logits = self._decode_prompt(tp, obj, kf, motion, frame, timings, prompt_motion)
             if exp is not None and result.status == "ok":
                 chk = guards.check(result.mask, exp, self.config.guard, rgb=frame.rgb)
@@ -243,6 +248,7 @@ class StreamEngine:
             if self.tracker.update(obj, result.mask, result.score, low_res_logits, kf.frame_index) != "ok":
                 return MaskResult(obj.object_id, frame.index, kf.frame_index, np.zeros(frame_hw, bool),
                                   result.score, "lost", None, motion, result.area_ratio)
+            obj.box_motion = (kf.frame_index, motion)
             guard_steps.fold(self, obj, tp, exp, result.mask, frame, kf, motion)
             return MaskResult(obj.object_id, frame.index, kf.frame_index, result.mask, result.score, result.status,
                               obj.box_xyxy, motion, result.area_ratio)

@@ -16,7 +16,11 @@ class EngineConfig:
     pixels warped in from outside the keyframe. ``reuse_decode_px``: when an object's prompt,
     mapped into the keyframe, moved at most this many keyframe pixels since its last decode on the
     same keyframe, that decode is reused (only warped by the new motion); 0 decodes every frame.
-    ``motion_corners``: most corners an object's motion fit tracks. ``encoder_nice``: the async encoder worker's thread runs
+    ``motion_corners``: most corners an object's motion fit tracks. ``track_prompt_own_motion``: a
+    tracking prompt (the object's last box, in the pixels of the frame it was found on) goes into
+    the keyframe through that frame's motion, not the current frame's, so under camera or object
+    motion it names where the object was rather than a box shifted by one frame's motion (and a
+    reused decode stays reusable when frames are skipped); False: the current frame's (``arsel track``). ``encoder_nice``: the async encoder worker's thread runs
     this much nicer (Linux), so the per-frame work (decoder, motion) wins the cores over the encode.
     ``roi_margin``: box prompts upscale their masks only around the box, grown by this fraction of
     its size (+2 tokens); exact inside, background outside (``decoding.box_roi``); None: whole.
@@ -33,5 +37,6 @@ class EngineConfig:
     reuse_decode_px: float = 0.0
     encoder_nice: int = 10
     motion_corners: int = 100
+    track_prompt_own_motion: bool = False
     roi_margin: float | None = None
     max_encoder_errors: int = 3  # keyframe encodes in a row that may fail (counted, skipped) before raising

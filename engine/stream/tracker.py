@@ -90,6 +90,7 @@ class TrackedObject:
     frames_lost: int = 0
     key_regions: dict[int, np.ndarray] = field(default_factory=dict)  # frame index -> small bool mask
     decode_cache: Any = None  # (keyframe index, prompt key, decoded) of the engine's last decode
+    box_motion: Any = None  # (keyframe index, MotionInfo keyframe -> the frame box_xyxy is in)
     prompt_frame_index: int | None = None
     prompt_grey: np.ndarray | None = None
     prompt_hw: tuple[int, int] | None = None
@@ -196,7 +197,7 @@ class Tracker:
     def forget_keyframes(self) -> None:
         """Drop every object's per-keyframe state (the keyframes restart: another source)."""
         for obj in self._objects.values():
-            obj.key_regions, obj.decode_cache, obj.score_at_keyframe = {}, None, {}
+            obj.key_regions, obj.decode_cache, obj.score_at_keyframe, obj.box_motion = {}, None, {}, None
             obj.low_res_logits = obj.low_res_keyframe = obj.lost_on_keyframe = None
             obj.guard = None
 
