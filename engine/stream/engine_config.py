@@ -20,8 +20,9 @@ class EngineConfig:
     tracking prompt (the object's last box, in the pixels of the frame it was found on) goes into
     the keyframe through that frame's motion, not the current frame's, so under camera or object
     motion it names where the object was rather than a box shifted by one frame's motion (and a
-    reused decode stays reusable when frames are skipped); False: the current frame's (``arsel track``). ``encoder_nice``: the async encoder worker's thread runs
-    this much nicer (Linux), so the per-frame work (decoder, motion) wins the cores over the encode.
+    reused decode stays reusable when frames are skipped); False: the current frame's (``arsel
+    track``). ``encoder_nice``: the async encoder worker's thread runs this much nicer (Linux), so
+    the per-frame work (decoder, motion) wins the cores over the encode.
     ``roi_margin``: box prompts upscale their masks only around the box, grown by this fraction of
     its size (+2 tokens); exact inside, background outside (``decoding.box_roi``); None: whole.
     Used only where no mask is fed back (see ``decoding.effective_roi_margin``). ``guard``: the
