@@ -163,6 +163,7 @@ class AsyncEncoder:
             raise ValueError(f"max_consecutive_errors must be >= 1, got {max_consecutive_errors}")
         self._encode_fn = encode_fn
         self._turn = turn or nullcontext
+        self._replace_waiting = turn is not None  # without turns a request is taken at once: drop as before
         self.asynchronous = asynchronous
         self.nice = nice
         self.max_consecutive_errors = max_consecutive_errors
@@ -192,7 +193,7 @@ class AsyncEncoder:
             self._raise_if_failed()
             return True
         with self._cond:
-            if self._busy and self._pending is None:  # an encode is running
+            if self._busy and (self._pending is None or not self._replace_waiting):  # an encode is running
                 self.stats.dropped_busy += 1
                 return False
             if self._pending is not None:  # waiting for its turn: the newest frame takes its place
