@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,49 @@ class _CountingBackend:
         return getattr(self.inner, name)
 
 
+def _lite_medsam_torch() -> Any:
+    """LiteMedSAM (real weights) on torch."""
+    from engine.backends.torch_backend import TorchBackend
+    from engine.models.registry import load_model
+    from tests.refs import medsam_checkpoint
+
+    return TorchBackend(load_model("lite_medsam", medsam_checkpoint()), 256)
+
+
+def _blackswan_point_start(data_dir: Path, backend: Any, guard: GuardConfig,
+                           after_first: Callable[[], None] | None = None) -> tuple[Any, list[Any]]:
+    """The point start on DAVIS blackswan's first 12 frames from the old square proposals (the
+    half-swan start that decays, ``test_stream_guards.SQUARES``), keyframe every 5, torch on 1
+    thread: the engine and each frame's object result. ``after_first()`` runs after frame 0."""
+    import torch
+
+    from engine.models.registry import get_spec
+    from engine.stream.engine import EngineConfig, StreamEngine
+    from engine.stream.evaluate import davis_annotations, start_prompt
+    from engine.stream.scheduler import KeyframePolicy
+    from engine.stream.sources import ArraySource, folder_images
+    from tests.test_stream_guards import SQUARES
+
+    folder = data_dir / "davis_blackswan"
+    truth = davis_annotations(folder)[:12]
+    frames = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in folder_images(folder / "JPEGImages")[:12]]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        eng = StreamEngine(backend, get_spec("lite_medsam"), KeyframePolicy(interval=5),
+                           config=EngineConfig(guard=guard, proposals=SQUARES))
+        with eng:
+            eng.add_object(start_prompt("point", truth[0]))
+            results = []
+            for i, res in enumerate(eng.run(ArraySource(frames))):
+                results.append(res.objects[0])
+                if i == 0 and after_first is not None:
+                    after_first()
+    finally:
+        torch.set_num_threads(threads)
+    return eng, results
+
+
 @pytest.mark.slow
 def test_correction_cap_bounds_every_correction_decode(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A point start on blackswan from the old square proposals (the half-swan start that decays,
@@ -128,9 +172,6 @@ def test_correction_cap_bounds_every_correction_decode(data_dir: Path, monkeypat
     (a correction included) takes more than 2 prompts, and it still holds the swan (never under 60 % of its first area).
     A drift correction forgets the object's cached decode (the one that failed its check), so decode
     reuse (``reuse_decode_px``) can never hand the failing mask back on the next frame."""
-    import torch
-
-    from engine.backends.torch_backend import TorchBackend
     from engine.stream import guard_steps
 
     cache_at_correction: list[object] = []
@@ -142,34 +183,11 @@ def test_correction_cap_bounds_every_correction_decode(data_dir: Path, monkeypat
         return correct(engine, obj, *args, **kwargs)
 
     monkeypatch.setattr(guard_steps, "correct", recording_correct)
-    from engine.models.registry import get_spec, load_model
-    from engine.stream.engine import EngineConfig, StreamEngine
-    from engine.stream.evaluate import davis_annotations, start_prompt
-    from engine.stream.scheduler import KeyframePolicy
-    from engine.stream.sources import ArraySource, folder_images
-    from tests.refs import medsam_checkpoint
-    from tests.test_stream_guards import SQUARES
-
-    folder = data_dir / "davis_blackswan"
-    truth = davis_annotations(folder)[:12]
-    frames = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in folder_images(folder / "JPEGImages")[:12]]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        uncapped = GuardConfig()
-        n_all = len(uncapped.margins) + len(uncapped.anchor_scales) + len(uncapped.anchor_squares)
-        backend = _CountingBackend(TorchBackend(load_model("lite_medsam", medsam_checkpoint()), 256))
-        eng = StreamEngine(backend, get_spec("lite_medsam"), KeyframePolicy(interval=5),  # type: ignore[arg-type]
-                           config=EngineConfig(guard=GuardConfig(max_candidates=2), proposals=SQUARES))
-        with eng:
-            eng.add_object(start_prompt("point", truth[0]))
-            results = []
-            for i, res in enumerate(eng.run(ArraySource(frames))):
-                results.append(res.objects[0])
-                if i == 0:
-                    backend.batches.clear()  # the point start's own proposals (not a correction)
-    finally:
-        torch.set_num_threads(threads)
+    uncapped = GuardConfig()
+    n_all = len(uncapped.margins) + len(uncapped.anchor_scales) + len(uncapped.anchor_squares)
+    backend = _CountingBackend(_lite_medsam_torch())
+    eng, results = _blackswan_point_start(data_dir, backend, GuardConfig(max_candidates=2),
+                                          after_first=backend.batches.clear)  # its own proposals: no correction
     assert eng.stats.track_status["drift_corrected"] >= 1, eng.stats.track_status
     assert cache_at_correction and all(c is None for c in cache_at_correction), cache_at_correction
     assert n_all > 2 and max(backend.batches) <= 2, backend.batches
@@ -194,17 +212,7 @@ def test_staged_correction_decodes_the_expected_box_first(data_dir: Path, monkey
     """``GuardConfig(staged=True)`` (``arsel serve``'s live setting): every drift correction first
     decodes the expected mask's box alone; the other boxes are decoded only after it failed its
     check, and at least one correction on blackswan's decaying point start stops after that one decode."""
-    import torch
-
-    from engine.backends.torch_backend import TorchBackend
-    from engine.models.registry import get_spec, load_model
     from engine.stream import guard_steps
-    from engine.stream.engine import EngineConfig, StreamEngine
-    from engine.stream.evaluate import davis_annotations, start_prompt
-    from engine.stream.scheduler import KeyframePolicy
-    from engine.stream.sources import ArraySource, folder_images
-    from tests.refs import medsam_checkpoint
-    from tests.test_stream_guards import SQUARES
 
     calls: list[tuple[int, bool]] = []  # (boxes decoded, any passed) per batched decode
     batched = guard_steps.batched_candidates
@@ -215,20 +223,8 @@ def test_staged_correction_decodes_the_expected_box_first(data_dir: Path, monkey
         return out, ms
 
     monkeypatch.setattr(guard_steps, "batched_candidates", recording)
-    folder = data_dir / "davis_blackswan"
-    truth = davis_annotations(folder)[:12]
-    frames = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in folder_images(folder / "JPEGImages")[:12]]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        backend = TorchBackend(load_model("lite_medsam", medsam_checkpoint()), 256)
-        eng = StreamEngine(backend, get_spec("lite_medsam"), KeyframePolicy(interval=5),  # type: ignore[arg-type]
-                           config=EngineConfig(guard=GuardConfig(max_candidates=4, staged=True), proposals=SQUARES))
-        with eng:
-            eng.add_object(start_prompt("point", truth[0]))
-            areas = [res.objects[0].mask.sum() for res in eng.run(ArraySource(frames))]
-    finally:
-        torch.set_num_threads(threads)
+    eng, results = _blackswan_point_start(data_dir, _lite_medsam_torch(), GuardConfig(max_candidates=4, staged=True))
+    areas = [r.mask.sum() for r in results]
     assert eng.stats.track_status["drift_corrected"] >= 1, eng.stats.track_status
     assert calls and {n for n, _ in calls} <= {1, 3}, calls
     for k, (n, _) in enumerate(calls):
