@@ -287,3 +287,43 @@ def test_tls_wss(engines: LocalEngines, tmp_path: Path) -> None:
             assert json.loads(ws.recv(timeout=30))["type"] == "welcome"
     finally:
         srv.stop()
+
+
+# ------------------------------------------------------------------ images decoded only when stepped
+JPEG_NO_SCAN = JPEG[:JPEG.index(b"\xff\xda")] + b"\xff\xd9"  # magic, size and end marker right; no pixels
+
+
+def test_image_that_does_not_decode_is_answered_when_stepped(session) -> None:
+    c, st = session
+    fid = st["next"]
+    img = {"encoding": "jpeg", "width": HW[1], "height": HW[0], "bytes": len(JPEG_NO_SCAN)}
+    c.send_raw(_with_blob({"image": img}, JPEG_NO_SCAN, fid))
+    err = c.expect_error(timeout_s=120)
+    assert (err["code"], err["frame_id"]) == ("bad_frame", fid) and "does not decode" in err["message"]
+    c.send_frame(fid + 1, st["rgb"], encoding="png")  # its frame_id was used: the next one goes on
+    st["next"] = fid + 2
+    assert jaccard(result_masks(c.result(fid + 1, timeout_s=120))[1], st["ref"]) > 0.9
+
+
+def test_dropped_frames_are_never_decoded(engines: LocalEngines, data_dir: Path, monkeypatch) -> None:
+    from engine.serve import protocol
+
+    decoded: list[int] = []
+    real = protocol.decode_image
+
+    def counting(data: bytes, encoding: str, hw: tuple[int, int], fid: int | None) -> np.ndarray:
+        decoded.append(fid)
+        return real(data, encoding, hw, fid)
+
+    monkeypatch.setattr(protocol, "decode_image", counting)
+    _, frames, box = blackswan(data_dir, 1)
+    rgb = cv2.resize(frames[0], (HW[1], HW[0]), interpolation=cv2.INTER_AREA)
+    sent = 12
+    with served(engines) as srv, CheckedClient(srv.ws_url) as c:
+        c.prompt(0, box=(box / 2).tolist())
+        for fid in range(sent):  # a burst: frame 0's keyframe encode (synchronous) keeps the session busy
+            c.send_frame(fid, rgb, encoding="jpeg")
+        last = c.result(sent - 1, timeout_s=120)
+        stepped = sorted([sent - 1, *c.state.results])  # results come in frame order: all are in
+    assert last["dropped"] == sent - len(stepped) > 0
+    assert sorted(decoded) == stepped  # each stepped frame decoded once, no dropped frame at all

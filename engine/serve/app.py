@@ -314,7 +314,7 @@ class _Session:
             raise ProtocolError("bad_frame", f"frame_id {frame.frame_id} does not increase (last was "
                                              f"{self.last_frame_id}); number frames 0, 1, 2, ...", frame.frame_id)
         self.last_frame_id = frame.frame_id
-        self.recent[frame.frame_id] = frame.rgb.shape[:2]
+        self.recent[frame.frame_id] = frame.hw
         while len(self.recent) > 64:
             del self.recent[next(iter(self.recent))]
         self.client_clock.frame(frame.t_capture_ns, received_ns)
@@ -326,14 +326,13 @@ class _Session:
         self.wake.set()
 
     def _drop_oldest(self, n: int) -> None:
-        """Drop the ``n`` oldest queued frames (the newest frame wins): counted, and their grey kept
-        for prompts that name them."""
+        """Drop the ``n`` oldest queued frames (the newest frame wins): counted, never decoded, and
+        kept for prompts that name them."""
         for _ in range(n):
             old = self.queue.popleft()
             self.dropped += 1
             self.stats.dropped += 1
-            asyncio.get_running_loop().run_in_executor(self.worker, self.core.remember,  # type: ignore
-                                                       old.frame.frame_id, old.frame.rgb)
+            asyncio.get_running_loop().run_in_executor(self.worker, self.core.remember, old.frame)  # type: ignore
 
     async def _process_loop(self) -> None:
         try:
@@ -356,6 +355,9 @@ class _Session:
                     try:
                         out, errors = await loop.run_in_executor(self.worker, self.core.process,  # type: ignore
                                                                  item, self.dropped)
+                    except ProtocolError as exc:  # its image did not decode: answered, the session goes on
+                        await self.send(error_message(exc.code, exc.message, exc.frame_id))
+                        continue
                     except Exception:  # noqa: BLE001 - counted; the session goes on with the next frame
                         self.stats.exceptions += 1
                         log.exception("frame %d failed", item.frame.frame_id)

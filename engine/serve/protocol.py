@@ -81,16 +81,26 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class FrameMessage:
-    """A decoded ``frame``: ``rgb`` ``(H, W, 3) uint8``, ``depth_raw`` ``(H, W) uint16`` or None,
-    ``intrinsics`` (with the depth scale) or None, ``pose`` ``(4, 4) float64`` camera-to-world or None."""
+    """A checked ``frame`` whose image is decoded on demand (``rgb()``), so a frame dropped for a
+    newer one costs no decode. ``image``: the image blob as sent (``encoding``, already checked: its
+    size, magic bytes, end marker and stated ``hw`` ``(H, W)``); ``depth_raw`` ``(H, W) uint16`` or
+    None, ``intrinsics`` (with the depth scale) or None, ``pose`` ``(4, 4) float64`` camera-to-world
+    or None."""
 
     frame_id: int
     t_capture_ns: int
-    rgb: np.ndarray
+    image: bytes
+    encoding: str
+    hw: tuple[int, int]
     depth_raw: np.ndarray | None
     intrinsics: CameraIntrinsics | None
     pose: np.ndarray | None
     gaze: tuple[GazeSample, ...]
+
+    def rgb(self) -> np.ndarray:
+        """The image as ``(H, W, 3) uint8`` RGB, decoded now (``ProtocolError`` ``bad_frame`` when the
+        checked bytes still do not decode)."""
+        return decode_image(self.image, self.encoding, self.hw, self.frame_id)
 
 
 @lru_cache(maxsize=1)
@@ -193,7 +203,8 @@ def unpack(data: bytes, code: ErrorCode = "bad_frame") -> tuple[Any, memoryview]
 
 
 def parse_frame(data: bytes, limits: Limits) -> FrameMessage:
-    """Validate and decode one binary ``frame`` message (raises ``ProtocolError``)."""
+    """Validate one binary ``frame`` message and decode all but its image (raises ``ProtocolError``):
+    the image's bytes are checked here, without decoding its pixels (``FrameMessage.rgb``)."""
     if len(data) > limits.max_frame_bytes:
         raise ProtocolError("too_large", f"frame message of {len(data)} bytes is over the limit of "
                                          f"{limits.max_frame_bytes}; send a smaller or JPEG-compressed image")
@@ -212,12 +223,14 @@ def parse_frame(data: bytes, limits: Limits) -> FrameMessage:
     sizes = [image["bytes"]] + ([depth["bytes"]] if depth else [])
     if sum(sizes) != len(rest):
         raise ProtocolError("bad_frame", f"the header lists blobs of {sizes} bytes but {len(rest)} bytes follow it", fid)
-    rgb = decode_image(bytes(rest[:image["bytes"]]), image, fid)
-    depth_raw = None if depth is None else decode_depth(bytes(rest[image["bytes"]:]), depth, rgb.shape[:2], fid)
-    intr = _intrinsics(header, rgb.shape[:2], depth, fid)
+    blob, hw = bytes(rest[:image["bytes"]]), (image["height"], image["width"])
+    check_image(blob, image["encoding"], hw, fid)
+    depth_raw = None if depth is None else decode_depth(bytes(rest[image["bytes"]:]), depth, hw, fid)
+    intr = _intrinsics(header, hw, depth, fid)
     pose = _pose(header.get("pose"), fid)
     gaze = _gaze(header.get("gaze", []), fid)
-    return FrameMessage(fid, header["t_capture_ns"], rgb, depth_raw, intr, pose, gaze)  # type: ignore[arg-type]
+    return FrameMessage(fid, header["t_capture_ns"], blob, image["encoding"], hw,  # type: ignore[arg-type]
+                        depth_raw, intr, pose, gaze)
 
 
 def _check_encodings(header: Any, fid: int | None) -> None:
@@ -240,21 +253,28 @@ def _image_hw(data: bytes, fid: int | None) -> tuple[int, int]:
         raise ProtocolError("bad_frame", f"the image bytes do not decode ({type(exc).__name__})", fid) from None
 
 
-def decode_image(data: bytes, blob: dict[str, Any], fid: int | None) -> np.ndarray:
-    """Image blob -> ``(H, W, 3) uint8 RGB``; size checked against the header before decoding."""
-    enc, hw = blob["encoding"], (blob["height"], blob["width"])
-    if enc == "rgb8":
+def check_image(data: bytes, encoding: str, hw: tuple[int, int], fid: int | None) -> None:
+    """An image blob against its header, without decoding pixels: ``rgb8`` byte count; for PNG and
+    JPEG the magic bytes, the end marker and the size in the image's own header."""
+    if encoding == "rgb8":
         if len(data) != hw[0] * hw[1] * 3:
             raise ProtocolError("bad_frame", f"rgb8 image of {hw[1]}x{hw[0]} needs {hw[0] * hw[1] * 3} bytes, got "
                                              f"{len(data)}", fid)
-        return np.frombuffer(data, np.uint8).reshape(hw[0], hw[1], 3).copy()
+        return
     with checked("bad_frame", fid):
-        validate.image_bytes("image", data, enc)
-        validate.same_hw(f"the {enc} image", _image_hw(data, fid), "the header says", hw,
+        validate.image_bytes("image", data, encoding)
+        validate.same_hw(f"the {encoding} image", _image_hw(data, fid), "the header says", hw,
                          "send width and height of the image itself")
+
+
+def decode_image(data: bytes, encoding: str, hw: tuple[int, int], fid: int | None) -> np.ndarray:
+    """An image blob that passed ``check_image`` -> ``(H, W, 3) uint8 RGB``."""
+    if encoding == "rgb8":
+        return np.frombuffer(data, np.uint8).reshape(hw[0], hw[1], 3).copy()
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None or bgr.shape[:2] != hw:
-        raise ProtocolError("bad_frame", f"the {enc} image does not decode", fid)
+        raise ProtocolError("bad_frame", f"the {encoding} image does not decode; send a whole, valid {encoding} image",
+                            fid)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
@@ -34,7 +34,7 @@ from engine.stream.prompt_sources import GazePrompts
 from engine.stream.results import StepResult
 from engine.types import Frame
 
-RECENT_FRAMES = 64  # frames a prompt may name (their grey images at the motion resolution)
+RECENT_FRAMES = 64  # frames a prompt may name (their motion-resolution greys, or a dropped frame's image blob)
 MAX_PENDING = 256  # prompts waiting for the frame they name
 MAX_GAZE_BUFFER = 20_000  # buffered gaze samples per session (oldest dropped beyond)
 
@@ -111,7 +111,8 @@ class SessionCore:
         self._gaze_buffer: list[tuple[int, int, GazeSample]] = []
         self._gaze_seq = 0
         self._gaze_object: int | None = None
-        self._greys: OrderedDict[int, tuple[np.ndarray, tuple[int, int]]] = OrderedDict()
+        # frame id -> (its motion grey, or the dropped frame itself until a prompt names it; (H, W))
+        self._greys: OrderedDict[int, tuple[np.ndarray | FrameMessage, tuple[int, int]]] = OrderedDict()
         self._pending: list[dict[str, Any]] = []  # prompts on frames not stepped yet
         self._last_stepped = -1
         self._announced: set[int] = set()
@@ -132,7 +133,7 @@ class SessionCore:
         if fid in self._greys:
             check_prompt_inside(msg, self._greys[fid][1])
         elif stepping is not None:
-            check_prompt_inside(msg, (stepping.rgb.shape[0], stepping.rgb.shape[1]))
+            check_prompt_inside(msg, stepping.hw)
         if action == "clear":
             eng.remove_object(None)
             self._announced.clear()
@@ -160,15 +161,21 @@ class SessionCore:
 
     def _stamp(self, object_id: int, frame_id: int) -> None:
         """The object's prompt is in frame ``frame_id``'s pixels (an earlier or dropped frame)."""
-        grey = self._greys.get(frame_id)
-        if grey is None:
+        kept = self._greys.get(frame_id)
+        if kept is None:
             return  # forgotten meanwhile: the engine stamps it with the next stepped frame
+        grey, hw = kept
+        if isinstance(grey, FrameMessage):  # a dropped frame: decoded now that a prompt names it
+            grey = self.engine.motion_estimator.small_grey(grey.rgb())
+            self._greys[frame_id] = (grey, hw)
         obj = self.engine.tracker.get(object_id)
-        obj.prompt_frame_index, obj.prompt_grey, obj.prompt_hw = frame_id, grey[0], grey[1]
+        obj.prompt_frame_index, obj.prompt_grey, obj.prompt_hw = frame_id, grey, hw
 
-    def remember(self, frame_id: int, rgb: np.ndarray) -> None:
-        """Keep a (dropped or stepped) frame's motion-resolution grey for prompts naming it."""
-        self._greys[frame_id] = (self.engine.motion_estimator.small_grey(rgb), (rgb.shape[0], rgb.shape[1]))
+    def remember(self, frame: FrameMessage, rgb: np.ndarray | None = None) -> None:
+        """Keep a frame for prompts naming it: a stepped frame's motion-resolution grey (from its
+        decoded ``rgb``), a dropped frame as it came (decoded only if a prompt names it)."""
+        kept = replace(frame, depth_raw=None) if rgb is None else self.engine.motion_estimator.small_grey(rgb)
+        self._greys[frame.frame_id] = (kept, frame.hw)
         while len(self._greys) > RECENT_FRAMES:
             self._greys.popitem(last=False)
 
@@ -214,13 +221,14 @@ class SessionCore:
         the errors of prompts applied on the way (each still gets its ``error``)."""
         t_start = time.perf_counter()
         msg = item.frame
+        rgb = msg.rgb()  # a frame that does not decode raises here, before its prompts are applied
         errors = self._apply_pending(msg)
-        self.gaze.frame_hw = (msg.rgb.shape[0], msg.rgb.shape[1])  # gaze is in this frame's pixels
+        self.gaze.frame_hw = msg.hw  # gaze is in this frame's pixels
         self._feed_gaze(msg.t_capture_ns)
-        frame = Frame(msg.frame_id, msg.t_capture_ns, msg.rgb, msg.depth_raw, msg.intrinsics)
+        frame = Frame(msg.frame_id, msg.t_capture_ns, rgb, msg.depth_raw, msg.intrinsics)
         res = self.engine.step(frame)
         self._last_stepped = msg.frame_id
-        self.remember(msg.frame_id, msg.rgb)
+        self.remember(msg, rgb)
         t_lift = time.perf_counter()
         objects = [self._object(r, msg) for r in res.objects]
         lift_ms = (time.perf_counter() - t_lift) * 1e3
