@@ -16,6 +16,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +280,31 @@ def _replica_sessions(ray_serve: RayServe, total: int) -> dict[str, int]:
     if len(unseen) == 1:  # the routing prefers the emptier replica: the other holds the rest
         seen[unseen.pop()] = total - sum(seen.values())
     return seen
+
+
+def test_sessions_connecting_together_spread_evenly(ray_serve: RayServe) -> None:
+    n = 6
+    barrier = threading.Barrier(n)
+
+    def connect() -> CheckedClient:
+        barrier.wait(TIMEOUT_S)
+        return CheckedClient(ray_serve.ws_url).__enter__()
+
+    with ThreadPoolExecutor(n) as pool:
+        clients = list(pool.map(lambda _: connect(), range(n)))
+    try:
+        assert sorted(_replica_sessions(ray_serve, n).values()) == [n // 2, n // 2]
+    finally:
+        for c in clients:
+            c.close()
+    idle: set[str] = set()  # the next test counts sessions: wait until both replicas hold none
+    deadline = time.monotonic() + 30
+    while len(idle) < 2 and time.monotonic() < deadline:
+        h = ray_serve.health()
+        if h["sessions"] == 0:
+            idle.add(h["ray"]["replica_actor"])
+        else:
+            idle.discard(h["ray"]["replica_actor"])
 
 
 def test_replica_death_closes_only_its_sessions(ray_serve: RayServe, data_dir: Path) -> None:

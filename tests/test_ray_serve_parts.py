@@ -51,6 +51,43 @@ def test_serve_ray_reaches_the_ray_server_with_the_keyframe_policy(argv: list[st
     assert policy.mode == "interval" and policy.interval == interval and args.gateways == 2
 
 
+def _router() -> Any:
+    """A ``FewestSessionsRouter`` without a Serve router around it (its state only)."""
+    from engine.serve.ray_router import FewestSessionsRouter
+
+    router = object.__new__(FewestSessionsRouter)
+    router.initialize_state()
+    return router
+
+
+def _request(rid: str) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(metadata=SimpleNamespace(internal_request_id=rid))
+
+
+def test_sessions_connecting_together_spread_over_the_replicas() -> None:
+    from types import SimpleNamespace
+
+    router = _router()
+    replicas = [SimpleNamespace(replica_id=name) for name in ("a", "b")]
+
+    async def choose(n: int) -> list[str]:  # n sessions connect at once: all choices before any is routed
+        ranks = await asyncio.gather(*[router.choose_replicas(replicas) for _ in range(n)])
+        return [r[0][0].replica_id for r in ranks]
+
+    first = asyncio.run(choose(8))
+    assert sorted(first) == ["a"] * 4 + ["b"] * 4
+    for k, rid in enumerate(first):
+        router.on_request_routed(_request(f"s{k}"), rid, None)
+    router.on_request_completed("b", "never-routed")  # a refused request completes without being routed
+    a_sessions = [k for k, rid in enumerate(first) if rid == "a"]
+    for k in a_sessions[:3]:  # three of a's sessions close: the next three sessions go to a
+        router.on_request_completed("a", f"s{k}")
+    assert asyncio.run(choose(3)) == ["a"] * 3
+    assert sorted(len(rank) for rank in asyncio.run(router.choose_replicas(replicas))) == [1, 1]  # a refusal falls through
+
+
 def test_triton_address() -> None:
     from engine.serve.triton_encoder import triton_address
 

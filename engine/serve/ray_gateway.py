@@ -32,11 +32,13 @@ from typing import Any
 import numpy as np
 import ray
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 
 from engine.serve.engines import LocalEngines, SharedBackend
 from engine.serve.protocol import Limits
 from engine.serve.ray_encoder import BatchedEncoder, RemoteEncoderBackend
 from engine.serve.ray_proxy import PROXY_CALLBACK
+from engine.serve.ray_router import ROUTER_PATH
 from engine.stream.engine import EngineConfig
 from engine.stream.scheduler import KeyframePolicy
 
@@ -151,8 +153,10 @@ def build_application(settings: GatewaySettings, gateways: int = 2, encoders: in
     if not settings.encoder_url:
         encoder = BatchedEncoder.options(num_replicas=encoders, max_ongoing_requests=max(16, 4 * max_batch)).bind(
             settings.model, settings.checkpoint, max_batch=max_batch, batch_wait_s=batch_wait_s)
-    # a WebSocket is one long request: a replica must hold max_sessions of them plus /healthz calls
-    return Gateway.options(num_replicas=gateways, max_ongoing_requests=settings.max_sessions + 8).bind(
+    # a WebSocket is one long request: a replica must hold max_sessions of them plus /healthz calls;
+    # a new session goes to the replica holding the fewest (engine.serve.ray_router)
+    return Gateway.options(num_replicas=gateways, max_ongoing_requests=settings.max_sessions + 8,
+                           request_router_config=RequestRouterConfig(request_router_class=ROUTER_PATH)).bind(
         encoder, settings)
 
 
