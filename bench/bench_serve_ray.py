@@ -14,7 +14,7 @@ and correction cap); every client sends
 
 Per configuration: aggregate processed fps, per-session p95 send->result, embedding age (p50 of
 ``embedding_age_frames``), keyframes/s (distinct ``keyframe_id`` values the sessions received, per
-second), fairness (slowest / fastest session fps), dropped frames; for Ray also the encoder's
+second), fairness (slowest / fastest session fps) and every session's fps, dropped frames; for Ray also the encoder's
 batch-size histogram over the run and the summed resident memory of all Ray processes (this
 process's descendants); for the single process its server's memory. Target (issue #16): at 8 streams Ray's keyframes/s >= 1.5x
 the single process's, fairness >= 0.7. Writes ``bench/results/bench_serve_ray-*.json`` (rows per
@@ -111,7 +111,8 @@ def _streams(url: str, jpegs: list[bytes], clients: int, seconds: float) -> dict
             "latency_p95_ms_max": max(s["latency_p95_ms"] for s in sessions),
             "embedding_age_p50_max": max(s["embedding_age_p50"] for s in sessions),
             "keyframes_per_s": sum(s["keyframes"] for s in sessions) / seconds,
-            "dropped": sum(s["dropped"] for s in sessions)}
+            "dropped": sum(s["dropped"] for s in sessions),
+            "session_fps": " ".join(f"{f:.1f}" for f in sorted(fps))}
 
 
 def rss_mb(pids: list[int]) -> float:
@@ -210,8 +211,8 @@ def _histogram(url: str, tries: int = 5) -> dict[str, int]:
 
 
 def _brief(run: dict[str, Any]) -> dict[str, Any]:
-    keys = ("clients", "fps_total", "fairness", "latency_p95_ms_max", "embedding_age_p50_max", "keyframes_per_s",
-            "dropped", "memory_mb", "batch_histogram", "encodes_per_s")
+    keys = ("clients", "fps_total", "fairness", "session_fps", "latency_p95_ms_max", "embedding_age_p50_max",
+            "keyframes_per_s", "dropped", "memory_mb", "batch_histogram", "encodes_per_s")
     return {k: round(run[k], 2) if isinstance(run[k], float) else run[k] for k in keys if k in run}
 
 
