@@ -327,3 +327,24 @@ def test_dropped_frames_are_never_decoded(engines: LocalEngines, data_dir: Path,
         stepped = sorted([sent - 1, *c.state.results])  # results come in frame order: all are in
     assert last["dropped"] == sent - len(stepped) > 0
     assert sorted(decoded) == stepped  # each stepped frame decoded once, no dropped frame at all
+
+
+def test_prompt_on_a_dropped_frame_that_does_not_decode(engines: LocalEngines, data_dir: Path) -> None:
+    import time
+
+    from engine.serve.protocol import parse_frame
+    from engine.serve.session import QueuedFrame, SessionCore
+
+    _, frames, box = blackswan(data_dir, 1)
+    rgb = cv2.resize(frames[0], (HW[1], HW[0]), interpolation=cv2.INTER_AREA)
+    img = {"encoding": "jpeg", "width": HW[1], "height": HW[0], "bytes": len(JPEG_NO_SCAN)}
+    core = SessionCore(engines())
+    try:
+        core.remember(parse_frame(_with_blob({"image": img}, JPEG_NO_SCAN, 3), Limits()))  # dropped, undecoded
+        core.process(QueuedFrame(parse_frame(encode_frame(4, rgb, encoding="png"), Limits()), time.perf_counter()), 1)
+        core.prompt({"type": "prompt", "frame_id": 3, "action": "add", "object_id": None, "points": [],
+                     "box": (box / 2).tolist()})
+        obj = core.engine.tracker.get(1)  # added; its prompt is taken in the next stepped frame's pixels
+        assert obj.prompt_frame_index is None
+    finally:
+        core.close()

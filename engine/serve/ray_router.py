@@ -62,4 +62,3 @@ class FewestSessionsRouter(FIFOMixin, RequestRouter):
         super().on_replica_actor_died(replica_id)
         self._held = {k: r for k, r in self._held.items() if r != replica_id}
         self._choices.pop(replica_id, None)
-

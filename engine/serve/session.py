@@ -166,7 +166,10 @@ class SessionCore:
             return  # forgotten meanwhile: the engine stamps it with the next stepped frame
         grey, hw = kept
         if isinstance(grey, FrameMessage):  # a dropped frame: decoded now that a prompt names it
-            grey = self.engine.motion_estimator.small_grey(grey.rgb())
+            try:
+                grey = self.engine.motion_estimator.small_grey(grey.rgb())
+            except ProtocolError:
+                return  # its image does not decode: the engine stamps it with the next stepped frame
             self._greys[frame_id] = (grey, hw)
         obj = self.engine.tracker.get(object_id)
         obj.prompt_frame_index, obj.prompt_grey, obj.prompt_hw = frame_id, grey, hw
