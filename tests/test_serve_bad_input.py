@@ -141,13 +141,18 @@ def engines() -> LocalEngines:
     return LocalEngines.load("lite_medsam", policy=KeyframePolicy(interval=5), async_encoder=False)
 
 
+def _swan(data_dir: Path) -> tuple[np.ndarray, list[float]]:
+    """DAVIS blackswan's frame 0 at 427x240 (``HW``) and the swan's box in its pixels."""
+    _, frames, box = blackswan(data_dir, 1)
+    return cv2.resize(frames[0], (HW[1], HW[0]), interpolation=cv2.INTER_AREA), (box / 2).tolist()
+
+
 @pytest.fixture(scope="module")
 def session(engines: LocalEngines, data_dir: Path):
     """One session tracking the swan in a 427x240 blackswan frame; yields (client, state)."""
-    _, frames, box = blackswan(data_dir, 1)
-    rgb = cv2.resize(frames[0], (HW[1], HW[0]), interpolation=cv2.INTER_AREA)
+    rgb, box = _swan(data_dir)
     with served(engines, limits=Limits(idle_timeout_s=60)) as srv, CheckedClient(srv.ws_url, check_sent=False) as c:
-        c.prompt(0, box=(box / 2).tolist())
+        c.prompt(0, box=box)
         c.send_frame(0, rgb, encoding="png")
         ref = result_masks(c.result(0))[1]
         assert ref.sum() > 500
@@ -293,11 +298,16 @@ def test_tls_wss(engines: LocalEngines, tmp_path: Path) -> None:
 JPEG_NO_SCAN = JPEG[:JPEG.index(b"\xff\xda")] + b"\xff\xd9"  # magic, size and end marker right; no pixels
 
 
+def _no_scan_frame(fid: int) -> bytes:
+    """A frame message whose JPEG passes every arrival check but has no pixels to decode."""
+    img = {"encoding": "jpeg", "width": HW[1], "height": HW[0], "bytes": len(JPEG_NO_SCAN)}
+    return _with_blob({"image": img}, JPEG_NO_SCAN, fid)
+
+
 def test_image_that_does_not_decode_is_answered_when_stepped(session) -> None:
     c, st = session
     fid = st["next"]
-    img = {"encoding": "jpeg", "width": HW[1], "height": HW[0], "bytes": len(JPEG_NO_SCAN)}
-    c.send_raw(_with_blob({"image": img}, JPEG_NO_SCAN, fid))
+    c.send_raw(_no_scan_frame(fid))
     err = c.expect_error(timeout_s=120)
     assert (err["code"], err["frame_id"]) == ("bad_frame", fid) and "does not decode" in err["message"]
     c.send_frame(fid + 1, st["rgb"], encoding="png")  # its frame_id was used: the next one goes on
@@ -316,11 +326,10 @@ def test_dropped_frames_are_never_decoded(engines: LocalEngines, data_dir: Path,
         return real(data, encoding, hw, fid)
 
     monkeypatch.setattr(protocol, "decode_image", counting)
-    _, frames, box = blackswan(data_dir, 1)
-    rgb = cv2.resize(frames[0], (HW[1], HW[0]), interpolation=cv2.INTER_AREA)
+    rgb, box = _swan(data_dir)
     sent = 12
     with served(engines) as srv, CheckedClient(srv.ws_url) as c:
-        c.prompt(0, box=(box / 2).tolist())
+        c.prompt(0, box=box)
         for fid in range(sent):  # a burst: frame 0's keyframe encode (synchronous) keeps the session busy
             c.send_frame(fid, rgb, encoding="jpeg")
         last = c.result(sent - 1, timeout_s=120)
@@ -335,15 +344,12 @@ def test_prompt_on_a_dropped_frame_that_does_not_decode(engines: LocalEngines, d
     from engine.serve.protocol import parse_frame
     from engine.serve.session import QueuedFrame, SessionCore
 
-    _, frames, box = blackswan(data_dir, 1)
-    rgb = cv2.resize(frames[0], (HW[1], HW[0]), interpolation=cv2.INTER_AREA)
-    img = {"encoding": "jpeg", "width": HW[1], "height": HW[0], "bytes": len(JPEG_NO_SCAN)}
+    rgb, box = _swan(data_dir)
     core = SessionCore(engines())
     try:
-        core.remember(parse_frame(_with_blob({"image": img}, JPEG_NO_SCAN, 3), Limits()))  # dropped, undecoded
+        core.remember(parse_frame(_no_scan_frame(3), Limits()))  # dropped, undecoded
         core.process(QueuedFrame(parse_frame(encode_frame(4, rgb, encoding="png"), Limits()), time.perf_counter()), 1)
-        core.prompt({"type": "prompt", "frame_id": 3, "action": "add", "object_id": None, "points": [],
-                     "box": (box / 2).tolist()})
+        core.prompt({"type": "prompt", "frame_id": 3, "action": "add", "object_id": None, "points": [], "box": box})
         obj = core.engine.tracker.get(1)  # added; its prompt is taken in the next stepped frame's pixels
         assert obj.prompt_frame_index is None
     finally:
