@@ -24,21 +24,22 @@ def mask_counts(mask: np.ndarray) -> np.ndarray:
 
 
 def counts_to_string(counts: np.ndarray) -> str:
-    """Compress run lengths into the COCO ``counts`` string."""
-    out = bytearray()
-    values = [int(c) for c in counts]
-    for i, x in enumerate(values):
-        if i > 2:
-            x -= values[i - 2]
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = (x != -1) if (c & 0x10) else (x != 0)
-            if more:
-                c |= 0x20
-            out.append(c + 48)
-    return out.decode("ascii")
+    """Compress run lengths into the COCO ``counts`` string (vectorised: one pass per 5-bit group)."""
+    values = np.asarray(counts, np.int64)
+    x = values.copy()
+    x[3:] -= values[1:-2]  # from the fourth on, each count minus the one two back
+    live = np.ones(x.shape, bool)  # counts with a group still to write
+    columns = []
+    while live.any():
+        c = x & 0x1F
+        x >>= 5  # arithmetic: a negative count ends at -1
+        more = live & np.where(c & 0x10, x != -1, x != 0)
+        columns.append(np.where(live, (c | np.where(more, 0x20, 0)) + 48, 0))
+        live = more
+    if not columns:
+        return ""
+    groups = np.stack(columns, axis=1).ravel()  # each count's groups in order, 0 where it had ended
+    return groups[groups > 0].astype(np.uint8).tobytes().decode("ascii")
 
 
 def string_to_counts(text: str) -> np.ndarray:

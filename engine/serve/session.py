@@ -174,10 +174,10 @@ class SessionCore:
         obj = self.engine.tracker.get(object_id)
         obj.prompt_frame_index, obj.prompt_grey, obj.prompt_hw = frame_id, grey, hw
 
-    def remember(self, frame: FrameMessage, rgb: np.ndarray | None = None) -> None:
-        """Keep a frame for prompts naming it: a stepped frame's motion-resolution grey (from its
-        decoded ``rgb``), a dropped frame as it came (decoded only if a prompt names it)."""
-        kept = replace(frame, depth_raw=None) if rgb is None else self.engine.motion_estimator.small_grey(rgb)
+    def remember(self, frame: FrameMessage, grey: np.ndarray | None = None) -> None:
+        """Keep a frame for prompts naming it: a stepped frame's motion-resolution ``grey`` (``hxw
+        uint8``, ``StreamEngine.last_grey``), a dropped frame as it came (decoded only if a prompt names it)."""
+        kept = replace(frame, depth_raw=None) if grey is None else grey
         self._greys[frame.frame_id] = (kept, frame.hw)
         while len(self._greys) > RECENT_FRAMES:
             self._greys.popitem(last=False)
@@ -231,7 +231,7 @@ class SessionCore:
         frame = Frame(msg.frame_id, msg.t_capture_ns, rgb, msg.depth_raw, msg.intrinsics)
         res = self.engine.step(frame)
         self._last_stepped = msg.frame_id
-        self.remember(msg, rgb)
+        self.remember(msg, self.engine.last_grey)
         t_lift = time.perf_counter()
         objects = [self._object(r, msg) for r in res.objects]
         lift_ms = (time.perf_counter() - t_lift) * 1e3

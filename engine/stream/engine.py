@@ -334,6 +334,11 @@ class StreamEngine:
         multimask = first and prompt.box_xyxy is None and single_point and not self.spec.box_only
         return decode_prompt(self.predictor, prompt, mask_input, multimask, self._roi_margin)
 
+    @property
+    def last_grey(self) -> np.ndarray:
+        """The last stepped frame at the motion resolution (``hxw uint8``; ``(0, 0)`` before the first)."""
+        return self._small
+
     def close(self) -> None:
         """Stop the encoder worker."""
         self.encoder.close()
