@@ -15,6 +15,7 @@ Modules (import them directly; this package imports nothing so ``engine.gaze`` c
 * ``engine``: ``StreamEngine`` (``engine_config``: ``EngineConfig``; ``keyframe_step``, ``guard_steps``: its steps);
   ``results``: ``StepResult``, ``MaskResult``
 * ``latency``: ``LatencyRecorder``; ``hud``: ``draw_hud``
-* ``evaluate``: mean J on DAVIS-layout sequences, ``CachingBackend``
+* ``evaluate``: mean J on DAVIS-layout sequences, ``CachingBackend``; ``live_eval``: the same under a
+  live server's schedule (frames skipped, keyframes adopted late), deterministic
 * ``track_cli``: the ``arsel track`` verb; ``track_output``: its masks, overlay and metrics
 """
