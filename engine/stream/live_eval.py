@@ -72,8 +72,7 @@ class LateEncoder:
         t0 = time.perf_counter()
         emb = self._encode_fn(frame.rgb, frame.index)
         ms = (time.perf_counter() - t0) * 1e3
-        small = cv2.resize(frame.rgb, (grey.shape[1], grey.shape[0]), interpolation=cv2.INTER_AREA) if grey.size else None
-        self._latest = Keyframe(emb, frame.index, grey, tuple(frame.rgb.shape[:2]), ms, time.monotonic_ns(), small)
+        self._latest = Keyframe.of(emb, frame, grey, ms)
         self.stats.finished += 1
         self.stats.encode_ms.append(ms)
         self.adopted.append((frame.index, frame_index))

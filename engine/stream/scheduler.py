@@ -119,6 +119,12 @@ class Keyframe:
     finished_ns: int
     rgb_small: np.ndarray | None = None
 
+    @classmethod
+    def of(cls, embedding: Embedding, frame: Frame, grey: np.ndarray, encode_ms: float) -> "Keyframe":
+        """The keyframe of ``frame`` (``grey``: its motion image), finished now; ``rgb_small`` resized to ``grey``."""
+        small = cv2.resize(frame.rgb, (grey.shape[1], grey.shape[0]), interpolation=cv2.INTER_AREA) if grey.size else None
+        return cls(embedding, frame.index, grey, tuple(frame.rgb.shape[:2]), encode_ms, time.monotonic_ns(), small)
+
 
 RECENT_ENCODES = 1_000
 
@@ -243,8 +249,7 @@ class AsyncEncoder:
             return
         self._consecutive_errors = 0
         ms = (time.perf_counter() - t0) * 1e3
-        small = cv2.resize(frame.rgb, (grey.shape[1], grey.shape[0]), interpolation=cv2.INTER_AREA) if grey.size else None
-        self._latest = Keyframe(emb, frame.index, grey, tuple(frame.rgb.shape[:2]), ms, time.monotonic_ns(), small)
+        self._latest = Keyframe.of(emb, frame, grey, ms)
         self.stats.finished += 1
         self.stats.encode_ms.append(ms)
         self.stats.encode_ms_total += ms
