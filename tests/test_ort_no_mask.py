@@ -153,8 +153,9 @@ class _CountingSession:
 
 
 def test_image_side_cache_trusts_only_frozen_embeddings(exported) -> None:  # noqa: ANN001
-    """``encode`` returns a read-only embedding whose image side is computed once; a writeable
-    embedding changed in place between decodes is compared by value and recomputed."""
+    """``encode`` returns a read-only embedding whose image side is computed once, and kept while
+    writeable embeddings come and go; a writeable embedding changed in place between decodes is
+    compared by value and recomputed, as is a frozen one thawed and changed."""
     _, folder = exported
     backend = _backend(folder)
     side = _CountingSession(backend._no_mask[0])
@@ -172,18 +173,49 @@ def test_image_side_cache_trusts_only_frozen_embeddings(exported) -> None:  # no
     assert side.runs == 3
     for g, want in zip(got, _contract_outputs(backend, mutable, p)):
         assert np.abs(g - want).max() <= FP32_TOLERANCE
-    assert np.array_equal(backend.decode(emb, **p)[1], first[1]) and side.runs == 4
+    assert np.array_equal(backend.decode(emb, **p)[1], first[1]) and side.runs == 3  # still kept
     owned = np.random.default_rng(2).standard_normal((1, 256, 64, 64)).astype(np.float32)
     owned.flags.writeable = False  # frozen: owns its memory
     backend.decode(owned, **p)
     backend.decode(owned, **p)
-    assert side.runs == 5
+    assert side.runs == 4
     owned.flags.writeable = True  # thawed and changed in place: no longer trusted by identity
     owned *= 0.5
     got = backend.decode(owned, **p)
-    assert side.runs == 6
+    assert side.runs == 5
     for g, want in zip(got, _contract_outputs(backend, owned, p)):
         assert np.abs(g - want).max() <= FP32_TOLERANCE
+
+
+def test_image_side_cache_serves_interleaved_embeddings_and_forgets_dead_ones(exported) -> None:  # noqa: ANN001
+    """Sessions sharing one backend decode on their own keyframes in turn: each embedding's image
+    side is computed once, not once per switch, and an embedding's entry goes when it dies."""
+    import gc
+
+    from engine.backends.ort_backend import MAX_FROZEN_SIDES
+
+    _, folder = exported
+    backend = _backend(folder)
+    side = _CountingSession(backend._no_mask[0])
+    backend._no_mask = (side, backend._no_mask[1])
+    rng = np.random.default_rng(3)
+    embs = [backend.encode(rng.random((1, 3, SIDE, SIDE), np.float32)) for _ in range(3)]
+    p = _no_mask_prompts(1)
+    alone = [_contract_outputs(backend, e, p)[1] for e in embs]
+    for _ in range(3):
+        for e, want in zip(embs, alone):
+            assert np.abs(backend.decode(e, **p)[1] - want).max() <= FP32_TOLERANCE
+    assert side.runs == 3
+    assert len(backend._frozen_sides) == 3
+    del e, embs[1:]
+    gc.collect()
+    assert len(backend._frozen_sides) == 1  # the dead keyframes' sides are freed with them
+    many = [backend.encode(rng.random((1, 3, SIDE, SIDE), np.float32)) for _ in range(MAX_FROZEN_SIDES + 2)]
+    for e in many:
+        backend.decode(e, **p)
+    assert len(backend._frozen_sides) == MAX_FROZEN_SIDES  # bounded, oldest out first
+    backend.decode(many[-1], **p)
+    assert side.runs == 3 + len(many)
 
 
 def _const_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:

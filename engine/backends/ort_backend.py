@@ -24,6 +24,7 @@ TensorRT execution provider (profile max 16 prompts) larger prompt batches run i
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,8 @@ class OrtBackend:
         trt_ep = "TensorrtExecutionProvider" in self.decoder.get_providers()
         self.max_batch: int | None = TRT_EP_MAX_BATCH if trt_ep else None
         self._no_mask = self._no_mask_sessions(spin) if no_mask_graphs and not self.on_gpu else None
-        self._side_cache: tuple[np.ndarray, list[np.ndarray]] | None = None  # (frozen array or copy, side)
+        self._side_cache: tuple[np.ndarray, list[np.ndarray]] | None = None  # (a copy, side): writeable embeddings
+        self._frozen_sides: dict[int, tuple[weakref.ref, list[np.ndarray]]] = {}  # id -> (frozen embedding, side)
         self.device = f"cuda:{self._device_id()}" if self.on_gpu else "cpu"
         self._precision = _onnx_precision(self.encoder_path)
 
@@ -162,20 +164,32 @@ class OrtBackend:
         return side, prompt
 
     def _image_side(self, embedding: np.ndarray) -> list[np.ndarray]:
-        """The no-mask image side of ``embedding``, recomputed only when its values change.
+        """The no-mask image side of ``embedding``, computed once per embedding.
 
-        A frozen array (read-only, its memory its own or ONNX Runtime's, as ``encode`` returns) is
-        kept as is and hits by identity without comparing its 4 MB of values on every decode;
-        the same array no longer frozen misses; any other array is compared by value with the kept
-        one (a copy when the embedding was not frozen).
+        A frozen embedding (read-only, its memory its own or ONNX Runtime's, as ``encode`` returns)
+        is trusted by identity: its side is kept for as long as the embedding lives elsewhere (a
+        weak reference; at most ``MAX_FROZEN_SIDES``, oldest out first), so sessions that share this
+        backend and decode on their own keyframes in turn each compute theirs once. Any other array
+        is compared by value with the one kept copy (recomputed when its values changed).
         """
+        key = id(embedding)
+        entry = self._frozen_sides.get(key)
+        if _frozen(embedding):
+            if entry is not None and entry[0]() is embedding:
+                return entry[1]
+            side = self._no_mask[0].run(list(IMAGE_SIDE_OUTPUTS), {DECODER_INPUTS[0]: embedding})
+            sides = self._frozen_sides  # (a dead embedding's callback, on any thread, pops its own entry)
+            for old in list(sides)[:max(0, len(sides) - MAX_FROZEN_SIDES + 1)]:  # list(): one atomic copy
+                sides.pop(old, None)
+            sides[key] = (weakref.ref(embedding, lambda _ref, k=key: sides.pop(k, None)), side)
+            return side
+        if entry is not None:  # thawed since: no longer trusted by identity
+            self._frozen_sides.pop(key, None)
         cached = self._side_cache
-        if cached is not None and (
-            _frozen(embedding) if embedding is cached[0] else np.array_equal(cached[0], embedding)
-        ):
+        if cached is not None and np.array_equal(cached[0], embedding):
             return cached[1]
         side = self._no_mask[0].run(list(IMAGE_SIDE_OUTPUTS), {DECODER_INPUTS[0]: embedding})
-        self._side_cache = (embedding if _frozen(embedding) else embedding.copy(), side)
+        self._side_cache = (embedding.copy(), side)
         return side
 
     def _device_id(self) -> int:
@@ -298,6 +312,9 @@ class OrtBackend:
         used = self.encoder.get_providers()[0].removesuffix("ExecutionProvider")
         detail = f"onnxruntime {self._ort.__version__}, {used}, {self.threads} threads, {self.encoder_path.name}"
         return BackendInfo("onnxruntime", self.device, self._precision, detail)
+
+
+MAX_FROZEN_SIDES = 16  # image sides kept for live frozen embeddings (16 MB each for SAM-family decoders)
 
 
 def _shapes(b: int, n: int) -> str:
