@@ -134,6 +134,26 @@ def _newest(results: list[dict[str, Any]], bench: str, table: str | None = None)
     return runs[-1] if runs else None
 
 
+def _serve_headlines(res: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """One README row per client count of a ``bench_serve`` run: the range over its repeats and
+    sessions (live serving varies from run to run; no single repeat stands for it)."""
+    out = []
+    for clients in sorted({r["labels"]["clients"] for r in res["rows"] if r["labels"]["mode"] == "served"}):
+        rows = [r["figures"] for r in res["rows"] if r["labels"]["mode"] == "served" and r["labels"]["clients"] == clients]
+        repeats = len({r["labels"]["repeat"] for r in res["rows"] if r["labels"]["mode"] == "served"})
+
+        def span(key: str, fmt: str = ".1f") -> str:
+            lo, hi = min(f[key] for f in rows), max(f[key] for f in rows)
+            return f"{lo:{fmt}}" if lo == hi else f"{lo:{fmt}}-{hi:{fmt}}"
+
+        who = "one client" if clients == 1 else f"{clients} clients, per session"
+        runs = f"{repeats} run{'s' if repeats > 1 else ''}"
+        out.append((f"arsel serve 640x480 at 30 fps, {who}, {res['config'].get('runtime', '?')} ({runs})",
+                    f"{span('fps')} fps, p95 {span('latency_p95_ms', '.0f')} ms, {span('dropped', 'd')} dropped, "
+                    f"embeddings {span('embedding_age_p50', '.0f')} frames old (median)", res))
+    return out
+
+
 def _headlines(results: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
     """(what, figure, result) rows for the README from the newest run of each bench."""
     out = []
@@ -162,12 +182,7 @@ def _headlines(results: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, 
                             f"{f['fps']:.1f} fps, mean J {f['mean_j']:.3f}, embeddings {f['embedding_age_mean']:.1f} "
                             f"frames old on average (max {f['embedding_age_max']})", res))
     if res := _newest(results, "bench_serve"):
-        for r in res["rows"]:
-            f, lab = r["figures"], r["labels"]
-            if lab["mode"] == "served" and lab["clients"] == 1 and lab["repeat"] == 0:
-                out.append((f"arsel serve 640x480 at 30 fps, one client, {res['config'].get('runtime', '?')}",
-                            f"{f['fps']:.1f} fps, p95 {f['latency_p95_ms']:.0f} ms, {f['dropped']} dropped, "
-                            f"embeddings {f['embedding_age_p50']:.0f} frames old (median)", res))
+        out += _serve_headlines(res)
     if res := _newest(results, "bench_lift"):
         for r in res["rows"]:
             out.append((f"lift, {r['labels']['case']}", f"{_fmt(r['figures']['lift_ms']['median'])} ms", res))
