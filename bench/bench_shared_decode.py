@@ -3,9 +3,9 @@
 Usage: python bench/bench_shared_decode.py [--short] [--sessions 1 2 4 8] [--repeats 20] [--out FILE.json]
 
 LiteMedSAM (real weights) on ONNX Runtime, one thread, behind ``engine.serve.engines.SharedBackend``.
-Each of S sessions holds its own keyframe embedding (DAVIS blackswan frames 0, 10, 20, ... encoded
-by the backend, as a session's keyframe encoder does), and the sessions decode one box prompt each
-in turn, S decodes per round. *Ours*: ``SharedBackend.decode`` (ONNX Runtime's no-mask pair, its
+Each of S sessions holds its own keyframe embedding (the serving benchmarks' 640x480 blackswan stream,
+``bench.swan``, frames 0, 10, 20, ... encoded by the backend, as a session's keyframe encoder does),
+and the sessions decode the swan's box each in turn, S decodes per round. *Ours*: ``SharedBackend.decode`` (ONNX Runtime's no-mask pair, its
 image side computed once per live embedding). *Reference*, in the same turns: the contract decoder
 graph (one ``run`` per prompt, the image side computed every time), what every decode cost before
 the no-mask pair. A cache that kept only the last embedding's image side would pay it again on
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import Run, add_mode_args, ratio, spread  # noqa: E402
+from bench.swan import HW, frames_640, swan_box  # noqa: E402
 
 DATA = Path("/work/shared/data")
 
@@ -39,11 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         args.sessions, args.repeats = [1, 4], 6
     if min(args.sessions) < 1 or args.repeats < 2:
         p.error("--sessions must be >= 1 and --repeats >= 2")
-    frames_dir = args.data / "davis_blackswan" / "JPEGImages"
-    if not frames_dir.is_dir():
-        p.error(f"no DAVIS blackswan frames at {frames_dir}; pass --data /path/to/shared/data")
+    if not (args.data / "davis_blackswan" / "JPEGImages").is_dir():
+        p.error(f"no DAVIS blackswan frames under {args.data}; pass --data /path/to/shared/data")
 
-    import cv2
     from tqdm import tqdm
 
     from engine.backends.factory import create_backend
@@ -56,15 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     spec = get_spec("lite_medsam")
     backend = create_backend("onnxruntime", "lite_medsam", None, "cpu", threads=1)
     shared = SharedBackend(backend)
-    paths = sorted(frames_dir.glob("*.jpg"))
-    embeddings, prompts = [], None
+    frames = frames_640(args.data)
+    embeddings = []
     for k in tqdm(range(max(args.sessions)), desc="keyframes", unit="encode"):
-        rgb = cv2.cvtColor(cv2.imread(str(paths[(10 * k) % len(paths)])), cv2.COLOR_BGR2RGB)
-        x, input_hw = preprocess(rgb, spec.input_size, spec.pixel_norm, spec.resize)
+        x, input_hw = preprocess(frames[(10 * k) % len(frames)], spec.input_size, spec.pixel_norm, spec.resize)
         embeddings.append(shared.encode(x))
-        if prompts is None:  # the swan's box on frame 0, in the model's input pixels
-            prompts = build_prompts(rgb.shape[:2], input_hw, box_xyxy=np.array([[250, 120, 480, 330]], np.float32),
-                                    uniform_scale=spec.uniform_scale)
+    prompts = build_prompts(HW, input_hw, box_xyxy=np.array([swan_box(args.data, HW)], np.float32),
+                            uniform_scale=spec.uniform_scale)
     feeds = (prompts.point_coords, prompts.point_labels, prompts.mask_input, prompts.has_mask_input)
 
     run = Run("bench_shared_decode", {"mode": "short" if args.short else "full", "sessions": args.sessions,
@@ -73,8 +71,6 @@ def main(argv: list[str] | None = None) -> int:
               notes=["S sessions, each on its own keyframe embedding, decode one box each in turn; ms per decode "
                      "after one warm-up round", "ours: SharedBackend.decode (image side once per live embedding); "
                      "reference: the contract decoder graph, image side every decode"])
-    import time
-
     for s in tqdm(args.sessions, desc="sessions", unit="S"):
         ours: list[float] = []
         ref: list[float] = []

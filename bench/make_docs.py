@@ -137,17 +137,18 @@ def _newest(results: list[dict[str, Any]], bench: str, table: str | None = None)
 def _serve_headlines(res: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """One README row per client count of a ``bench_serve`` run: the range over its repeats and
     sessions (live serving varies from run to run; no single repeat stands for it)."""
+    served = [r for r in res["rows"] if r["labels"]["mode"] == "served"]
+    repeats = len({r["labels"]["repeat"] for r in served})
+    runs = f"{repeats} run{'s' if repeats > 1 else ''}"
     out = []
-    for clients in sorted({r["labels"]["clients"] for r in res["rows"] if r["labels"]["mode"] == "served"}):
-        rows = [r["figures"] for r in res["rows"] if r["labels"]["mode"] == "served" and r["labels"]["clients"] == clients]
-        repeats = len({r["labels"]["repeat"] for r in res["rows"] if r["labels"]["mode"] == "served"})
+    for clients in sorted({r["labels"]["clients"] for r in served}):
+        rows = [r["figures"] for r in served if r["labels"]["clients"] == clients]
 
         def span(key: str, fmt: str = ".1f") -> str:
             lo, hi = min(f[key] for f in rows), max(f[key] for f in rows)
             return f"{lo:{fmt}}" if lo == hi else f"{lo:{fmt}}-{hi:{fmt}}"
 
         who = "one client" if clients == 1 else f"{clients} clients, per session"
-        runs = f"{repeats} run{'s' if repeats > 1 else ''}"
         out.append((f"arsel serve 640x480 at 30 fps, {who}, {res['config'].get('runtime', '?')} ({runs})",
                     f"{span('fps')} fps, p95 {span('latency_p95_ms', '.0f')} ms, {span('dropped', 'd')} dropped, "
                     f"embeddings {span('embedding_age_p50', '.0f')} frames old (median)", res))

@@ -172,24 +172,24 @@ class OrtBackend:
         backend and decode on their own keyframes in turn each compute theirs once. Any other array
         is compared by value with the one kept copy (recomputed when its values changed).
         """
-        key = id(embedding)
+        key, frozen = id(embedding), _frozen(embedding)
         entry = self._frozen_sides.get(key)
-        if _frozen(embedding):
-            if entry is not None and entry[0]() is embedding:
-                return entry[1]
-            side = self._no_mask[0].run(list(IMAGE_SIDE_OUTPUTS), {DECODER_INPUTS[0]: embedding})
-            sides = self._frozen_sides  # (a dead embedding's callback, on any thread, pops its own entry)
-            for old in list(sides)[:max(0, len(sides) - MAX_FROZEN_SIDES + 1)]:  # list(): one atomic copy
-                sides.pop(old, None)
-            sides[key] = (weakref.ref(embedding, lambda _ref, k=key: sides.pop(k, None)), side)
-            return side
-        if entry is not None:  # thawed since: no longer trusted by identity
-            self._frozen_sides.pop(key, None)
-        cached = self._side_cache
-        if cached is not None and np.array_equal(cached[0], embedding):
-            return cached[1]
+        if frozen and entry is not None and entry[0]() is embedding:
+            return entry[1]
+        if not frozen:
+            if entry is not None:  # thawed since: no longer trusted by identity
+                self._frozen_sides.pop(key, None)
+            cached = self._side_cache
+            if cached is not None and np.array_equal(cached[0], embedding):
+                return cached[1]
         side = self._no_mask[0].run(list(IMAGE_SIDE_OUTPUTS), {DECODER_INPUTS[0]: embedding})
-        self._side_cache = (embedding.copy(), side)
+        if not frozen:
+            self._side_cache = (embedding.copy(), side)
+            return side
+        sides = self._frozen_sides  # (a dead embedding's callback, on any thread, pops its own entry)
+        for old in list(sides)[:max(0, len(sides) - MAX_FROZEN_SIDES + 1)]:  # list(): one atomic copy
+            sides.pop(old, None)
+        sides[key] = (weakref.ref(embedding, lambda _ref, k=key: sides.pop(k, None)), side)
         return side
 
     def _device_id(self) -> int:
