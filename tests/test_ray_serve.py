@@ -282,22 +282,9 @@ def _replica_sessions(ray_serve: RayServe, total: int) -> dict[str, int]:
     return seen
 
 
-def test_sessions_connecting_together_spread_evenly(ray_serve: RayServe) -> None:
-    n = 6
-    barrier = threading.Barrier(n)
-
-    def connect() -> CheckedClient:
-        barrier.wait(TIMEOUT_S)
-        return CheckedClient(ray_serve.ws_url).__enter__()
-
-    with ThreadPoolExecutor(n) as pool:
-        clients = list(pool.map(lambda _: connect(), range(n)))
-    try:
-        assert sorted(_replica_sessions(ray_serve, n).values()) == [n // 2, n // 2]
-    finally:
-        for c in clients:
-            c.close()
-    idle: set[str] = set()  # the next test counts sessions: wait until both replicas hold none
+def _wait_idle(ray_serve: RayServe) -> None:
+    """Until both gateway replicas report no session (or 30 s)."""
+    idle: set[str] = set()
     deadline = time.monotonic() + 30
     while len(idle) < 2 and time.monotonic() < deadline:
         h = ray_serve.health()
@@ -305,6 +292,44 @@ def test_sessions_connecting_together_spread_evenly(ray_serve: RayServe) -> None
             idle.add(h["ray"]["replica_actor"])
         else:
             idle.discard(h["ray"]["replica_actor"])
+
+
+def test_sessions_connecting_together_spread_evenly(ray_serve: RayServe) -> None:
+    """Twice; the second time on busy cores, after the proxy's queue-length cache has expired (10 s), where
+    a gateway can miss Serve's 0.1 s queue-length deadline (engine.serve.ray_router)."""
+    import subprocess
+    import sys
+
+    n = 6
+
+    def connect_together() -> list[CheckedClient]:
+        barrier = threading.Barrier(n)
+
+        def connect() -> CheckedClient:
+            barrier.wait(TIMEOUT_S)
+            return CheckedClient(ray_serve.ws_url).__enter__()
+
+        with ThreadPoolExecutor(n) as pool:
+            return list(pool.map(lambda _: connect(), range(n)))
+
+    for busy_cores in (0, 2):
+        if busy_cores:
+            time.sleep(11.0)  # no request for longer than Serve's queue-length cache lasts: it probes again
+        busy = [subprocess.Popen([sys.executable, "-c",
+                                  "import time\nt = time.monotonic() + 60\nwhile time.monotonic() < t: pass"])
+                for _ in range(busy_cores)]  # each stops itself after 60 s at most
+        try:
+            clients = connect_together()
+        finally:
+            for p in busy:
+                p.kill()
+                p.wait()
+        try:
+            assert sorted(_replica_sessions(ray_serve, n).values()) == [n // 2, n // 2], f"{busy_cores} busy cores"
+        finally:
+            for c in clients:
+                c.close()
+        _wait_idle(ray_serve)  # the next round and the next test count sessions
 
 
 def test_replica_death_closes_only_its_sessions(ray_serve: RayServe, data_dir: Path) -> None:

@@ -8,6 +8,7 @@ wire and the response mapping of :class:`TritonEncoderBackend` are real; a real 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -66,26 +67,73 @@ def _request(rid: str) -> Any:
     return SimpleNamespace(metadata=SimpleNamespace(internal_request_id=rid))
 
 
-def test_sessions_connecting_together_spread_over_the_replicas() -> None:
+def _replicas(max_ongoing: int = 5) -> list[Any]:
     from types import SimpleNamespace
 
-    router = _router()
-    replicas = [SimpleNamespace(replica_id=name) for name in ("a", "b")]
+    return [SimpleNamespace(replica_id=name, max_ongoing_requests=max_ongoing) for name in ("a", "b")]
 
-    async def choose(n: int) -> list[str]:  # n sessions connect at once: all choices before any is routed
-        ranks = await asyncio.gather(*[router.choose_replicas(replicas) for _ in range(n)])
-        return [r[0][0].replica_id for r in ranks]
 
-    first = asyncio.run(choose(8))
-    assert sorted(first) == ["a"] * 4 + ["b"] * 4
-    for k, rid in enumerate(first):
-        router.on_request_routed(_request(f"s{k}"), rid, None)
+def _choose(router: Any, replicas: list[Any], rids: list[str]) -> list[list[str]]:
+    """The ranks offered for ``rids`` choosing at once (all choices before any is routed)."""
+    async def run() -> list[Any]:
+        return await asyncio.gather(*[router.choose_replicas(replicas, _request(rid)) for rid in rids])
+
+    return [[group[0].replica_id for group in rank] for rank in asyncio.run(run())]
+
+
+def test_sessions_connecting_together_spread_over_the_replicas() -> None:
+    router, replicas = _router(), _replicas()
+    first = _choose(router, replicas, [f"s{k}" for k in range(8)])
+    assert all(len(rank) == 1 for rank in first)  # the least-loaded replica alone: no fall-through
+    assert sorted(rank[0] for rank in first) == ["a"] * 4 + ["b"] * 4
+    for k, rank in enumerate(first):
+        router.on_request_routed(_request(f"s{k}"), rank[0], None)
     router.on_request_completed("b", "never-routed")  # a refused request completes without being routed
-    a_sessions = [k for k, rid in enumerate(first) if rid == "a"]
+    a_sessions = [k for k, rank in enumerate(first) if rank == ["a"]]
     for k in a_sessions[:3]:  # three of a's sessions close: the next three sessions go to a
         router.on_request_completed("a", f"s{k}")
-    assert asyncio.run(choose(3)) == ["a"] * 3
-    assert sorted(len(rank) for rank in asyncio.run(router.choose_replicas(replicas))) == [1, 1]  # a refusal falls through
+    assert _choose(router, replicas, ["t0", "t1", "t2"]) == [["a"]] * 3
+
+
+def test_a_retried_choice_counts_once_and_falls_through_only_after_patience() -> None:
+    from engine.serve.ray_router import PATIENT_TRIES
+
+    router, replicas = _router(), _replicas()
+    (first,) = _choose(router, replicas, ["slow"])
+    for _ in range(PATIENT_TRIES - 1):  # the replica missed the queue-length deadline: Serve asks again
+        assert _choose(router, replicas, ["slow"]) == [first]
+    assert router.load(first[0], time.monotonic()) == 1  # four choices of one request count as one
+    (last,) = _choose(router, replicas, ["slow"])
+    assert last[0] == first[0] and sorted(last) == ["a", "b"]  # then a real refusal may fall through
+    other = "b" if first[0] == "a" else "a"
+    router.on_request_routed(_request("slow"), other, None)  # ... and it was routed to the other replica
+    now = time.monotonic()
+    assert (router.load(first[0], now), router.load(other, now)) == (0, 1)
+    assert _choose(router, replicas, ["next"]) == [[first[0]]]
+
+
+def test_a_replica_counted_full_is_not_waited_for() -> None:
+    router, replicas = _router(), _replicas(max_ongoing=1)
+    router.on_request_routed(_request("s0"), "a", None)
+    router.on_request_routed(_request("s1"), "b", None)
+    assert sorted(_choose(router, replicas, ["s2"])[0]) == ["a", "b"]  # both full: offer both at once
+
+
+def test_unrouted_choices_expire_and_dead_replicas_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.serve import ray_router
+
+    router, replicas = _router(), _replicas()
+    clock = [100.0]
+    monkeypatch.setattr(ray_router.time, "monotonic", lambda: clock[0])
+    assert _choose(router, replicas, ["gone0", "gone1"]) in ([["a"], ["b"]], [["b"], ["a"]])  # cancelled
+    router.on_request_routed(_request("s0"), "a", None)
+    assert (router.load("a", clock[0]), router.load("b", clock[0])) == (2, 1)
+    clock[0] += ray_router.CHOICE_TTL_S + 1
+    assert (router.load("a", clock[0]), router.load("b", clock[0])) == (1, 0)
+    assert _choose(router, replicas, ["s1"]) == [["b"]]
+    router._replicas, router._replica_id_set, router._queue_len_gauge_last_update = {}, set(), {}  # noqa: SLF001
+    router.on_replica_actor_died("b")  # b held s1's choice: a replica that died counts for nothing
+    assert router.load("b", clock[0]) == 0 and router.load("a", clock[0]) == 1
 
 
 def test_triton_address() -> None:
