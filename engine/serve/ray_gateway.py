@@ -46,6 +46,7 @@ APP_NAME = "arsel"
 GATEWAY_CPUS = 0.5  # a replica's decodes are light; the encoder replica takes a whole CPU
 ENCODER_CPUS = 1.0
 ENCODE_TIMEOUT_S = 300.0  # one remote keyframe encode, queueing included (CPU batches under load are slow)
+WORKER_NICENESS_ENV = "RAY_worker_niceness"  # read by the raylet a local start launches (Ray default: 15)
 
 
 @dataclass(frozen=True)
@@ -171,9 +172,13 @@ def start_ray(address: str | None, node_ip: str | None = "127.0.0.1", num_cpus: 
     (``None``: Ray picks the machine's address).
 
     Usage reporting is off and the proxy closes orphaned WebSockets cleanly (``engine.serve.ray_proxy``);
-    both are read from the environment by the processes a local start creates."""
+    a local start runs its workers (the gateways, the encoder, the proxy) at normal priority, as
+    ``arsel serve`` runs, not at Ray's default niceness 15, under which any other process on the
+    machine (a client, a capture tool) takes their CPU first. All three are read from the
+    environment by the processes a local start creates."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", PROXY_CALLBACK)
+    os.environ.setdefault(WORKER_NICENESS_ENV, "0")
     t0 = time.monotonic()
     if address:
         log(f"ray: connecting to {address} ...")
