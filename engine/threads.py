@@ -22,7 +22,12 @@ def engine_threads(requested: int | None = None) -> int:
 
 def apply_threads(backend: str, threads: int) -> None:
     """Set the intra-op pool of a torch backend (process-wide); ONNX Runtime takes ``threads`` per
-    session instead (``OrtBackend(threads=...)``), TensorRT needs none."""
+    session instead (``OrtBackend(threads=...)``), TensorRT needs none. OpenCV's pool (motion,
+    resizes: per-frame work) gets ``threads`` too, process-wide, for every backend: its default
+    of all the cores oversubscribes them beside a busy encoder thread."""
+    import cv2
+
+    cv2.setNumThreads(threads)
     if backend == "torch":
         import torch
 
