@@ -128,6 +128,14 @@ class GuardCheck:
     colour_dist: float = 0.0
 
 
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``(y0, y1, x0, x1)`` (ends exclusive) of a bool mask's set pixels, or None when it has none."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
 def warp_mask(mask: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     """Bool mask warped by a 3x3 homography into an ``out_hw`` frame (nearest neighbour)."""
     out = cv2.warpPerspective(mask.astype(np.uint8), matrix, (out_hw[1], out_hw[0]), flags=cv2.INTER_NEAREST,
@@ -153,8 +161,13 @@ def expect(state: GuardState, matrix: np.ndarray, frame_hw: tuple[int, int]) -> 
 def colour_hist(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """8x8x8 RGB histogram (float32, sums to 1; all zero for an empty mask) of ``mask``'s pixels of
     ``rgb`` (``HxWx3 uint8``), on every second row and column."""
-    h = cv2.calcHist([np.ascontiguousarray(rgb[::2, ::2])], [0, 1, 2], mask[::2, ::2].astype(np.uint8),
-                     [8, 8, 8], [0, 256] * 3)
+    sub = mask[::2, ::2]
+    box = _bbox(sub)
+    if box is None:
+        return np.zeros((8, 8, 8), np.float32)
+    y0, y1, x0, x1 = box  # only the mask's box counts: the same histogram, a fraction of the pixels
+    pixels = np.ascontiguousarray(rgb[2 * y0:2 * y1:2, 2 * x0:2 * x1:2])
+    h = cv2.calcHist([pixels], [0, 1, 2], sub[y0:y1, x0:x1].astype(np.uint8), [8, 8, 8], [0, 256] * 3)
     total = float(h.sum())
     return (h / total if total > 0 else h).astype(np.float32)
 
@@ -240,13 +253,28 @@ def recentre(mask: np.ndarray, anchor_xy: np.ndarray, pull: float = 0.5) -> np.n
     """The anchor kept inside an accepted mask (``HxW bool``): the pixel maximising its distance to
     the mask's border minus ``pull`` times its distance to ``anchor_xy``, float32 ``(2,)``. Motion
     errors walk a mapped anchor towards the border; this keeps it near where it was, but deep."""
-    if not mask.any():
+    box = _bbox(mask)
+    if box is None:
         return anchor_xy
-    dist = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
-    ys, xs = np.indices(mask.shape, dtype=np.float32)
+    h, w = mask.shape
+    y0, y1, x0, x1 = box
+    if np.all(np.isfinite(anchor_xy)):
+        # Outside the mask the score is -pull * away (<= 0), best at the pixels nearest the anchor,
+        # which lie in the 3x3 pixels around its (clamped) floor. So the frame's maximum, and its
+        # first row-major occurrence, lie in the mask's box joined with those pixels; there the
+        # distance transform (with a zero border, as the frame's) equals the frame's.
+        cy = min(max(int(np.floor(anchor_xy[1])), 0), h - 1)
+        cx = min(max(int(np.floor(anchor_xy[0])), 0), w - 1)
+        y0, y1 = min(y0, max(cy - 1, 0)), max(y1, min(cy + 2, h))
+        x0, x1 = min(x0, max(cx - 1, 0)), max(x1, min(cx + 2, w))
+    else:
+        y0, y1, x0, x1 = 0, h, 0, w
+    dist = cv2.distanceTransform(np.pad(mask[y0:y1, x0:x1], 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    ys = np.arange(y0, y1, dtype=np.float32)[:, None]
+    xs = np.arange(x0, x1, dtype=np.float32)[None, :]
     away = np.hypot(xs - anchor_xy[0], ys - anchor_xy[1])
-    y, x = np.unravel_index(int(np.argmax(dist - pull * away)), mask.shape)
-    return np.array([x, y], np.float32)
+    y, x = np.unravel_index(int(np.argmax(dist - pull * away)), dist.shape)
+    return np.array([x + x0, y + y0], np.float32)
 
 
 def accept(state: GuardState, exp: Expectation, mask: np.ndarray, rgb: np.ndarray, frame_index: int,
