@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from engine.backends.factory import create_backend
     from engine.models.registry import get_spec
-    from engine.serve.cli import LIVE_MAX_CORRECTION_DECODES, LIVE_REUSE_DECODE_PX, engine_config
+    from engine.serve.cli import LIVE_MAX_CORRECTION_DECODES, LIVE_REUSE_DECODE_PX, LIVE_ROI_MARGIN, engine_config
     from engine.stream.engine import StreamEngine
     from engine.stream.evaluate import CachingBackend
     from engine.stream.live_eval import evaluate_live
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     apply_threads(args.runtime, 1)
     backend = _CountingBackend(CachingBackend(create_backend(args.runtime, "lite_medsam", None, "cpu", threads=1)))
     config = engine_config(argparse.Namespace(reuse_decode_px=LIVE_REUSE_DECODE_PX,
-                                              max_correction_decodes=LIVE_MAX_CORRECTION_DECODES))
+                                              max_correction_decodes=LIVE_MAX_CORRECTION_DECODES,
+                                              roi_margin=LIVE_ROI_MARGIN))
     run = Run("bench_live", {"mode": "short" if args.short else "full", "frames": args.frames,
                              "sched": [f"{s}:{d}" for s, d in args.sched], "starts": args.starts,
                              "davis": args.davis, "runtime": args.runtime},

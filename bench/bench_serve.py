@@ -2,7 +2,8 @@
 
 Usage: python bench/bench_serve.py [--seconds 20] [--clients 1 4] [--repeats 1] [--threads 1]
                                    [--keyframe-interval 5] [--backend auto] [--reuse-decode-px 6]
-                                   [--max-correction-decodes 4] [--frame-slots N] [--short] [--out FILE.json]
+                                   [--max-correction-decodes 4] [--roi-margin 0.25]
+                                   [--frame-slots N] [--short] [--out FILE.json]
        python bench/bench_serve.py --ray ...   (Ray Serve vs this server: bench/bench_serve_ray.py)
 
 The engine settings are ``arsel serve``'s (its defaults unless given), in both the reference and
@@ -38,7 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.harness import Run, add_mode_args  # noqa: E402
 from bench.swan import HW, frames_640, renumber, start_together, swan_box, until_keyframe  # noqa: E402
 from bench.swan import pct as _pct  # noqa: E402
-from engine.serve.cli import LIVE_MAX_CORRECTION_DECODES, LIVE_REUSE_DECODE_PX, engine_config  # noqa: E402
+from engine.serve.cli import (  # noqa: E402
+    LIVE_MAX_CORRECTION_DECODES,
+    LIVE_REUSE_DECODE_PX,
+    LIVE_ROI_MARGIN,
+    engine_config,
+    fraction_or_none,
+)
 from engine.serve.client import encode_frame  # noqa: E402
 from engine.stream.events import Prompt  # noqa: E402
 from engine.stream.scheduler import KeyframePolicy  # noqa: E402
@@ -127,7 +134,7 @@ def served_run(frames: list[np.ndarray], box: list[float], clients: int, seconds
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": str(args.threads)}
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--threads", str(args.threads),
            "--backend", args.backend, "--reuse-decode-px", str(args.reuse_decode_px),
-           "--max-correction-decodes", str(args.max_correction_decodes),
+           "--max-correction-decodes", str(args.max_correction_decodes), "--roi-margin", str(args.roi_margin),
            "--keyframe-interval", str(args.keyframe_interval), "--max-sessions", str(clients + 1)]
     if args.frame_slots is not None:
         cmd += ["--frame-slots", str(args.frame_slots)]
@@ -170,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="auto", help="runtime (default auto: onnxruntime on the CPU)")
     p.add_argument("--reuse-decode-px", type=float, default=LIVE_REUSE_DECODE_PX)
     p.add_argument("--max-correction-decodes", type=int, default=LIVE_MAX_CORRECTION_DECODES)
+    p.add_argument("--roi-margin", type=fraction_or_none, default=LIVE_ROI_MARGIN, help="as arsel serve's flag")
     p.add_argument("--frame-slots", type=int, default=None, help="arsel serve --frame-slots (default: its own)")
     add_mode_args(p, "8 s per run, one client only")
     args = p.parse_args(argv)

@@ -41,7 +41,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import swan  # noqa: E402
 from bench.harness import Run  # noqa: E402
-from engine.serve.cli import LIVE_MAX_CORRECTION_DECODES, LIVE_REUSE_DECODE_PX, engine_config  # noqa: E402
+from engine.serve.cli import (  # noqa: E402
+    LIVE_MAX_CORRECTION_DECODES,
+    LIVE_REUSE_DECODE_PX,
+    LIVE_ROI_MARGIN,
+    engine_config,
+    fraction_or_none,
+)
 from engine.serve.client import encode_frame  # noqa: E402
 
 FPS = 30.0
@@ -141,7 +147,7 @@ def single_process(jpegs: list[bytes], clients: list[int], args: argparse.Namesp
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": str(args.threads)}
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--threads", str(args.threads),
            "--backend", args.backend, "--reuse-decode-px", str(args.reuse_decode_px),
-           "--max-correction-decodes", str(args.max_correction_decodes),
+           "--max-correction-decodes", str(args.max_correction_decodes), "--roi-margin", str(args.roi_margin),
            "--keyframe-interval", str(args.keyframe_interval), "--max-sessions", str(max(clients) + 1)]
     proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
     out: dict[str, Any] = {}
@@ -227,6 +233,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reuse-decode-px", type=float, default=LIVE_REUSE_DECODE_PX, help="as arsel serve's flag")
     p.add_argument("--max-correction-decodes", type=int, default=LIVE_MAX_CORRECTION_DECODES,
                    help="as arsel serve's flag")
+    p.add_argument("--roi-margin", type=fraction_or_none, default=LIVE_ROI_MARGIN, help="as arsel serve's flag")
     p.add_argument("--num-cpus", type=float, default=2.0, help="CPUs of the local Ray instance")
     p.add_argument("--gateways", type=int, default=2)
     p.add_argument("--max-batch", type=int, default=8)

@@ -27,6 +27,8 @@ ENCODER_OUTPUT = "image_embeddings"
 DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
 DECODER_OUTPUTS = ("iou_predictions", "low_res_masks")
 
+ROI_FILL = -32.0  # low-res logit outside a decode's ``roi`` window (sigmoid ~1e-14: background)
+
 EMBED_DIM = 256
 EMBED_HW = (64, 64)
 LOW_RES_HW = (256, 256)
@@ -37,3 +39,13 @@ LABEL_BACKGROUND = 0
 LABEL_FOREGROUND = 1
 LABEL_BOX_TL = 2
 LABEL_BOX_BR = 3
+
+
+def check_roi(roi: tuple[int, int, int, int], grid_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """An image-token window ``(row0, row1, col0, col1)`` of a ``grid_hw`` grid as ints, or ValueError."""
+    r0, r1, c0, c1 = (int(v) for v in roi)
+    h, w = grid_hw
+    if not (0 <= r0 < r1 <= h and 0 <= c0 < c1 <= w):
+        raise ValueError(f"roi must be (row0, row1, col0, col1) with 0 <= row0 < row1 <= {h} and "
+                         f"0 <= col0 < col1 <= {w} (image tokens), got {roi}")
+    return r0, r1, c0, c1

@@ -90,21 +90,56 @@ def _serve_args(*argv: str) -> argparse.Namespace:
 
 
 def test_serve_flags_set_the_live_engine_config() -> None:
-    from engine.serve.cli import LIVE_MAX_CORRECTION_DECODES, LIVE_REUSE_DECODE_PX, check_args, engine_config
+    from engine.serve.cli import (
+        LIVE_MAX_CORRECTION_DECODES,
+        LIVE_REUSE_DECODE_PX,
+        LIVE_ROI_MARGIN,
+        check_args,
+        engine_config,
+    )
 
     args = _serve_args()
     assert args.backend == "auto"
     cfg = engine_config(args)
     assert cfg.reuse_decode_px == LIVE_REUSE_DECODE_PX and cfg.guard.max_candidates == LIVE_MAX_CORRECTION_DECODES
     assert cfg.guard.staged and cfg.track_prompt_own_motion  # the expected box first; reuse survives skipped frames
-    cfg = engine_config(_serve_args("--reuse-decode-px", "0", "--max-correction-decodes", "0"))
+    assert cfg.roi_margin == LIVE_ROI_MARGIN == 0.25
+    cfg = engine_config(_serve_args("--reuse-decode-px", "0", "--max-correction-decodes", "0", "--roi-margin", "none"))
     assert cfg.reuse_decode_px == 0 and cfg.guard.max_candidates is None and not cfg.guard.staged  # as `arsel track`
-    assert not cfg.track_prompt_own_motion
+    assert not cfg.track_prompt_own_motion and cfg.roi_margin is None
+    assert engine_config(_serve_args("--roi-margin", "0")).roi_margin == 0.0
     from engine.validate import InputError
 
-    for flag, value in (("--max-correction-decodes", "-1"), ("--reuse-decode-px", "nan"), ("--threads", "0")):
+    for flag, value in (("--max-correction-decodes", "-1"), ("--reuse-decode-px", "nan"), ("--threads", "0"),
+                        ("--roi-margin", "-0.5"), ("--roi-margin", "nan")):
         with pytest.raises(InputError, match=flag):
             check_args(_serve_args(flag, value))
+
+
+def test_served_engines_drop_a_window_no_decode_can_use() -> None:
+    """``arsel serve``'s default upscaling window stays for a box-only model on a backend that takes
+    one, and becomes whole masks, without a warning per session, where none applies: a point-capable
+    model (its masks are fed back) or a backend that decodes whole masks only."""
+    import warnings
+
+    from engine.backends.torch_backend import TorchBackend
+    from engine.models.registry import build_model, get_spec
+    from engine.serve.engines import LocalEngines
+    from engine.stream.engine import EngineConfig
+
+    class Whole(TorchBackend):
+        supports_roi = False
+
+    box_only, points = get_spec("lite_medsam"), get_spec("mobile_sam")
+    cases = [(TorchBackend(build_model(box_only), box_only.input_size), box_only, 0.25),
+             (TorchBackend(build_model(points), points.input_size), points, None),
+             (Whole(build_model(box_only), box_only.input_size), box_only, None)]
+    for backend, spec, want in cases:
+        engines = LocalEngines(backend, spec, spec.name, async_encoder=False, config=EngineConfig(roi_margin=0.25))
+        assert engines.config.roi_margin == want, (spec.name, type(backend).__name__)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            engines().close()
 
 
 class _CountingBackend:

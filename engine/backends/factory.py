@@ -50,9 +50,10 @@ def checkpoint_sha256(path: Path, cache_dir: Path) -> str:
 
 
 # Bump when exported files change (2: the no-mask pair records its decoder's sha256; 3: faster
-# decoder graphs, see engine.models.transformer._softmax), so older cached exports are redone once
+# decoder graphs, see engine.models.transformer._softmax; 8: the no-mask prompt graph takes an
+# upscaling window, ``roi``), so older cached exports are redone once
 # instead of being used, or warned about, on every run.
-EXPORT_FORMAT = 7
+EXPORT_FORMAT = 8
 
 
 def onnx_files(model_name: str, checkpoint: Path | None, cache_dir: Path | None = None) -> tuple[Path, Path]:

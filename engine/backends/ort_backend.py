@@ -16,7 +16,9 @@ work shares the cores, ``threads=1`` or ``spin=False`` can beat the default.
 Decoder: prompts without masks (clicks, boxes) run through ``engine.export.no_mask``'s internal pair
 when its files lie next to the decoder and record this decoder file's sha256: an image-side graph
 once per embedding (cached by value) and a prompt graph without the mask path and the first
-block's image-side projections (~0.8x the contract graph's time at 1 thread). Masks, GPUs, older
+block's image-side projections (~0.8x the contract graph's time at 1 thread), whose masks may be
+upscaled in a window of image tokens only (``decode(..., roi=...)``, as the eager torch backend;
+about half of a decode is the upscaling). Masks, GPUs, older
 export folders and pairs from another export (a warning) use the contract decoder. With the
 TensorRT execution provider (profile max 16 prompts) larger prompt batches run in chunks.
 """
@@ -40,8 +42,10 @@ from engine.contract import (
     ENCODER_INPUT,
     ENCODER_OUTPUT,
     LOW_RES_HW,
+    ROI_FILL,
+    check_roi,
 )
-from engine.export.no_mask_files import IMAGE_SIDE_OUTPUTS, NO_MASK_INPUTS, no_mask_paths, pair_is_current
+from engine.export.no_mask_files import IMAGE_SIDE_OUTPUTS, NO_MASK_INPUTS, WHOLE_ROI, no_mask_paths, pair_is_current
 from engine.threads import physical_cores
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -269,29 +273,46 @@ class OrtBackend:
         point_labels: np.ndarray,
         mask_input: np.ndarray,
         has_mask_input: np.ndarray,
+        roi: tuple[int, int, int, int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Contract decoder inputs -> ``(scores (B, 4), low_res_logits (B, 4, 256, 256))`` float32 numpy.
 
         With the TensorRT execution provider (profile max ``TRT_EP_MAX_BATCH`` prompts) larger
         batches run as consecutive chunks (``decode_in_chunks``); other providers take any B.
+        ``roi`` (where ``supports_roi``): image-token window ``(row0, row1, col0, col1)``; the masks
+        are exact inside it and ``ROI_FILL`` outside (prompts without masks upscale the window only).
         """
         prompts = check_decoder_arrays(point_coords, point_labels, mask_input, has_mask_input)
+        if roi is not None:
+            if not self.supports_roi:
+                raise ValueError("this OrtBackend decodes whole masks only (no CPU no-mask decoder pair); pass roi=None")
+            roi = check_roi(roi, EMBED_HW)
         if self.max_batch is not None and prompts[0].shape[0] > self.max_batch:
             return decode_in_chunks(self._decode_checked, self.max_batch, embedding, *prompts)
-        return self._decode_checked(embedding, *prompts)
+        return self._decode_checked(embedding, *prompts, roi=roi)
 
-    def _decode_checked(self, embedding: Any, *prompts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def supports_roi(self) -> bool:
+        """Whether ``decode`` takes an upscaling window: on the CPU with the no-mask pair."""
+        return self._no_mask is not None
+
+    def _decode_checked(self, embedding: Any, *prompts: np.ndarray,
+                        roi: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``decode`` of checked float32 prompt arrays (one runtime call)."""
         if self.on_gpu:
             return self._decode_bound(embedding, prompts)
         emb = _embedding_array(embedding)
         if self._no_mask is not None and not prompts[3].any():
             feeds = dict(zip(IMAGE_SIDE_OUTPUTS, self._image_side(emb)))
-            feeds.update(point_coords=prompts[0], point_labels=prompts[1])
+            feeds.update(point_coords=prompts[0], point_labels=prompts[1],
+                         roi=np.asarray(WHOLE_ROI if roi is None else roi, np.int64))
             iou, low = self._no_mask[1].run(list(DECODER_OUTPUTS), feeds)
-            return iou, low
+            return iou, low if roi is None else _in_window(low, roi)
         feeds = dict(zip(DECODER_INPUTS, (emb, *prompts)))
         iou, low = self.decoder.run(list(DECODER_OUTPUTS), feeds)
+        if roi is not None:  # whole masks from the mask path: the same window semantics
+            r0, r1, c0, c1 = (4 * v for v in roi)
+            low = _in_window(low[..., r0:r1, c0:c1], roi)
         return iou, low
 
     def _decode_bound(self, embedding: Any, prompts: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -315,6 +336,15 @@ class OrtBackend:
 
 
 MAX_FROZEN_SIDES = 16  # image sides kept for live frozen embeddings (16 MB each for SAM-family decoders)
+
+
+def _in_window(window: np.ndarray, roi: tuple[int, int, int, int]) -> np.ndarray:
+    """Masks ``(B, T, 4 (row1 - row0), 4 (col1 - col0))`` of the token window ``roi`` placed in a
+    ``ROI_FILL`` canvas ``(B, T, 256, 256)``."""
+    r0, r1, c0, c1 = (4 * v for v in roi)
+    out = np.full((*window.shape[:2], *LOW_RES_HW), ROI_FILL, np.float32)
+    out[..., r0:r1, c0:c1] = window
+    return out
 
 
 def _shapes(b: int, n: int) -> str:

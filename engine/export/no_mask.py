@@ -4,7 +4,8 @@ The contract decoder of ``engine.export.onnx_export`` stays the public graph. Ne
 ``export_model`` writes an image-side graph (``{decoder}_image_side.onnx``: ``image_embeddings``
 -> ``IMAGE_SIDE_OUTPUTS``, run once per embedding) and a prompt graph (``{decoder}_no_mask.onnx``: ``NO_MASK_INPUTS`` ->
 ``iou_predictions, low_res_masks``) without the mask path and the first block's image-side
-projections. Both files carry the sha256 of the contract decoder file they were exported with
+projections; its masks are upscaled in the image-token window ``roi`` only (the whole grid for
+whole masks). Both files carry the sha256 of the contract decoder file they were exported with
 (ONNX ``metadata_props`` key ``CONTRACT_SHA256_KEY``); ``pair_is_current`` checks it, so a pair
 left from another export is never run with this decoder's weights. The file names and that check
 live in the torch-free ``engine.export.no_mask_files``.
@@ -32,6 +33,7 @@ from engine.export.no_mask_files import (
     CONTRACT_SHA256_KEY,
     IMAGE_SIDE_OUTPUTS,
     NO_MASK_INPUTS,
+    WHOLE_ROI,
     no_mask_paths,
     pair_is_current,
 )
@@ -59,8 +61,8 @@ class _NoMaskGraph(nn.Module):
         self.model = model
 
     def forward(self, keys: Tensor, k: Tensor, v: Tensor, q_t: Tensor, point_coords: Tensor,
-                point_labels: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model.decode_no_mask((keys, k, v, q_t), point_coords, point_labels)
+                point_labels: Tensor, roi: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.decode_no_mask((keys, k, v, q_t), point_coords, point_labels, roi)
 
 
 def _stamp(path: Path, props: dict[str, str]) -> None:
@@ -87,10 +89,11 @@ def export_no_mask_decoder(model: SamModel, decoder_path: Path, opset: int = 17)
         side = model.decoder_image_side(emb)
     b, n = 2, 3
     dummy = (*side, torch.rand(b, n, 2, generator=gen) * model.input_size,
-             torch.tensor([[1.0, 0.0, -1.0], [2.0, 3.0, -1.0]]))
+             torch.tensor([[1.0, 0.0, -1.0], [2.0, 3.0, -1.0]]), torch.tensor([5, 41, 9, 30]))  # any window
+    axes = {k: v for k, v in DECODER_DYNAMIC_AXES.items() if k in NO_MASK_INPUTS + DECODER_OUTPUTS}
+    axes[DECODER_OUTPUTS[1]] = {0: "B", 2: "window_h", 3: "window_w"}
     torch_to_onnx(_NoMaskGraph(model).eval(), dummy, prompt_path, opset,
-            input_names=list(NO_MASK_INPUTS), output_names=list(DECODER_OUTPUTS),
-            dynamic_axes={k: v for k, v in DECODER_DYNAMIC_AXES.items() if k in NO_MASK_INPUTS + DECODER_OUTPUTS})
+            input_names=list(NO_MASK_INPUTS), output_names=list(DECODER_OUTPUTS), dynamic_axes=axes)
     digest = sha256_file(Path(decoder_path))
     for path in (side_path, prompt_path):
         _stamp(path, {CONTRACT_SHA256_KEY: digest})
@@ -98,18 +101,22 @@ def export_no_mask_decoder(model: SamModel, decoder_path: Path, opset: int = 17)
 
 
 def compare_no_mask_decoder(model: SamModel, decoder_path: Path, embedding: np.ndarray,
-                            prompts: dict[str, np.ndarray]) -> float:
-    """Run the pair once on prompts without masks; max abs diff vs torch, ``ExportError`` > 1e-3."""
+                            prompts: dict[str, np.ndarray], roi: tuple[int, int, int, int] = WHOLE_ROI) -> float:
+    """Run the pair once on prompts without masks, masks in the image-token window ``roi``; max abs
+    diff vs torch's whole decode there, ``ExportError`` > 1e-3."""
     side_path, prompt_path = no_mask_paths(decoder_path)
     side = ort_session(side_path).run(list(IMAGE_SIDE_OUTPUTS), {DECODER_INPUTS[0]: embedding})
     feeds = dict(zip(IMAGE_SIDE_OUTPUTS, side))
-    feeds.update(point_coords=prompts["point_coords"], point_labels=prompts["point_labels"])
+    feeds.update(point_coords=prompts["point_coords"], point_labels=prompts["point_labels"],
+                 roi=np.asarray(roi, np.int64))
     outs = ort_session(prompt_path).run(list(DECODER_OUTPUTS), feeds)
     b = prompts["point_coords"].shape[0]
     with torch.inference_mode():
-        refs = model(torch.from_numpy(embedding), torch.from_numpy(prompts["point_coords"]),
-                     torch.from_numpy(prompts["point_labels"]), torch.zeros(b, 1, *LOW_RES_HW), torch.zeros(b))
-    diff = max(float(np.abs(o - r.numpy()).max()) for o, r in zip(outs, refs))
+        iou, masks = model(torch.from_numpy(embedding), torch.from_numpy(prompts["point_coords"]),
+                           torch.from_numpy(prompts["point_labels"]), torch.zeros(b, 1, *LOW_RES_HW), torch.zeros(b))
+    r0, r1, c0, c1 = (4 * v for v in roi)
+    refs = (iou.numpy(), masks.numpy()[..., r0:r1, c0:c1])
+    diff = max(float(np.abs(o - r).max()) if o.shape == r.shape else float("inf") for o, r in zip(outs, refs))
     if not diff <= FP32_TOLERANCE:
         raise ExportError(
             f"no-mask decoder {prompt_path}: ONNX Runtime differs from torch by {diff:.3g} (limit {FP32_TOLERANCE})"
@@ -126,8 +133,8 @@ def export_no_mask_pair(model: SamModel, decoder_path: Path, embedding: np.ndarr
         for path in no_mask_paths(decoder_path):
             check_onnx(path)
         return max(
-            compare_no_mask_decoder(model, decoder_path, embedding, realistic_prompts(b, n, model.input_size, b + n))
-            for b, n in ((1, 2), (3, 4))
+            compare_no_mask_decoder(model, decoder_path, embedding, realistic_prompts(b, n, model.input_size, b + n), roi)
+            for b, n in ((1, 2), (3, 4)) for roi in (WHOLE_ROI, (7, 30, 0, 64))
         )
     except Exception as exc:  # noqa: BLE001 - exporter, checker and parity failures alike; the pair is optional
         for path in no_mask_paths(decoder_path):

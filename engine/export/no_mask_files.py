@@ -9,11 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.contract import EMBED_HW
+
 IMAGE_SIDE_OUTPUTS = ("side_keys", "side_k", "side_v", "side_q_t")
-NO_MASK_INPUTS = (*IMAGE_SIDE_OUTPUTS, "point_coords", "point_labels")
+# ``roi``: int64 ``(4,)`` image-token window ``(row0, row1, col0, col1)`` of the 64x64 grid; the prompt
+# graph's ``low_res_masks`` cover that window only, ``(B, 4, 4 (row1 - row0), 4 (col1 - col0))``.
+NO_MASK_INPUTS = (*IMAGE_SIDE_OUTPUTS, "point_coords", "point_labels", "roi")
+WHOLE_ROI = (0, EMBED_HW[0], 0, EMBED_HW[1])
 CONTRACT_SHA256_KEY = "arsel_contract_decoder_sha256"
 
-__all__ = ["CONTRACT_SHA256_KEY", "IMAGE_SIDE_OUTPUTS", "NO_MASK_INPUTS", "no_mask_paths", "pair_is_current"]
+__all__ = ["CONTRACT_SHA256_KEY", "IMAGE_SIDE_OUTPUTS", "NO_MASK_INPUTS", "WHOLE_ROI", "no_mask_paths",
+           "pair_is_current"]
 
 
 def no_mask_paths(decoder_path: Path) -> tuple[Path, Path]:

@@ -17,9 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from engine.contract import ROI_FILL, check_roi
 from engine.models.common import LayerNorm2d, is_tracing
-
-ROI_FILL = -32.0  # low-res logit outside a decode's ``roi`` window (sigmoid ~1e-14: background)
 
 
 class MLP(nn.Module):
@@ -86,7 +85,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: Tensor,
         dense_prompt_embeddings: Tensor | None,
         image_side: tuple | None = None,
-        roi: tuple[int, int, int, int] | None = None,
+        roi: tuple[int, int, int, int] | Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Decode every mask token.
 
@@ -99,7 +98,8 @@ class MaskDecoder(nn.Module):
         are upscaled only there (exact inside: each low-res pixel depends on its own token alone)
         and are ``ROI_FILL`` outside; IoU predictions are unchanged. Ignored by a non-standard
         ``output_upscaling``. About half of a decode is the upscaling, so a window around the
-        object saves most of that.
+        object saves most of that. In a traced graph ``roi`` is an int64 ``(4,)`` tensor and the masks
+        are the window's alone, ``(B, T, 4 (row1 - row0), 4 (col1 - col0))``: the runtime places them.
         Returns ``(iou_predictions (B, T), low_res_masks (B, T, 4H, 4W))`` with T = ``num_mask_tokens``
         (note: the official ``predict_masks`` returns them in the other order).
         """
@@ -123,7 +123,9 @@ class MaskDecoder(nn.Module):
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
         if self._upscaling_is_standard():
-            if roi is not None:
+            if isinstance(roi, Tensor):
+                masks = self._window_masks(keys, hyper_in, h, w, roi)
+            elif roi is not None:
                 masks = self._upscaled_window(keys, hyper_in, h, w, roi)
             else:
                 masks = self._upscaled_masks(keys, hyper_in, h, w)
@@ -149,16 +151,21 @@ class MaskDecoder(nn.Module):
 
     def _upscaled_window(self, keys: Tensor, hyper_in: Tensor, h: int, w: int, roi: tuple[int, int, int, int]) -> Tensor:
         """``_upscaled_masks`` of the tokens in ``roi`` only, placed in a ``ROI_FILL`` canvas ``(B, T, 4h, 4w)``."""
-        r0, r1, c0, c1 = (int(v) for v in roi)
-        if not (0 <= r0 < r1 <= h and 0 <= c0 < c1 <= w):
-            raise ValueError(f"roi must be (row0, row1, col0, col1) with 0 <= row0 < row1 <= {h} and "
-                             f"0 <= col0 < col1 <= {w} (image tokens), got {roi}")
+        r0, r1, c0, c1 = check_roi(roi, (h, w))
         b, _, c = keys.shape
         window = keys.reshape(b, h, w, c)[:, r0:r1, c0:c1].reshape(b, (r1 - r0) * (c1 - c0), c)
         crop = self._upscaled_masks(window, hyper_in, r1 - r0, c1 - c0)
         masks = crop.new_full((b, crop.shape[1], 4 * h, 4 * w), ROI_FILL)
         masks[:, :, 4 * r0 : 4 * r1, 4 * c0 : 4 * c1] = crop
         return masks
+
+    def _window_masks(self, keys: Tensor, hyper_in: Tensor, h: int, w: int, roi: Tensor) -> Tensor:
+        """``_upscaled_masks`` of the tokens in ``roi`` (int64 ``(4,)``, traced: the window stays
+        dynamic in the graph) -> ``(B, T, 4 (row1 - row0), 4 (col1 - col0))``."""
+        b, _, c = keys.shape
+        r0, r1, c0, c1 = roi[0], roi[1], roi[2], roi[3]
+        window = keys.reshape(b, h, w, c)[:, r0:r1, c0:c1].reshape(b, -1, c)
+        return self._upscaled_masks(window, hyper_in, r1 - r0, c1 - c0)  # type: ignore[arg-type]
 
     def _upscaled_masks(self, keys: Tensor, hyper_in: Tensor, h: int, w: int) -> Tensor:
         """``hyper_in (B, T, C/8) @ output_upscaling(keys)`` for image tokens ``keys (B, h*w, C)`` -> ``(B, T, 4h, 4w)``.

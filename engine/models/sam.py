@@ -172,16 +172,18 @@ class SamModel(nn.Module):
         return keys, kh, vh, q_t
 
     def decode_no_mask(
-        self, image_side: tuple[Tensor, Tensor, Tensor, Tensor], point_coords: Tensor, point_labels: Tensor
+        self, image_side: tuple[Tensor, Tensor, Tensor, Tensor], point_coords: Tensor, point_labels: Tensor,
+        roi: tuple[int, int, int, int] | Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """``forward`` for prompts without a mask (``has_mask_input`` all 0) from ``decoder_image_side``."""
+        """``forward`` for prompts without a mask (``has_mask_input`` all 0) from ``decoder_image_side``.
+        ``roi``: see ``MaskDecoder.forward`` (a tensor: the exported graph's window input)."""
         keys, kh, vh, q_t = image_side
         pe = self.prompt_encoder.get_dense_pe()
         key_pe = pe.flatten(2).transpose(1, 2)
         sparse = self.prompt_encoder.embed_points(point_coords, point_labels)
         return self.mask_decoder(
             image_embeddings=None, image_pe=pe, sparse_prompt_embeddings=sparse, dense_prompt_embeddings=None,
-            image_side=(keys, key_pe, (kh, vh, q_t)),
+            image_side=(keys, key_pe, (kh, vh, q_t)), roi=roi,
         )
 
     def decode(

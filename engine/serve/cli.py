@@ -29,6 +29,7 @@ from engine.serve.protocol import Limits
 #: The live server's engine settings (``engine_config``): a decode is reused while the object holds
 #: still on its keyframe, and a drift correction decodes at most a few prompts (``bench/bench_serve.py``).
 LIVE_REUSE_DECODE_PX = 6.0
+LIVE_ROI_MARGIN = 0.25
 LIVE_MAX_CORRECTION_DECODES = 4
 
 
@@ -52,6 +53,11 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="prompts a drift correction decodes at most, the expected box first and the "
                         f"others only if it fails (default {LIVE_MAX_CORRECTION_DECODES}; 0: all at once, "
                         "as `arsel track` does)")
+    p.add_argument("--roi-margin", type=fraction_or_none, default=LIVE_ROI_MARGIN, metavar="F",
+                   help="upscale a box prompt's mask only around the box grown by F times its size: exact "
+                        f"inside, background outside (default {LIVE_ROI_MARGIN:g}; none: whole masks, as "
+                        "`arsel track` does; whole masks anyway where no window applies: point-capable models, "
+                        "TensorRT)")
     p.add_argument("--max-sessions", type=int, default=8, help="concurrent sessions (default 8)")
     p.add_argument("--max-inflight", type=int, default=2, help="frames in flight per session: the one being processed plus those waiting (default 2)")
     p.add_argument("--frame-slots", type=int, default=None, metavar="N",
@@ -103,6 +109,7 @@ def check_args(args: argparse.Namespace) -> Limits:
     optional_number("--threads", args.threads, lo=1, hi=1024, integer=True)
     number("--reuse-decode-px", args.reuse_decode_px, lo=0, hint=" (0: decode every frame)")
     number("--max-correction-decodes", args.max_correction_decodes, lo=0, hi=64, integer=True, hint=" (0: all)")
+    optional_number("--roi-margin", args.roi_margin, lo=0, hi=100, hint=" (a fraction of the box size, or none)")
     try:
         return Limits(max_frame_bytes=int(args.max_frame_mb * (1 << 20)), max_image_side=args.max_image_side,
                       max_messages_per_s=args.max_messages_per_s, idle_timeout_s=args.idle_timeout,
@@ -115,13 +122,20 @@ def engine_config(args: argparse.Namespace) -> Any:
     """The sessions' ``EngineConfig``: the flags' reuse distance (with tracking prompts mapped through
     their own frame's motion, ``EngineConfig.track_prompt_own_motion``, so reuse survives skipped
     frames; 0: as ``arsel track``) and correction cap (0: every prompt in one batch, as ``arsel
-    track``; else staged: the expected box first, ``GuardConfig.staged``)."""
+    track``; else staged: the expected box first, ``GuardConfig.staged``) and box prompts' upscaling
+    window (``EngineConfig.roi_margin``; None: whole masks, as ``arsel track``)."""
     from engine.stream.engine import EngineConfig
     from engine.stream.guards import GuardConfig
 
     return EngineConfig(reuse_decode_px=float(args.reuse_decode_px), track_prompt_own_motion=args.reuse_decode_px > 0,
                         guard=GuardConfig(max_candidates=args.max_correction_decodes or None,
-                                          staged=args.max_correction_decodes > 0))
+                                          staged=args.max_correction_decodes > 0),
+                        roi_margin=args.roi_margin)
+
+
+def fraction_or_none(text: str) -> float | None:
+    """``--roi-margin``'s value: a number, or ``none`` (whole masks)."""
+    return None if text.strip().lower() == "none" else float(text)
 
 
 def bound_malloc_arenas(n: int = 2) -> bool:

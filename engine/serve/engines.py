@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
@@ -22,8 +22,10 @@ import numpy as np
 
 from engine.backends.base import Backend, BackendInfo
 from engine.models.registry import ModelSpec
+from engine.stream.decoding import roi_window_blocker
 from engine.stream.engine import EngineConfig, MotionModel, StreamEngine
 from engine.stream.scheduler import KeyframePolicy
+from engine.stream.tracker import Tracker
 
 
 class EngineFactory(Protocol):
@@ -120,6 +122,10 @@ class LocalEngines:
     def __post_init__(self) -> None:
         self.shared = SharedBackend(self.backend)
         self.backend_name = self.backend.describe().runtime
+        if self.config.roi_margin is not None:  # a live default: whole masks, quietly, where no window applies
+            feeds_back = Tracker(self.config.tracker, points_supported=not self.spec.box_only).feeds_masks_back
+            if roi_window_blocker(self.shared, feeds_back) is not None:
+                self.config = replace(self.config, roi_margin=None)
 
     @classmethod
     def load(cls, model: str, backend: str = "torch", checkpoint: Path | None = None, device: str = "cpu",

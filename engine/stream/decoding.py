@@ -51,14 +51,31 @@ def box_roi(box_xyxy: np.ndarray, input_size: int, grid_hw: tuple[int, int], mar
     return r0, r1, c0, c1
 
 
-def effective_roi_margin(margin: float | None, backend: object, feeds_masks_back: bool) -> float | None:
-    """The upscaling-window margin a stream engine can use: ``margin``, or None (with a warning) when
-    the backend decodes whole masks only (ONNX Runtime, TensorRT, CUDA graphs, compiled torch) or
-    the tracker feeds each decode's low-res logits back as ``mask_input`` (point-capable models):
+def roi_window_blocker(backend: object, feeds_masks_back: bool) -> str | None:
+    """Why an upscaling window cannot be used, or None when it can: the backend decodes whole masks
+    only (TensorRT, CUDA graphs, compiled torch, ONNX Runtime without its CPU no-mask pair), or the
+    tracker feeds each decode's low-res logits back as ``mask_input`` (point-capable models):
     background outside a window would change the next decode everywhere, so it stays exact only
     where nothing is fed back (box-only models such as LiteMedSAM, or ``use_mask_input=False``)."""
+    if not getattr(backend, "supports_roi", False):
+        return "the backend decodes whole masks only"
+    return "the tracker feeds low-res masks back as mask_input" if feeds_masks_back else None
+
+
+def effective_roi_margin(margin: float | None, backend: object, feeds_masks_back: bool) -> float | None:
+    """The upscaling-window margin a stream engine can use: ``margin``, or None (with a warning) where
+    ``roi_window_blocker`` names a reason."""
     if margin is None:
         return None
+    if margin < 0:
+        raise ValueError(f"roi_margin must be >= 0 (a fraction of the box size) or None, got {margin}")
+    why = roi_window_blocker(backend, feeds_masks_back)
+    if why is None:
+        return margin
+    warnings.warn(f"roi_margin={margin:g} is ignored: {why}; masks are upscaled whole (use eager torch or ONNX "
+                  "Runtime on the CPU, and TrackerConfig(use_mask_input=False) for point-capable models)",
+                  stacklevel=3)
+    return None
     if margin < 0:
         raise ValueError(f"roi_margin must be >= 0 (a fraction of the box size) or None, got {margin}")
     why = ("the backend decodes whole masks only" if not getattr(backend, "supports_roi", False) else

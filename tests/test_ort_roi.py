@@ -1,0 +1,113 @@
+"""OrtBackend's upscaling window (``decode(..., roi=...)``): the no-mask prompt graph upscales the
+window's tokens only; masks are exact inside it and ``ROI_FILL`` outside, IoU predictions
+unchanged, for prompts with and without masks, and equal to the eager torch backend's window.
+LiteMedSAM's decoder at random weights (the stub-encoder export of ``test_ort_no_mask``); then a
+stream on real weights gives the same masks with ``roi_margin`` as with whole decodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engine.backends.torch_backend import TorchBackend
+from engine.contract import DECODER_OUTPUTS, ROI_FILL
+from engine.export.common import FP32_TOLERANCE
+from engine.export.prompts import realistic_prompts
+from tests.test_ort_no_mask import SIDE, _backend, _copy, exported  # noqa: F401 - the module fixture
+
+WINDOWS = [(0, 64, 0, 64), (10, 41, 3, 60), (0, 1, 0, 64), (63, 64, 63, 64), (20, 30, 0, 5)]
+
+
+def _prompts(has_mask: bool) -> dict[str, np.ndarray]:
+    p = realistic_prompts(3, 4, SIDE, seed=7)
+    p["has_mask_input"][:] = 1.0 if has_mask else 0.0
+    return p
+
+
+@pytest.mark.parametrize("has_mask", [False, True], ids=["no-mask graph", "contract graph"])
+@pytest.mark.parametrize("roi", WINDOWS)
+def test_window_is_exact_inside_and_background_outside(exported, roi: tuple[int, ...], has_mask: bool) -> None:  # noqa: ANN001, F811
+    _, folder = exported
+    backend = _backend(folder)
+    assert backend.supports_roi
+    emb = np.random.default_rng(3).standard_normal((1, 256, 64, 64)).astype(np.float32)
+    p = _prompts(has_mask)
+    iou, whole = backend.decoder.run(list(DECODER_OUTPUTS), {"image_embeddings": emb, **p})  # contract graph
+    iou_w, win = backend.decode(emb, **p, roi=roi)
+    assert win.shape == whole.shape and win.dtype == np.float32
+    r0, r1, c0, c1 = (4 * v for v in roi)
+    assert np.abs(iou_w - iou).max() <= FP32_TOLERANCE
+    assert np.abs(win[..., r0:r1, c0:c1] - whole[..., r0:r1, c0:c1]).max() <= FP32_TOLERANCE
+    outside = np.ones(win.shape[-2:], bool)
+    outside[r0:r1, c0:c1] = False
+    assert np.all(win[..., outside] == ROI_FILL)
+
+
+def test_window_equals_the_torch_backends(exported) -> None:  # noqa: ANN001, F811
+    model, folder = exported
+    ort_backend, torch_backend = _backend(folder), TorchBackend(model, SIDE)
+    emb = np.random.default_rng(4).standard_normal((1, 256, 64, 64)).astype(np.float32)
+    p = _prompts(False)
+    for roi in WINDOWS[1:3]:
+        for got, want in zip(ort_backend.decode(emb, **p, roi=roi), torch_backend.decode(emb, **p, roi=roi)):
+            assert np.abs(got - want).max() <= FP32_TOLERANCE
+
+
+@pytest.mark.parametrize("roi", [(3, 3, 0, 4), (0, 65, 0, 4), (-1, 4, 0, 4), (0, 4, 5, 2)])
+def test_bad_window_is_refused_before_decoding(exported, roi: tuple[int, ...]) -> None:  # noqa: ANN001, F811
+    _, folder = exported
+    with pytest.raises(ValueError, match=r"roi must be \(row0, row1, col0, col1\) with 0 <= row0 < row1 <= 64"):
+        _backend(folder).decode(np.zeros((1, 256, 64, 64), np.float32), **_prompts(False), roi=roi)
+
+
+def test_without_the_pair_there_is_no_window(exported, tmp_path: Path) -> None:  # noqa: ANN001, F811
+    _, folder = exported
+    backend = _backend(_copy(folder, tmp_path, with_pair=False))
+    assert not backend.supports_roi
+    with pytest.raises(ValueError, match="decodes whole masks only"):
+        backend.decode(np.zeros((1, 256, 64, 64), np.float32), **_prompts(False), roi=(0, 8, 0, 8))
+
+
+def test_stream_masks_with_a_window_equal_whole_decodes_real_weights(tmp_path: Path) -> None:
+    """LiteMedSAM on ONNX Runtime: a box tracked over 4 shifted frames with ``roi_margin`` 0.25
+    decodes every single-box tracking prompt in a window, and every mask equals the whole decode's."""
+    from engine.backends.factory import onnx_files
+    from engine.backends.ort_backend import OrtBackend
+    from engine.imageio import load_rgb
+    from engine.models.registry import get_spec
+    from engine.stream.engine import EngineConfig, StreamEngine
+    from engine.stream.events import Prompt
+    from engine.stream.scheduler import KeyframePolicy
+    from engine.types import Frame
+    from tests.refs import medsam_checkpoint
+
+    rgb = load_rgb("sample:coffee")
+    frames = [np.ascontiguousarray(np.roll(rgb, (2 * i, 3 * i), axis=(0, 1))) for i in range(4)]
+    enc, dec = onnx_files("lite_medsam", medsam_checkpoint())
+    rois: list[tuple[Any, int]] = []
+
+    class Spy(OrtBackend):
+        def decode(self, *args: Any, roi: Any = None) -> Any:
+            rois.append((roi, len(args[1])))
+            return super().decode(*args, roi=roi)
+
+    backend = Spy(enc, dec, 256, threads=1)
+    masks, calls = {}, {}
+    for margin in (None, 0.25):
+        start = len(rois)
+        eng = StreamEngine(backend, get_spec("lite_medsam"), KeyframePolicy(interval=2),
+                           config=EngineConfig(roi_margin=margin))
+        eng.add_object(Prompt.box(np.array([170, 15, 410, 305], np.float32)))
+        masks[margin] = [eng.step(Frame(i, i, f)).objects[0] for i, f in enumerate(frames)]
+        eng.close()
+        calls[margin] = rois[start:]
+    single = {m: [r for r, n in c if n == 1] for m, c in calls.items()}
+    assert len(single[None]) == len(single[0.25]) >= 3
+    assert all(r is None for r in single[None]) and all(r is not None for r in single[0.25])
+    assert [r.status for r in masks[None]] == [r.status for r in masks[0.25]]
+    assert sum(r.status == "ok" for r in masks[None]) >= 2
+    for whole, windowed in zip(masks[None], masks[0.25]):
+        assert np.array_equal(whole.mask, windowed.mask)
