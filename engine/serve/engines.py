@@ -109,7 +109,9 @@ class SharedBackend:
 
 @dataclass
 class LocalEngines:
-    """Engines over one in-process backend (see the module docstring)."""
+    """Engines over one in-process backend (see the module docstring). A ``config.roi_margin`` that
+    no decode here can use (``decoding.roi_window_blocker``) becomes None, quietly: it is the live
+    default, not a request, so sessions never warn about it."""
 
     backend: Backend
     spec: ModelSpec

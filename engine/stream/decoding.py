@@ -76,15 +76,6 @@ def effective_roi_margin(margin: float | None, backend: object, feeds_masks_back
                   "Runtime on the CPU, and TrackerConfig(use_mask_input=False) for point-capable models)",
                   stacklevel=3)
     return None
-    if margin < 0:
-        raise ValueError(f"roi_margin must be >= 0 (a fraction of the box size) or None, got {margin}")
-    why = ("the backend decodes whole masks only" if not getattr(backend, "supports_roi", False) else
-           "the tracker feeds low-res masks back as mask_input" if feeds_masks_back else None)
-    if why is None:
-        return margin
-    warnings.warn(f"roi_margin={margin:g} is ignored: {why}; masks are upscaled whole (use the eager torch "
-                  "backend, and TrackerConfig(use_mask_input=False) for point-capable models)", stacklevel=3)
-    return None
 
 
 def decode_prompt(
