@@ -39,7 +39,7 @@ def test_evaluate_live_is_deterministic_and_lags(data_dir: Path) -> None:
     swan is tracked, every keyframe after the first was adopted at least 6 frames after its request,
     and a second run gives the same J, statuses and areas frame for frame."""
     from engine.models.registry import get_spec
-    from engine.serve.cli import LIVE_MAX_CORRECTION_DECODES, LIVE_REUSE_DECODE_PX, engine_config
+    from engine.serve.cli import LIVE_MAX_CORRECTION_DECODES, LIVE_REUSE_DECODE_PX, LIVE_ROI_MARGIN, engine_config
     from engine.stream.engine import StreamEngine
     from engine.stream.evaluate import CachingBackend
     from engine.stream.scheduler import KeyframePolicy
@@ -47,7 +47,8 @@ def test_evaluate_live_is_deterministic_and_lags(data_dir: Path) -> None:
 
     backend = CachingBackend(_lite_medsam_torch())
     config = engine_config(argparse.Namespace(reuse_decode_px=LIVE_REUSE_DECODE_PX,
-                                              max_correction_decodes=LIVE_MAX_CORRECTION_DECODES))
+                                              max_correction_decodes=LIVE_MAX_CORRECTION_DECODES,
+                                              roi_margin=LIVE_ROI_MARGIN))
     runs = []
     for _ in range(2):
         eng = StreamEngine(backend, get_spec("lite_medsam"), KeyframePolicy(interval=5), config=config)
