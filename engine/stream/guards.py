@@ -130,10 +130,11 @@ class GuardCheck:
 
 def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """``(y0, y1, x0, x1)`` (ends exclusive) of a bool mask's set pixels, or None when it has none."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
+    box = mask_to_box_xyxy(mask)
+    if box is None:
         return None
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    x0, y0, x1, y1 = (int(v) for v in box)
+    return y0, y1 + 1, x0, x1 + 1
 
 
 def warp_mask(mask: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
