@@ -55,35 +55,44 @@ def test_box_roi(box: tuple[float, ...], margin: float, expected: Any) -> None:
     assert box_roi(np.array(box, np.float32), 256, (64, 64), margin) == expected
 
 
-def test_stream_roi_masks_equal_whole_decodes_real_weights() -> None:
+class _RoiSpy:
+    """Any backend, recording ``(roi, prompts in the call)`` of every decode."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.rois = inner, []
+
+    def decode(self, *args: Any, roi: Any = None) -> Any:
+        self.rois.append((roi, len(args[1])))
+        return self.inner.decode(*args, roi=roi)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def assert_window_keeps_stream_masks(backend: Any) -> None:
+    """LiteMedSAM (real weights) on ``backend`` tracks a box over 4 shifted frames with and without
+    ``roi_margin`` 0.25: every single-box tracking decode is windowed with the margin and whole
+    without, and every frame's decisions and mask are the same."""
     from engine.imageio import load_rgb
-    from engine.models.registry import get_spec, load_model
+    from engine.models.registry import get_spec
     from engine.stream.engine import EngineConfig, StreamEngine
     from engine.stream.events import Prompt
     from engine.stream.scheduler import KeyframePolicy
     from engine.types import Frame
-    from tests.refs import medsam_checkpoint
 
     rgb = load_rgb("sample:coffee")
     frames = [np.ascontiguousarray(np.roll(rgb, (2 * i, 3 * i), axis=(0, 1))) for i in range(4)]
-    model = load_model("lite_medsam", medsam_checkpoint())
-    rois: list[tuple[Any, int]] = []  # (roi, prompts in the call)
-
-    class Spy(TorchBackend):
-        def decode(self, *args: Any, roi: Any = None) -> Any:
-            rois.append((roi, len(args[1])))
-            return super().decode(*args, roi=roi)
-
+    spy = _RoiSpy(backend)
     masks = {}
     calls = {}
     for margin in (None, 0.25):
-        start = len(rois)
-        eng = StreamEngine(Spy(model, 256), get_spec("lite_medsam"), KeyframePolicy(interval=2),
+        start = len(spy.rois)
+        eng = StreamEngine(spy, get_spec("lite_medsam"), KeyframePolicy(interval=2),
                            config=EngineConfig(roi_margin=margin))
         eng.add_object(Prompt.box(np.array([170, 15, 410, 305], np.float32)))
         masks[margin] = [eng.step(Frame(i, i, f)).objects[0] for i, f in enumerate(frames)]
         eng.close()
-        calls[margin] = rois[start:]
+        calls[margin] = spy.rois[start:]
     # every single-box tracking decode is windowed with a margin and whole without; the drift guards'
     # batched re-decodes (several boxes in one call) upscale whole masks either way
     single = {m: [r for r, n in c if n == 1] for m, c in calls.items()}
@@ -97,3 +106,10 @@ def test_stream_roi_masks_equal_whole_decodes_real_weights() -> None:
     for whole, windowed in zip(masks[None], masks[0.25]):
         assert np.array_equal(whole.mask, windowed.mask)
         assert whole.status != "ok" or whole.mask.sum() > 5000
+
+
+def test_stream_roi_masks_equal_whole_decodes_real_weights() -> None:
+    from engine.models.registry import load_model
+    from tests.refs import medsam_checkpoint
+
+    assert_window_keeps_stream_masks(TorchBackend(load_model("lite_medsam", medsam_checkpoint()), 256))

@@ -7,8 +7,6 @@ stream on real weights gives the same masks with ``roi_margin`` as with whole de
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 import pytest
 
@@ -16,6 +14,7 @@ from engine.backends.torch_backend import TorchBackend
 from engine.contract import DECODER_OUTPUTS, ROI_FILL
 from engine.export.common import FP32_TOLERANCE
 from engine.export.prompts import realistic_prompts
+from tests.test_decoder_roi import assert_window_keeps_stream_masks
 from tests.test_ort_no_mask import SIDE, _backend, _copy, exported  # noqa: F401 - the module fixture
 
 WINDOWS = [(0, 64, 0, 64), (10, 41, 3, 60), (0, 1, 0, 64), (63, 64, 63, 64), (20, 30, 0, 5)]
@@ -71,43 +70,12 @@ def test_without_the_pair_there_is_no_window(exported, tmp_path: Path) -> None: 
         backend.decode(np.zeros((1, 256, 64, 64), np.float32), **_prompts(False), roi=(0, 8, 0, 8))
 
 
-def test_stream_masks_with_a_window_equal_whole_decodes_real_weights(tmp_path: Path) -> None:
-    """LiteMedSAM on ONNX Runtime: a box tracked over 4 shifted frames with ``roi_margin`` 0.25
-    decodes every single-box tracking prompt in a window, and every mask equals the whole decode's."""
+def test_stream_masks_with_a_window_equal_whole_decodes_real_weights() -> None:
+    """LiteMedSAM on ONNX Runtime: ``test_decoder_roi``'s stream check (windowed tracking decodes,
+    the same decisions and masks as whole decodes)."""
     from engine.backends.factory import onnx_files
     from engine.backends.ort_backend import OrtBackend
-    from engine.imageio import load_rgb
-    from engine.models.registry import get_spec
-    from engine.stream.engine import EngineConfig, StreamEngine
-    from engine.stream.events import Prompt
-    from engine.stream.scheduler import KeyframePolicy
-    from engine.types import Frame
     from tests.refs import medsam_checkpoint
 
-    rgb = load_rgb("sample:coffee")
-    frames = [np.ascontiguousarray(np.roll(rgb, (2 * i, 3 * i), axis=(0, 1))) for i in range(4)]
     enc, dec = onnx_files("lite_medsam", medsam_checkpoint())
-    rois: list[tuple[Any, int]] = []
-
-    class Spy(OrtBackend):
-        def decode(self, *args: Any, roi: Any = None) -> Any:
-            rois.append((roi, len(args[1])))
-            return super().decode(*args, roi=roi)
-
-    backend = Spy(enc, dec, 256, threads=1)
-    masks, calls = {}, {}
-    for margin in (None, 0.25):
-        start = len(rois)
-        eng = StreamEngine(backend, get_spec("lite_medsam"), KeyframePolicy(interval=2),
-                           config=EngineConfig(roi_margin=margin))
-        eng.add_object(Prompt.box(np.array([170, 15, 410, 305], np.float32)))
-        masks[margin] = [eng.step(Frame(i, i, f)).objects[0] for i, f in enumerate(frames)]
-        eng.close()
-        calls[margin] = rois[start:]
-    single = {m: [r for r, n in c if n == 1] for m, c in calls.items()}
-    assert len(single[None]) == len(single[0.25]) >= 3
-    assert all(r is None for r in single[None]) and all(r is not None for r in single[0.25])
-    assert [r.status for r in masks[None]] == [r.status for r in masks[0.25]]
-    assert sum(r.status == "ok" for r in masks[None]) >= 2
-    for whole, windowed in zip(masks[None], masks[0.25]):
-        assert np.array_equal(whole.mask, windowed.mask)
+    assert_window_keeps_stream_masks(OrtBackend(enc, dec, 256, threads=1))
