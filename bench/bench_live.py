@@ -4,8 +4,8 @@ Usage: python bench/bench_live.py [--short] [--frames 240] [--sched 2:33 1:15 3:
                                   [--davis DIR ...] [--runtime onnxruntime] [--out FILE.json]
 
 ``arsel serve``'s engine settings (keyframe every 5 frames, decode reuse 6 px, staged corrections
-of at most 4 prompts, box masks upscaled in a 0.25 margin window) on LiteMedSAM (real weights), with the keyframe encoder's lag set in frames
-(``engine.stream.live_eval``): each ``STRIDE:DELAY`` steps every STRIDE-th frame and adopts a
+of at most 4 prompts, box masks upscaled in a 0.25 margin window) on LiteMedSAM (real weights),
+with the keyframe encoder's lag set in frames (``engine.stream.live_eval``): each ``STRIDE:DELAY`` steps every STRIDE-th frame and adopts a
 keyframe DELAY frames after its request. 2:33 is one 30 fps client on 2 cores (about 15 steps/s,
 an encode every ~1.1 s); 1:15 a faster host; 3:45 a busier one. Each sequence (DAVIS blackswan and
 the davis2016 clips car-shadow, dog, camel) is played forth and back for ``--frames`` frames.
