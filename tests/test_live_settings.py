@@ -116,6 +116,13 @@ def test_serve_flags_set_the_live_engine_config() -> None:
             check_args(_serve_args(flag, value))
 
 
+def test_a_roi_margin_that_is_not_a_number_names_what_it_takes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _serve_args("--roi-margin", "wide")
+    assert exc.value.code == 2
+    assert "--roi-margin: takes a fraction of the box size (e.g. 0.25) or none, got 'wide'" in capsys.readouterr().err
+
+
 def test_served_engines_drop_a_window_no_decode_can_use() -> None:
     """``arsel serve``'s default upscaling window stays for a box-only model on a backend that takes
     one, and becomes whole masks, without a warning per session, where none applies: a point-capable

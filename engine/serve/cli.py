@@ -135,7 +135,12 @@ def engine_config(args: argparse.Namespace) -> Any:
 
 def fraction_or_none(text: str) -> float | None:
     """``--roi-margin``'s value: a number, or ``none`` (whole masks)."""
-    return None if text.strip().lower() == "none" else float(text)
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a fraction of the box size (e.g. 0.25) or none, got {text!r}") from None
 
 
 def bound_malloc_arenas(n: int = 2) -> bool:
