@@ -79,3 +79,42 @@ def test_stream_masks_with_a_window_equal_whole_decodes_real_weights() -> None:
 
     enc, dec = onnx_files("lite_medsam", medsam_checkpoint())
     assert_window_keeps_stream_masks(OrtBackend(enc, dec, 256, threads=1))
+
+
+def test_guard_redecode_of_several_boxes_is_windowed_around_all_of_them(exported) -> None:  # noqa: ANN001, F811
+    """The drift guards' batched re-decode (``correction.decode_boxes``) with a margin upscales one
+    window holding every box's own window: exact there, background outside; without a margin, or on a
+    backend without windows, it decodes whole masks (``decoding.prompts_roi``)."""
+    from engine.models.registry import get_spec
+    from engine.predictor import Predictor
+    from engine.prompts import build_prompts
+    from engine.stream.correction import decode_boxes
+    from engine.stream.decoding import box_roi, prompts_roi
+    from engine.types import Embedding
+
+    _, folder = exported
+    spec = get_spec("lite_medsam")
+    backend = _backend(folder)
+    pred = Predictor(backend, spec)
+    emb = np.random.default_rng(8).standard_normal((1, 256, 64, 64)).astype(np.float32)
+    pred.set_embedding(Embedding(emb, (480, 640), (192, 256)))
+    boxes = np.array([[100, 80, 220, 200], [300, 150, 380, 260], [150, 60, 260, 140]], np.float32)
+    prompts = build_prompts((480, 640), (192, 256), box_xyxy=boxes)
+    roi = prompts_roi(pred, prompts, 0.25)
+    own = [box_roi(prompts.point_coords[k].reshape(-1), SIDE, (64, 64), 0.25) for k in range(3)]
+    assert roi is not None and roi != (0, 64, 0, 64)
+    for r in own:  # the window holds each box's own window
+        assert roi[0] <= r[0] and r[1] <= roi[1] and roi[2] <= r[2] and r[3] <= roi[3], (roi, r)
+    whole, windowed = decode_boxes(pred, boxes), decode_boxes(pred, boxes, roi_margin=0.25)
+    r0, r1, c0, c1 = (4 * v for v in roi)
+    got, want = windowed.low_res_logits, whole.low_res_logits
+    assert got.shape == want.shape == (3, 1, 256, 256)
+    assert np.abs(got[..., r0:r1, c0:c1] - want[..., r0:r1, c0:c1]).max() <= FP32_TOLERANCE
+    outside = np.ones((256, 256), bool)
+    outside[r0:r1, c0:c1] = False
+    assert np.all(got[..., outside] == ROI_FILL)
+    assert np.abs(windowed.scores - whole.scores).max() <= FP32_TOLERANCE
+    assert prompts_roi(pred, prompts, None) is None
+    points_only = build_prompts((480, 640), (192, 256), np.array([[120.0, 100.0]]), np.array([1]))
+    assert prompts_roi(pred, points_only, 0.25) is None
+    assert prompts_roi(Predictor(object(), spec), prompts, 0.25) is None  # type: ignore[arg-type] # no windows

@@ -12,7 +12,7 @@ from engine.deprecation import renamed_field
 from engine.predictor import Predictor
 from engine.types import Prediction
 from engine.prompts import build_prompts
-from engine.stream.decoding import Decoded
+from engine.stream.decoding import Decoded, prompts_roi
 from engine.stream.guards import Expectation, GuardCheck, GuardConfig, candidate_score, check
 
 
@@ -33,13 +33,14 @@ class Candidate:
         return candidate_score(self.check)
 
 
-def decode_boxes(predictor: Predictor, boxes_xyxy: np.ndarray) -> Prediction:
+def decode_boxes(predictor: Predictor, boxes_xyxy: np.ndarray, roi_margin: float | None = None) -> Prediction:
     """One batched decode of ``(K, 4)`` boxes (keyframe pixels) on ``predictor.embedding`` through
-    ``Predictor.decode`` (the one decode path): single-mask output, full-size logits for all K."""
+    ``Predictor.decode`` (the one decode path): single-mask output, full-size logits for all K.
+    ``roi_margin``: upscale only in the window around all K boxes (``decoding.prompts_roi``)."""
     emb, spec = predictor.embedding, predictor.spec
     prompts = build_prompts(emb.original_hw, emb.input_hw, box_xyxy=np.asarray(boxes_xyxy, np.float32),
                             uniform_scale=spec.uniform_scale)
-    return predictor.decode(prompts, multimask_output=False)
+    return predictor.decode(prompts, multimask_output=False, roi=prompts_roi(predictor, prompts, roi_margin))
 
 
 def to_frame(logits: np.ndarray, matrix: np.ndarray | None, frame_hw: tuple[int, int], threshold: float,
@@ -62,10 +63,10 @@ def score_decoded(decoded: Decoded, exp: Expectation, config: GuardConfig, matri
 def batched_candidates(predictor: Predictor, boxes_key_xyxy: np.ndarray, exp: Expectation, config: GuardConfig,
                        matrix: np.ndarray | None, frame_hw: tuple[int, int], threshold: float,
                        outside_logit: float, min_iou: float | None = None,
-                       rgb: np.ndarray | None = None) -> tuple[list[Candidate], float]:
-    """Decode ``(K, 4)`` keyframe boxes in one call; every mask upsampled, warped and checked.
-    Returns the candidates and the decoder's time (ms)."""
-    pred = decode_boxes(predictor, boxes_key_xyxy)
+                       rgb: np.ndarray | None = None, roi_margin: float | None = None) -> tuple[list[Candidate], float]:
+    """Decode ``(K, 4)`` keyframe boxes in one call; every mask upsampled (in their window with
+    ``roi_margin``), warped and checked. Returns the candidates and the decoder's time (ms)."""
+    pred = decode_boxes(predictor, boxes_key_xyxy, roi_margin)
     decode_ms, k = pred.timings_ms["decode_ms"], len(pred.scores)
     postprocess_ms = pred.timings_ms["postprocess_ms"] / max(k, 1)
     out = []

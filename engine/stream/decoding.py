@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.contract import LABEL_BOX_BR, LABEL_BOX_TL
 from engine.deprecation import renamed_field
 from engine.predictor import Predictor
-from engine.prompts import build_prompts
+from engine.prompts import DecoderPrompts, build_prompts
 from engine.stream.events import Prompt
 
 
@@ -49,6 +50,22 @@ def box_roi(box_xyxy: np.ndarray, input_size: int, grid_hw: tuple[int, int], mar
     if r1 <= r0 or c1 <= c0 or (r0, r1, c0, c1) == (0, gh, 0, gw):
         return None
     return r0, r1, c0, c1
+
+
+def prompts_roi(predictor: Predictor, prompts: DecoderPrompts,
+                margin: float | None) -> tuple[int, int, int, int] | None:
+    """The upscaling window for a decode of ``prompts`` (``K`` prompts, model-input coordinates), each
+    with one box: ``box_roi`` of the box holding all K boxes, so it holds each box's own window. None
+    (whole masks) without a margin, on a backend without ``supports_roi``, or when a prompt has no box."""
+    if margin is None or not getattr(predictor.backend, "supports_roi", False):
+        return None
+    is_corner = np.isin(prompts.point_labels, (LABEL_BOX_TL, LABEL_BOX_BR))
+    if not np.all(is_corner.sum(axis=1) == 2):
+        return None
+    corners = prompts.point_coords[is_corner].reshape(-1, 2)
+    grid_hw = tuple(int(v) for v in np.shape(predictor.embedding.features)[-2:])
+    box = np.concatenate([corners.min(axis=0), corners.max(axis=0)])
+    return box_roi(box, predictor.spec.input_size, grid_hw, margin)  # type: ignore[arg-type]
 
 
 def roi_window_blocker(backend: object, feeds_masks_back: bool) -> str | None:
@@ -94,12 +111,7 @@ def decode_prompt(
     labels = None if points is None else prompt.labels
     prompts = build_prompts(emb.original_hw, emb.input_hw, points, labels, prompt.box_xyxy, mask_input,
                             spec.uniform_scale)
-    backend = predictor.backend
-    roi = None
-    if roi_margin is not None and prompt.box_xyxy is not None and getattr(backend, "supports_roi", False):
-        corners = prompts.point_coords[0][np.isin(prompts.point_labels[0], (2, 3))]
-        grid_hw = tuple(int(v) for v in np.shape(emb.features)[-2:])
-        roi = box_roi(corners.reshape(-1), spec.input_size, grid_hw, roi_margin) if corners.shape == (2, 2) else None
+    roi = prompts_roi(predictor, prompts, roi_margin)
     pred = predictor.decode(prompts, multimask, select="best", roi=roi)
     return Decoded(pred.logits[0, 0], pred.low_res_logits[0, 0], float(pred.scores[0, 0]),  # type: ignore[index]
                    pred.timings_ms["decode_ms"], pred.timings_ms["postprocess_ms"])

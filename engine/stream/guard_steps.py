@@ -73,7 +73,7 @@ def _proposals(engine: Any, exp: Expectation, kf: Keyframe, motion: MotionInfo, 
     decode_ms = 0.0
     for stage in stages:  # staged: the expected box alone first, the rest only if it fails its check
         cands, ms = batched_candidates(engine.predictor, np.stack(stage), exp, cfg, matrix, frame_hw,
-                                       ecfg.mask_threshold, ecfg.outside_logit, min_iou, frame.rgb)
+                                       ecfg.mask_threshold, ecfg.outside_logit, min_iou, frame.rgb, engine._roi_margin)
         out, decode_ms = out + cands, decode_ms + ms
         if any(c.check.passed for c in cands):
             break
