@@ -268,3 +268,50 @@ def test_a_failing_pair_export_warns_and_leaves_no_files(exported, tmp_path: Pat
         assert export_no_mask_pair(model, decoder, emb) is None
     assert not any(p.exists() for p in no_mask_paths(decoder))
     assert decoder.is_file()  # the contract decoder stays
+
+
+def test_prepared_image_side_spares_the_first_decode(exported) -> None:  # noqa: ANN001
+    """``prepare_image_side`` computes an encoded embedding's image side at once; decodes on it then
+    run the prompt graph only, with the same outputs as the contract decoder."""
+    _, folder = exported
+    backend = _backend(folder)
+    side = _CountingSession(backend._no_mask[0])
+    backend._no_mask = (side, backend._no_mask[1])
+    emb = backend.encode(np.random.default_rng(5).random((1, 3, SIDE, SIDE), np.float32))
+    backend.prepare_image_side(emb)
+    assert side.runs == 1
+    p = _no_mask_prompts(2)
+    for g, want in zip(backend.decode(emb, **p), _contract_outputs(backend, emb, p)):
+        assert np.abs(g - want).max() <= FP32_TOLERANCE
+    assert side.runs == 1
+
+
+def test_stream_keyframe_encoder_prepares_the_image_side(exported) -> None:  # noqa: ANN001
+    """A stream's keyframe encoder computes each keyframe's image side on its own thread, right
+    after the encode, so the per-frame decodes never run the image-side graph."""
+    import threading
+
+    from engine.stream.engine import StreamEngine
+    from engine.stream.events import Prompt
+    from engine.stream.scheduler import KeyframePolicy
+    from engine.types import Frame
+
+    _, folder = exported
+    backend = _backend(folder)
+    side = _CountingSession(backend._no_mask[0])
+    backend._no_mask = (side, backend._no_mask[1])
+    threads: list[str] = []
+    run = side.run
+    side.run = lambda *a, **k: (threads.append(threading.current_thread().name), run(*a, **k))[1]  # type: ignore
+    rng = np.random.default_rng(6)
+    eng = StreamEngine(backend, get_spec("lite_medsam"), KeyframePolicy(interval=2), async_encoder=True)
+    eng.add_object(Prompt.box(np.array([40, 30, 200, 180], np.float32)))
+    steps = 0
+    for i in range(6):
+        res = eng.step(Frame(i, i, rng.integers(0, 255, (240, 320, 3), np.uint8)))
+        eng.encoder.wait_idle()
+        steps += res.status == "ok"
+    keyframes = eng.stats.keyframes_total
+    eng.close()
+    assert steps >= 3 and keyframes >= 2
+    assert side.runs >= keyframes and threading.current_thread().name not in threads, threads

@@ -167,6 +167,13 @@ class OrtBackend:
             return None
         return side, prompt
 
+    def prepare_image_side(self, embedding: Any) -> None:
+        """Compute and keep ``embedding``'s no-mask image side now, so the first decode on it does
+        not pay for it (a stream's keyframe encoder calls this on its own thread right after
+        ``encode``). A no-op on the GPU or without the no-mask pair."""
+        if self._no_mask is not None and not self.on_gpu:
+            self._image_side(_embedding_array(embedding))
+
     def _image_side(self, embedding: np.ndarray) -> list[np.ndarray]:
         """The no-mask image side of ``embedding``, computed once per embedding.
 

@@ -206,9 +206,16 @@ class StreamEngine:
         return result
 
     def _encode(self, rgb: np.ndarray, frame_index: int) -> Embedding:
-        """Encoder worker body: touches the backend only (never the decoder's predictor state)."""
+        """Encoder worker body: touches the backend only (never the decoder's predictor state). A
+        backend with ``prepare_image_side`` (ONNX Runtime on the CPU) computes the decoder's image
+        side here too, off the per-frame path."""
         x, input_hw = preprocess(rgb, self.spec.input_size, self.spec.pixel_norm, self.spec.resize)  # type: ignore[arg-type]
-        return Embedding(self.predictor.backend.encode(x), (rgb.shape[0], rgb.shape[1]), input_hw, frame_index)
+        backend = self.predictor.backend
+        features = backend.encode(x)
+        prepare = getattr(backend, "prepare_image_side", None)
+        if prepare is not None:
+            prepare(features)
+        return Embedding(features, (rgb.shape[0], rgb.shape[1]), input_hw, frame_index)
 
     # --- per object -------------------------------------------------------------------------------
     def _empty(self, object_id: int, frame: Frame, kf_index: int, status: MaskStatus) -> MaskResult:
