@@ -86,7 +86,7 @@ async def _client(url: str, jpegs: list[bytes], box: list[float], seconds: float
     sent: dict[int, float] = {}
     lat, ages, got, server, outside = [], [], [], [], []
     last: dict[str, Any] = {}
-    async with connect(url, max_size=None) as ws:
+    async with connect(url, max_size=None, compression=None) as ws:  # as engine.serve.client
         await ws.send(json.dumps({"type": "hello", "client": "bench"}))
         await ws.send(json.dumps({"type": "prompt", "frame_id": 0, "action": "add", "box": box, "points": []}))
 

@@ -70,7 +70,7 @@ async def _session(url: str, jpegs: list[bytes], seconds: float, ready: list[int
     got: list[float] = []
     keyframes: set[int] = set()
     last: dict[str, Any] = {}
-    async with connect(url, max_size=None, open_timeout=120) as ws:
+    async with connect(url, max_size=None, open_timeout=120, compression=None) as ws:  # as engine.serve.client
         await ws.send(json.dumps({"type": "hello", "client": "bench-ray"}))
         await ws.send(json.dumps({"type": "prompt", "frame_id": 0, "action": "add", "box": BOX, "points": []}))
         i = await swan.until_keyframe(ws, jpegs)

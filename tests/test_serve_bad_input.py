@@ -215,6 +215,16 @@ def test_token_required(engines: LocalEngines) -> None:
             assert c.ping()["type"] == "pong"
 
 
+def test_server_declines_permessage_deflate(engines: LocalEngines) -> None:
+    """A client offering permessage-deflate (``websockets`` does by default) gets no compression:
+    frames are JPEG or PNG already, and deflating them costs the sender milliseconds per frame."""
+    with served(engines) as srv:
+        with websockets_sync.connect(srv.ws_url) as plain:
+            assert [e.name for e in plain.protocol.extensions] == []
+        with CheckedClient(srv.ws_url) as c:
+            assert [e.name for e in c.ws.protocol.extensions] == [] and c.ping()["type"] == "pong"
+
+
 def test_max_sessions_busy_then_free(engines: LocalEngines) -> None:
     with served(engines, max_sessions=1) as srv:
         with CheckedClient(srv.ws_url) as first:

@@ -74,7 +74,8 @@ def _session(url: str, frames: list[np.ndarray], box: list[float], rng: np.rando
         if rng.random() < 0.5:
             c.ws.socket.shutdown(socket.SHUT_RDWR)  # abrupt: no close handshake
         c.close()
-    log.append({"sent": sent, "order": c.order, "errors": [e["code"] for e in c.errors]})
+    log.append({"sent": sent, "order": c.order, "errors": [e["code"] for e in c.errors],
+                "extensions": [e.name for e in c.ws.protocol.extensions]})
 
 
 def _wait_idle(url: str, timeout_s: float = 240) -> dict[str, Any]:
@@ -143,6 +144,7 @@ def test_soak_three_clients(data_dir: Path) -> None:
         assert all(0 <= f < log["sent"] for f in log["order"])
         assert len(log["order"]) > 0
         assert set(log["errors"]) <= {"bad_message", "bad_frame", "unsupported"}
+        assert log["extensions"] == [], "the server must decline permessage-deflate (frames are JPEG already)"
     assert health["exceptions"] == 0 and health["sessions"] == 0 and health["closing"] == 0, (health, err[-6000:])
     assert health["sessions_total"] == len(logs) + len(warm)
     assert "Traceback" not in err, err[-3000:]

@@ -126,7 +126,7 @@ class StreamClient:
         from websockets.sync.client import connect
 
         self.ws = connect(self.url, additional_headers=_headers(self.token), max_size=None,
-                          open_timeout=self.timeout_s)
+                          open_timeout=self.timeout_s, compression=None)  # frames are JPEG/PNG already
         self._send(_hello(self.client, self.mask_encoding))
         while self.state.welcome is None:
             self._recv_one(self.timeout_s)
@@ -215,7 +215,7 @@ class AsyncStreamClient:
         from websockets.asyncio.client import connect
 
         self.ws = await connect(self.url, additional_headers=_headers(self.token), max_size=None,
-                                open_timeout=self.timeout_s)
+                                open_timeout=self.timeout_s, compression=None)  # frames are JPEG/PNG already
         await self.ws.send(_hello(self.client, self.mask_encoding))
         while self.state.welcome is None:
             await self.recv()
