@@ -364,3 +364,37 @@ def test_prompt_on_a_dropped_frame_that_does_not_decode(engines: LocalEngines, d
         assert obj.prompt_frame_index is None
     finally:
         core.close()
+
+
+def test_only_frames_with_depth_or_large_headers_parse_on_a_thread(engines: LocalEngines,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain frame's header checks (about 0.2 ms) run on the event loop, where a thread hop would
+    cost more; a frame with depth (decoded here: milliseconds) or a header over 16 KiB goes to a
+    thread. Both get their results."""
+    import asyncio
+
+    from engine.serve import app as app_module
+    from engine.serve.protocol import INLINE_HEADER_BYTES, parse_is_cheap
+
+    rgb = np.full((48, 64, 3), 90, np.uint8)
+    depth = np.full((48, 64), 1000, np.uint16)
+    plain = encode_frame(0, rgb, encoding="png")
+    with_depth = encode_frame(1, rgb, encoding="png", depth_raw=depth, intrinsics=(50.0, 50.0, 32.0, 24.0))
+    assert parse_is_cheap(plain) and not parse_is_cheap(with_depth) and parse_is_cheap(b"\x01")
+    header, blob = unpack(plain)
+    big = pack({**header, "gaze": [{"t_ns": 1, "x": 1.0, "y": 1.0, "confidence": 1.0}] * 400}, bytes(blob))
+    assert struct.unpack_from("<I", big)[0] > INLINE_HEADER_BYTES and not parse_is_cheap(big)
+
+    hops: list[str] = []
+    to_thread = asyncio.to_thread
+
+    def spying(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(fn.__name__)
+        return to_thread(fn, *args, **kwargs)
+
+    monkeypatch.setattr(app_module.asyncio, "to_thread", spying)
+    with served(engines) as srv, CheckedClient(srv.ws_url) as c:
+        c.send_raw(plain)
+        assert c.result(0, timeout_s=120)["frame_id"] == 0 and hops == []
+        c.send_raw(with_depth)
+        assert c.result(1, timeout_s=120)["frame_id"] == 1 and hops == ["parse_frame"]

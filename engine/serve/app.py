@@ -30,7 +30,7 @@ from starlette.websockets import WebSocketDisconnect
 from engine.gaze.counters import GazeCounters
 from engine.serve.engines import EngineFactory
 from engine.serve.protocol import (PROTOCOL, Limits, ProtocolError, check_prompt_inside, error_message, gaze_sample,
-                                   parse_frame, parse_text)
+                                   parse_frame, parse_is_cheap, parse_text)
 from engine.serve.session import ClientClock, Outgoing, QueuedFrame, SessionCore, release_memory
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -309,7 +309,10 @@ class _Session:
 
     async def _frame(self, data: bytes) -> None:
         received_ns = time.monotonic_ns()
-        frame = await asyncio.to_thread(parse_frame, data, self.limits)
+        if parse_is_cheap(data):  # header checks only: a thread hop would cost more than the parse
+            frame = parse_frame(data, self.limits)
+        else:
+            frame = await asyncio.to_thread(parse_frame, data, self.limits)
         if frame.frame_id <= self.last_frame_id:
             raise ProtocolError("bad_frame", f"frame_id {frame.frame_id} does not increase (last was "
                                              f"{self.last_frame_id}); number frames 0, 1, 2, ...", frame.frame_id)

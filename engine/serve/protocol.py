@@ -202,6 +202,19 @@ def unpack(data: bytes, code: ErrorCode = "bad_frame") -> tuple[Any, memoryview]
     return _loads(bytes(view[4:4 + n]), code, "the frame header"), view[4 + n:]
 
 
+INLINE_HEADER_BYTES = 16 << 10  # frame headers up to this size (no depth) are parsed on the event loop
+
+
+def parse_is_cheap(data: bytes) -> bool:
+    """Whether ``parse_frame(data)`` costs little enough (about 0.2 ms) to run on the event loop
+    rather than a thread: a header of at most ``INLINE_HEADER_BYTES`` that names no depth (decoding
+    depth takes milliseconds). Conservative: any ``"depth"`` in the header bytes counts."""
+    if len(data) < 4:
+        return True
+    (n,) = _U32.unpack_from(data)
+    return n <= INLINE_HEADER_BYTES and b'"depth"' not in data[4:4 + n]
+
+
 def parse_frame(data: bytes, limits: Limits) -> FrameMessage:
     """Validate one binary ``frame`` message and decode all but its image (raises ``ProtocolError``):
     the image's bytes are checked here, without decoding its pixels (``FrameMessage.rgb``)."""
