@@ -71,8 +71,8 @@ class _RoiSpy:
 
 def assert_window_keeps_stream_masks(backend: Any) -> None:
     """LiteMedSAM (real weights) on ``backend`` tracks a box over 4 shifted frames with and without
-    ``roi_margin`` 0.25: every single-box tracking decode is windowed with the margin and whole
-    without, and every frame's decisions and mask are the same."""
+    ``roi_margin`` 0.25: every single-box decode (tracking, and the guards' first re-decode) is
+    windowed with the margin and whole without, and every frame's decisions and mask are the same."""
     from engine.imageio import load_rgb
     from engine.models.registry import get_spec
     from engine.stream.engine import EngineConfig, StreamEngine

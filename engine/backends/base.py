@@ -28,6 +28,9 @@ class Backend(Protocol):
     or a runtime-native tensor that ``decode`` of the same backend accepts).
     ``decode``: the five ``engine.contract.DECODER_INPUTS`` as numpy float32 -> ``(scores (B, 4),
     low_res_logits (B, 4, 256, 256))`` numpy float32.
+    Optional, read with ``getattr``: ``supports_roi`` (``decode`` takes ``roi=``, an upscaling
+    window) and ``prepare_image_side(embedding)`` (the stream's keyframe encoder calls it right
+    after ``encode``, to do the decoder's per-embedding work off the per-frame path).
     """
 
     input_size: int
