@@ -55,6 +55,7 @@ def _session(url: str, frames: list[np.ndarray], box: list[float], rng: np.rando
              log: list[dict[str, Any]]) -> None:
     c = _Recorder(url, timeout_s=30)
     c.connect()
+    extensions = [e.name for e in c.ws.protocol.extensions]  # negotiated at the handshake
     sent = 0
     c.prompt(0, box=box)
     end = min(until, time.monotonic() + rng.uniform(4, 25))
@@ -75,7 +76,7 @@ def _session(url: str, frames: list[np.ndarray], box: list[float], rng: np.rando
             c.ws.socket.shutdown(socket.SHUT_RDWR)  # abrupt: no close handshake
         c.close()
     log.append({"sent": sent, "order": c.order, "errors": [e["code"] for e in c.errors],
-                "extensions": [e.name for e in c.ws.protocol.extensions]})
+                "extensions": extensions})
 
 
 def _wait_idle(url: str, timeout_s: float = 240) -> dict[str, Any]:
