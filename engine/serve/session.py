@@ -32,6 +32,7 @@ from engine.stream.engine import StreamEngine
 from engine.stream.events import Prompt, ReleaseEvent, SelectEvent
 from engine.stream.prompt_sources import GazePrompts
 from engine.stream.results import StepResult
+from engine.transforms import mask_to_box_xyxy
 from engine.types import Frame
 
 RECENT_FRAMES = 64  # frames a prompt may name (their motion-resolution greys, or a dropped frame's image blob)
@@ -253,15 +254,13 @@ class SessionCore:
         new = r.object_id not in self._announced
         self._announced.add(r.object_id)
         status = "new" if new else r.wire_status
-        box = None
-        if r.found and r.mask.any():
-            ys, xs = np.nonzero(r.mask.any(axis=1))[0], np.nonzero(r.mask.any(axis=0))[0]
-            box = [float(xs[0]), float(ys[0]), float(xs[-1] + 1), float(ys[-1] + 1)]
+        xyxy = mask_to_box_xyxy(r.mask) if r.found else None  # inclusive pixel indices
+        box = None if xyxy is None else [float(xyxy[0]), float(xyxy[1]), float(xyxy[2] + 1), float(xyxy[3] + 1)]
         score = float(r.score) if np.isfinite(r.score) else 0.0
         obj: dict[str, Any] = {"id": int(r.object_id), "score": round(score, 4), "status": status, "bbox_xyxy": box}
         if self.mask_encoding == "coco_rle":
             obj["mask"] = encode_rle(r.mask)
-        if msg.depth_raw is not None and msg.intrinsics is not None and r.found and r.mask.any():
+        if msg.depth_raw is not None and msg.intrinsics is not None and box is not None:
             obj.update(self._lift(r.mask, msg))
         return obj
 
