@@ -267,6 +267,22 @@ def test_rle_equals_pycocotools() -> None:
         assert np.array_equal(mask_util.decode({"size": mine["size"], "counts": mine["counts"]}).astype(bool), m)
 
 
+def test_server_decodes_images_to_the_same_rgb_as_imread() -> None:
+    """The server decodes JPEG/PNG straight to RGB; the pixels equal the official predictors' read
+    (``cv2.imread`` + ``COLOR_BGR2RGB``), channel order included."""
+    from engine.serve.protocol import decode_image
+
+    rgb = np.random.default_rng(5).integers(0, 256, (48, 64, 3), np.uint8)
+    rgb[:, :32, 0] = 255  # a red left half: a swapped decode puts it in the blue channel
+    for ext, enc in ((".jpg", "jpeg"), (".png", "png")):
+        data = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+        ref = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        got = decode_image(data, enc, (48, 64), 0)
+        assert got.dtype == np.uint8 and np.array_equal(got, ref)
+        assert got[:, :32, 0].mean() > 200
+    assert np.array_equal(decode_image(rgb.tobytes(), "rgb8", (48, 64), 0), rgb)
+
+
 # ------------------------------------------------------------------ CLI guards, TLS
 def test_serve_refuses_public_host_without_token(capsys: pytest.CaptureFixture) -> None:
     from engine.cli import main

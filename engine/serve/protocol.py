@@ -284,11 +284,11 @@ def decode_image(data: bytes, encoding: str, hw: tuple[int, int], fid: int | Non
     """An image blob that passed ``check_image`` -> ``(H, W, 3) uint8 RGB``."""
     if encoding == "rgb8":
         return np.frombuffer(data, np.uint8).reshape(hw[0], hw[1], 3).copy()
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None or bgr.shape[:2] != hw:
+    rgb = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)  # = IMREAD_COLOR + BGR2RGB, one pass
+    if rgb is None or rgb.shape[:2] != hw:
         raise ProtocolError("bad_frame", f"the {encoding} image does not decode; send a whole, valid {encoding} image",
                             fid)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return rgb
 
 
 def decode_depth(data: bytes, blob: dict[str, Any], image_hw: tuple[int, int], fid: int | None) -> np.ndarray:

@@ -12,15 +12,34 @@ import numpy as np
 
 
 def mask_counts(mask: np.ndarray) -> np.ndarray:
-    """Uncompressed COCO run lengths of a bool/0-1 ``(H, W)`` mask, int64 ``(K,)``."""
+    """Uncompressed COCO run lengths of a bool/0-1 ``(H, W)`` mask, int64 ``(K,)``.
+
+    Only the columns from the first to the last set one are scanned; the all-zero columns on
+    either side join the first and last zero runs (a mask a third of the frame wide costs a third).
+    """
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
-    flat = np.asarray(mask, bool).ravel(order="F")
-    if flat.size == 0:
+    m = np.asarray(mask, bool)
+    h, w = m.shape
+    if m.size == 0:
         return np.zeros(0, np.int64)
+    cols = np.flatnonzero(m.any(axis=0))
+    if cols.size == 0:
+        return np.array([h * w], np.int64)
+    x0, x1 = int(cols[0]), int(cols[-1]) + 1
+    flat = m[:, x0:x1].ravel(order="F")
     change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     counts = np.diff(np.concatenate(([0], change, [flat.size]))).astype(np.int64)
-    return np.concatenate(([0], counts)) if flat[0] else counts
+    if flat[0]:  # the first run is ones: the zero run before it is the empty columns (0 when x0 == 0)
+        counts = np.concatenate(([x0 * h], counts))
+    else:
+        counts[0] += x0 * h
+    tail = (w - x1) * h
+    if tail and flat[-1]:
+        counts = np.concatenate((counts, [tail]))
+    elif tail:
+        counts[-1] += tail
+    return counts
 
 
 def counts_to_string(counts: np.ndarray) -> str:
