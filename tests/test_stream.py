@@ -408,3 +408,23 @@ def test_still_scene_fit_counts_as_no_motion() -> None:
     assert fit.ok and fit.corner_px < 1e-6 and fit.is_identity  # rounding only: no resampling of the mask
     shifted = np.array([[1, 0, 0.05], [0, 1, 0], [0, 0, 1]], np.float64)
     assert not MotionInfo(shifted, True, 1.0, 0.05, "global").is_identity
+
+
+def test_object_without_a_keyframe_mask_gets_its_region_warped_back(synthetic: SyntheticSource) -> None:
+    """An object added after its keyframe (or prompted before the first embedding) has no mask on
+    the keyframe's frame: its first found mask, warped back, becomes its keyframe region, so the
+    next frames fit its own motion (cached corners) instead of the whole frame's each time."""
+    frames = synthetic.frames_rgb
+    eng = StreamEngine(FakeSegmenter(), fake_spec(), KeyframePolicy(interval=100), async_encoder=False)
+    assert eng.step(Frame(0, 0, frames[0])).keyframe_index == 0  # keyframe 0, no object yet
+    oid = eng.add_object(Prompt.box(_box_of(green_mask(frames[2]))))
+    first = eng.step(Frame(2, 0, frames[2])).objects[0]
+    assert first.found and first.keyframe_index == 0 and first.motion.source == "global"
+    obj = eng.tracker.get(oid)
+    est = eng.motion_estimator
+    assert _iou(obj.key_regions[0], est.small_mask(green_mask(frames[0]))) > 0.9  # in keyframe pixels
+    nxt = eng.step(Frame(4, 0, frames[4])).objects[0]
+    assert nxt.found and nxt.motion.source == "object"
+    truth = cv2.warpPerspective(green_mask(frames[0]).astype(np.uint8), synthetic.homographies[4], (640, 480)) > 0
+    assert _iou(nxt.mask, truth) > 0.95
+    eng.close()

@@ -187,6 +187,10 @@ class StreamEngine:
             self.stats.count_status(res.status)
             if res.found and (submitted or frame.index == kf.frame_index):
                 obj.remember_region(frame.index, self.motion_estimator.small_mask(res.mask), kf.frame_index)
+            if res.found and kf.frame_index not in obj.key_regions and res.motion is not None:
+                # no mask on the keyframe's own frame: this one, warped back, so the next frames fit
+                # the object's motion (region corners, cached) instead of the whole frame's, each time
+                obj.key_regions[kf.frame_index] = self.motion_estimator.keyframe_region(res.mask, res.motion.matrix)
             results.append(res)
         hover = None
         if self._hover is not None:

@@ -97,6 +97,16 @@ class MotionEstimator:
         h, w = self.small_hw(mask.shape[:2])
         return cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
 
+    def keyframe_region(self, mask: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        """An object's region in the keyframe (bool, motion resolution) from its ``mask`` (bool
+        ``(H, W)``, a frame of the keyframe's size) and ``matrix`` (keyframe -> that frame, full
+        resolution): the mask warped back into the keyframe, for an object with no mask of its own
+        on the keyframe frame (prompted before the first embedding, or added later)."""
+        h, w = mask.shape[:2]
+        back = cv2.warpPerspective(mask.astype(np.uint8), np.linalg.inv(matrix), (w, h), flags=cv2.INTER_NEAREST,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return self.small_mask(back.astype(bool))
+
     def _info(self, matrix_small: np.ndarray, ok: bool, ratio: float, small_hw: tuple[int, int],
               full_hw: tuple[int, int], source: MotionSource) -> MotionInfo:
         if not ok:
