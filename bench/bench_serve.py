@@ -15,7 +15,8 @@ the served runs: same backend, threads, decode reuse and correction cap.
    each waiting for its first keyframe, then sending JPEG frames at 30 fps without waiting and
    reading results as they come (all sessions start together once each has its keyframe). Per session: processed fps, send->result
    p50/p95 and its split at the median (``server_total``, from queueing to the result built, and the
-   rest: sockets, parsing, thread hops), dropped (server-side), embedding age; overall: fairness
+   rest: sockets, parsing, thread hops), dropped (server-side), embedding age, and the share of
+   results with the swan found (a lost object costs no decode: fast because lost is not fast); overall: fairness
    (slowest / fastest session fps)
    and the server's overhead over the in-process step at the median (send->result p50 / step p50 - 1).
 Targets (issue #12): one client >= 20 fps, p95 <= 80 ms, overhead <= 15 %; four clients >= 5 fps
@@ -57,7 +58,7 @@ FPS = 30.0
 def reference(engines: Any, frames: list[np.ndarray], box: list[float], seconds: float) -> dict[str, Any]:
     """In-process StreamEngine.step at 30 fps on one engine of the same factory."""
     eng = engines()
-    steps, ages = [], []
+    steps, ages, found = [], [], []
     try:
         eng.add_object(Prompt.box(box))
         eng.step(Frame(0, time.time_ns(), frames[0]))
@@ -70,13 +71,14 @@ def reference(engines: Any, frames: list[np.ndarray], box: list[float], seconds:
             res = eng.step(Frame(i, time.time_ns(), frames[i % len(frames)]))  # index = frame_id
             steps.append((time.perf_counter() - t0) * 1e3)
             ages.append(res.embedding_age_frames)
+            found.append(any(o.found for o in res.objects))
             i += 1
     finally:
         eng.close()
     warm = steps[len(steps) // 10:]
     assert res.status == "ok", "the engine has no embedding: the encoder never finished"
     return {"frames": len(steps), "step_p50_ms": _pct(warm, 50), "step_p95_ms": _pct(warm, 95),
-            "embedding_age_p50": _pct(ages, 50)}
+            "embedding_age_p50": _pct(ages, 50), "found_pct": 100.0 * float(np.mean(found[len(found) // 10:]))}
 
 
 async def _client(url: str, jpegs: list[bytes], box: list[float], seconds: float, ready: list[int],
@@ -84,7 +86,7 @@ async def _client(url: str, jpegs: list[bytes], box: list[float], seconds: float
     from websockets.asyncio.client import connect
 
     sent: dict[int, float] = {}
-    lat, ages, got, server, outside = [], [], [], [], []
+    lat, ages, got, server, outside, found = [], [], [], [], [], []
     last: dict[str, Any] = {}
     async with connect(url, max_size=None, compression=None) as ws:  # as engine.serve.client
         await ws.send(json.dumps({"type": "hello", "client": "bench"}))
@@ -98,6 +100,7 @@ async def _client(url: str, jpegs: list[bytes], box: list[float], seconds: float
                     server.append(msg["latency_ms"]["server_total"])  # queued -> result built, in the server
                     outside.append(lat[-1] - server[-1])  # sockets, parsing, thread hops, the client's own work
                     ages.append(msg["embedding_age_frames"])
+                    found.append(any(o["status"] != "lost" for o in msg["objects"]))
                     got.append(time.perf_counter())
                     last.update(msg)
 
@@ -119,7 +122,8 @@ async def _client(url: str, jpegs: list[bytes], box: list[float], seconds: float
             "latency_p50_ms": _pct(warm_lat, 50), "latency_p95_ms": _pct(warm_lat, 95),
             "dropped": last.get("dropped", 0), "embedding_age_p50": _pct(ages, 50),
             "server_total_p50_ms": _pct(server[len(server) // 10:], 50),
-            "outside_server_p50_ms": _pct(outside[len(outside) // 10:], 50)}
+            "outside_server_p50_ms": _pct(outside[len(outside) // 10:], 50),
+            "found_pct": 100.0 * float(np.mean(found[len(found) // 10:])) if found else 0.0}
 
 
 def served_run(frames: list[np.ndarray], box: list[float], clients: int, seconds: float,
@@ -201,13 +205,13 @@ def main(argv: list[str] | None = None) -> int:
         ref = reference(engines, frames, box, args.seconds)
         run.add({"repeat": r, "mode": "in-process step", "clients": 0, "session": "-"},
                 {"step_p50_ms": ref["step_p50_ms"], "step_p95_ms": ref["step_p95_ms"],
-                 "embedding_age_p50": ref["embedding_age_p50"], "frames": ref["frames"]})
+                 "embedding_age_p50": ref["embedding_age_p50"], "frames": ref["frames"], "found_pct": ref["found_pct"]})
         for n in args.clients:
             served = served_run(frames, box, n, args.seconds, args)
             for k, sess in enumerate(served["sessions"]):
                 figures = {key: sess[key] for key in ("fps", "latency_p50_ms", "latency_p95_ms", "dropped",
                                                       "embedding_age_p50", "sent", "results", "server_total_p50_ms",
-                                                      "outside_server_p50_ms")}
+                                                      "outside_server_p50_ms", "found_pct")}
                 if n == 1:
                     figures["overhead_vs_step_p50"] = sess["latency_p50_ms"] / ref["step_p50_ms"] - 1
                 figures["fairness"] = served["fairness"]
@@ -215,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"clients": n, "fps": [round(x["fps"], 1) for x in served["sessions"]],
                               "p95_ms": [round(x["latency_p95_ms"], 1) for x in served["sessions"]],
                               "dropped": [x["dropped"] for x in served["sessions"]],
+                              "found_pct": [round(x["found_pct"]) for x in served["sessions"]],
                               "fairness": round(served["fairness"], 2), "step_p50_ms": round(ref["step_p50_ms"], 1)}),
                   flush=True)
     run.write(args.out)

@@ -151,7 +151,9 @@ def _serve_headlines(res: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]
         who = "one client" if clients == 1 else f"{clients} clients, per session"
         out.append((f"arsel serve 640x480 at 30 fps, {who}, {res['config'].get('runtime', '?')} ({runs})",
                     f"{span('fps')} fps, p95 {span('latency_p95_ms', '.0f')} ms, {span('dropped', 'd')} dropped, "
-                    f"embeddings {span('embedding_age_p50', '.0f')} frames old (median)", res))
+                    f"embeddings {span('embedding_age_p50', '.0f')} frames old (median)"
+                    + (f", object found in {span('found_pct', '.0f')} % of results" if all("found_pct" in f for f in rows)
+                       else ""), res))
     return out
 
 
