@@ -16,8 +16,8 @@ the served runs: same backend, threads, decode reuse and correction cap.
    reading results as they come (all sessions start together once each has its keyframe). Per session: processed fps, send->result
    p50/p95 and its split at the median (``server_total``, from queueing to the result built, and the
    rest: sockets, parsing, thread hops), dropped (server-side), embedding age, and the share of
-   results with the swan found (a lost object costs no decode: fast because lost is not fast); overall: fairness
-   (slowest / fastest session fps)
+   results with the swan found (a lost object costs no decode, so a run that lost it looks fast);
+   overall: fairness (slowest / fastest session fps)
    and the server's overhead over the in-process step at the median (send->result p50 / step p50 - 1).
 Targets (issue #12): one client >= 20 fps, p95 <= 80 ms, overhead <= 15 %; four clients >= 5 fps
 each, fairness >= 0.7. Writes ``bench/results/bench_serve-*.json`` (``bench/make_docs.py`` renders it).
