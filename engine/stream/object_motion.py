@@ -19,7 +19,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from engine.motion import estimate_motion, rescale_homography
+from engine.motion import estimate_motion, rescale_homography, warp_mask
 from engine.stream.events import Prompt
 from engine.stream.scheduler import corner_displacement_px
 
@@ -102,10 +102,7 @@ class MotionEstimator:
         ``(H, W)``, a frame of the keyframe's size) and ``matrix`` (keyframe -> that frame, full
         resolution): the mask warped back into the keyframe, for an object with no mask of its own
         on the keyframe frame (prompted before the first embedding, or added later)."""
-        h, w = mask.shape[:2]
-        back = cv2.warpPerspective(mask.astype(np.uint8), np.linalg.inv(matrix), (w, h), flags=cv2.INTER_NEAREST,
-                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        return self.small_mask(back.astype(bool))
+        return self.small_mask(warp_mask(np.asarray(mask, bool), np.linalg.inv(matrix), mask.shape[:2]))
 
     def _info(self, matrix_small: np.ndarray, ok: bool, ratio: float, small_hw: tuple[int, int],
               full_hw: tuple[int, int], source: MotionSource) -> MotionInfo:
