@@ -20,6 +20,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from engine.motion import warp_mask
 from engine.transforms import mask_to_box_xyxy
 
 Strategy = Literal["auto", "proposals", "box", "mask_input", "combined"]
@@ -137,13 +138,6 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return y0, y1 + 1, x0, x1 + 1
 
 
-def warp_mask(mask: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """Bool mask warped by a 3x3 homography into an ``out_hw`` frame (nearest neighbour)."""
-    out = cv2.warpPerspective(mask.astype(np.uint8), matrix, (out_hw[1], out_hw[0]), flags=cv2.INTER_NEAREST,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return out.astype(bool)
-
-
 def map_point(xy: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """``(2,)`` point through a 3x3 homography, float32."""
     p = cv2.perspectiveTransform(np.asarray(xy, np.float64).reshape(1, 1, 2), matrix)
@@ -152,7 +146,7 @@ def map_point(xy: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 def expect(state: GuardState, matrix: np.ndarray, frame_hw: tuple[int, int]) -> Expectation:
     """The expectation in the current frame, ``matrix`` mapping the state's frame to it."""
-    warped = warp_mask(state.mask, matrix, frame_hw)
+    warped = warp_mask(np.asarray(state.mask, bool), matrix, frame_hw)
     before = float(state.mask.sum())
     scale = float(warped.sum()) / before if before > 0 else 1.0
     return Expectation(warped, map_point(state.anchor_xy, matrix), state.ref_area_px * max(scale, 1e-3),
