@@ -32,6 +32,7 @@ from engine.serve.engines import EngineFactory
 from engine.serve.protocol import (PROTOCOL, Limits, ProtocolError, check_prompt_inside, error_message, gaze_sample,
                                    parse_frame, parse_is_cheap, parse_text)
 from engine.serve.session import ClientClock, Outgoing, QueuedFrame, SessionCore, release_memory
+from engine.serve.turns import TurnGate
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 CLOSE_UNAUTHORIZED, CLOSE_BUSY, CLOSE_NORMAL = 4401, 1013, 1000
@@ -88,15 +89,15 @@ def default_frame_slots() -> int:
 def create_app(engines: EngineFactory, limits: Limits | None = None, token: str | None = None,
                max_sessions: int = 8, static_dir: Path = STATIC_DIR, frame_slots: int | None = None) -> Any:
     """The FastAPI app serving ``arsel.v1`` with engines from ``engines``. ``frame_slots``: frames
-    stepped at once across all sessions (default ``default_frame_slots``); a session waits for a
-    slot in arrival order (first come, first served), so every session with frames waiting steps one
-    frame per round and none starves, however cheap another session's frames are."""
+    stepped at once across all sessions (default ``default_frame_slots``), granted in turns
+    (``turns.TurnGate``): no session steps more than two frames ahead of the one furthest behind, so
+    sessions with frames waiting get the same frame rate, however cheap another session's frames are."""
     limits = limits or Limits()
     stats = ServerStats()
     slots = default_frame_slots() if frame_slots is None else frame_slots
     if slots < 1:
         raise ValueError(f"frame_slots must be >= 1, got {slots}")
-    gate = asyncio.Semaphore(slots)  # FIFO: a session re-asking queues behind those already waiting
+    gate = TurnGate(slots)
     app = FastAPI(title="arsel serve", docs_url=None, redoc_url=None)
     app.state.stats, app.state.engines, app.state.limits = stats, engines, limits
 
@@ -170,8 +171,9 @@ class _Session:
     """Glue between one WebSocket and its ``SessionCore`` (see the module docstring)."""
 
     def __init__(self, ws: Any, engines: EngineFactory, limits: Limits, stats: ServerStats,
-                 gate: asyncio.Semaphore) -> None:
-        self.ws, self.engines, self.limits, self.stats, self.gate = ws, engines, limits, stats, gate
+                 gate: TurnGate) -> None:
+        self.ws, self.engines, self.limits, self.stats = ws, engines, limits, stats
+        self.turn = gate.turn()
         self.id = uuid.uuid4().hex[:12]
         self.worker = ThreadPoolExecutor(1, thread_name_prefix=f"arsel-session-{self.id}")
         self.core: SessionCore | None = None
@@ -206,6 +208,7 @@ class _Session:
             self.stats.closing += 1
             processor.cancel()
             await asyncio.gather(processor, return_exceptions=True)
+            self.turn.close()
             self.queue.clear()
             core, self.core = self.core, None
             try:
@@ -349,7 +352,7 @@ class _Session:
             await self.wake.wait()
             self.wake.clear()
             while self.queue:
-                async with self.gate:  # one frame per slot turn; those that came meanwhile: the newest wins
+                async with self.turn:  # one frame per turn; those that came meanwhile: the newest wins
                     if not self.queue:
                         break
                     self._drop_oldest(len(self.queue) - 1)

@@ -61,8 +61,8 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-sessions", type=int, default=8, help="concurrent sessions (default 8)")
     p.add_argument("--max-inflight", type=int, default=2, help="frames in flight per session: the one being processed plus those waiting (default 2)")
     p.add_argument("--frame-slots", type=int, default=None, metavar="N",
-                   help="frames stepped at once across sessions, granted first come, first served "
-                        "(default: one per core, at most 8)")
+                   help="frames stepped at once across sessions, granted in turns so that sessions get "
+                        "the same frame rate (default: one per core, at most 8)")
     p.add_argument("--max-frame-mb", type=float, default=8.0, help="largest frame message in MiB (default 8)")
     p.add_argument("--max-image-side", type=int, default=4096, help="largest image width/height (default 4096)")
     p.add_argument("--max-messages-per-s", type=float, default=400.0, help="per-session message rate (default 400)")
