@@ -232,6 +232,7 @@ class StreamEngine:
         tp = self.tracker.prompt_for(obj, kf.frame_index, frame_hw)
         if tp is None:
             return self._empty(obj.object_id, frame, kf.frame_index, "lost")
+        confirmed = False  # a re-decode confirmed the tracking decode (guards.confirms)
         exp = None if tp.mode == "user" else guard_steps.expectation(self, obj, kf, motion, frame_hw, timings)
         if tp.mode == "reacquire" and exp is not None:
             result, low_res_logits = guard_steps.correct(self, obj, tp, exp, kf, motion, frame, timings, True)
@@ -244,11 +245,13 @@ class StreamEngine:
                 prompt_motion = obj.box_motion[1]  # the box is in the pixels of the frame it was found on
             result, low_res_logits = self._decode_prompt(tp, obj, kf, motion, frame, timings, prompt_motion)
             if exp is not None and result.status == "ok":
-                chk = guards.check(result.mask, exp, self.config.guard, rgb=frame.rgb)
+                chk = guards.check(result.mask, exp, self.config.guard, rgb=frame.rgb, keyframe_index=kf.frame_index)
                 result = replace(result, area_ratio=chk.area_ratio)
                 if not chk.passed:  # never reuse a decode that failed its check: it would fail again
                     obj.decode_cache = None
+                    failed = result.mask
                     result, low_res_logits = guard_steps.correct(self, obj, tp, exp, kf, motion, frame, timings, False)
+                    confirmed = result.found and guards.confirms(chk, failed, result.mask, self.config.guard)
             elif tp.mode == "reacquire" and result.status == "ok":
                 result = replace(result, status="reacquired")
         t0 = time.perf_counter()
@@ -260,7 +263,7 @@ class StreamEngine:
                 return MaskResult(obj.object_id, frame.index, kf.frame_index, np.zeros(frame_hw, bool),
                                   result.score, "lost", None, motion, result.area_ratio)
             obj.box_motion = (kf.frame_index, motion)
-            guard_steps.fold(self, obj, tp, exp, result.mask, frame, kf, motion)
+            guard_steps.fold(self, obj, tp, exp, result.mask, frame, kf, motion, confirmed)
             return MaskResult(obj.object_id, frame.index, kf.frame_index, result.mask, result.score, result.status,
                               obj.box_xyxy, motion, result.area_ratio)
         finally:

@@ -137,16 +137,18 @@ def correct(engine: Any, obj: TrackedObject, tp: TrackPrompt, exp: Expectation, 
 
 
 def fold(engine: Any, obj: TrackedObject, tp: TrackPrompt, exp: Expectation | None, mask: np.ndarray,
-         frame: Frame, kf: Keyframe, motion: MotionInfo) -> None:
+         frame: Frame, kf: Keyframe, motion: MotionInfo, confirmed: bool = False) -> None:
     """Fold an accepted mask into ``obj``'s guard state (a first find starts it: the anchor is the
-    user's first foreground point if the mask covers it, else the mask's interior point)."""
+    user's first foreground point if the mask covers it, else the mask's interior point).
+    ``confirmed``: a re-decode confirmed this frame's tracking decode (``guards.accept``)."""
     cfg = engine.config.guard
     if not cfg.enabled:
         return
     key_to_frame = _key_to_frame(motion)
     rgb, frame_index = frame.rgb, frame.index
     if obj.guard is not None and exp is not None:
-        guards.accept(obj.guard, exp, mask, rgb, frame_index, engine._small, kf.frame_index, key_to_frame, cfg)
+        guards.accept(obj.guard, exp, mask, rgb, frame_index, engine._small, kf.frame_index, key_to_frame, cfg,
+                      confirmed)
         return
     anchor = None
     pts, labels = tp.prompt.points_xy, tp.prompt.labels

@@ -10,6 +10,12 @@ than ``max_colour_dist`` (Bhattacharyya) from the object's: an occluder in front
 fits its place and size, not its colours. A failing mask is re-decoded from the expectation
 (``GuardConfig.strategy``, see ``correction_boxes``); candidates are scored by
 ``candidate_score`` and the best one is kept when it passes the check, else the object is lost.
+
+A re-decode that confirms a tracking decode failed on its area alone (the kept candidate's IoU
+with it >= ``confirm_iou``) says the reference is what is off on this keyframe, not the decode:
+the accepted mask's area becomes the reference of the object's tracking decodes until the
+keyframe changes (``GuardState.key_ref``), so a stale reference does not cost a re-decode on every
+frame of a keyframe. The long-term reference goes on as before and judges the next keyframe.
 """
 
 from __future__ import annotations
@@ -47,7 +53,9 @@ class GuardConfig:
     its order); None: all. A live server caps it to bound a correcting frame's time. ``staged``:
     "proposals" decodes the first box (the expected mask's own) alone and keeps it when it passes
     its check, decoding the others only when it fails (a decode costs about the same per prompt,
-    so most corrections cost one decode instead of all of them); False: all in one batch."""
+    so most corrections cost one decode instead of all of them); False: all in one batch.
+    ``confirm_iou``: IoU between a failed tracking decode and its accepted correction from which
+    the correction confirms it (see the module docstring); above 1 never."""
 
     enabled: bool = True
     min_area_ratio: float = 0.8
@@ -64,6 +72,7 @@ class GuardConfig:
     strategy: Strategy = "proposals"
     max_candidates: int | None = None
     staged: bool = False
+    confirm_iou: float = 0.9
 
     def __post_init__(self) -> None:
         if self.max_candidates is not None and self.max_candidates < 1:
@@ -75,6 +84,8 @@ class GuardConfig:
         if not 0 < lo <= self.min_area_ratio or hi < self.max_area_ratio:
             raise ValueError(f"fit_area_ratio must hold [min_area_ratio, max_area_ratio], "
                              f"got {self.fit_area_ratio}")
+        if self.confirm_iou <= 0:
+            raise ValueError(f"confirm_iou must be > 0 (above 1: never), got {self.confirm_iou}")
         if not 0 <= self.min_iou <= 1 or not 0 <= self.reacquire_min_iou <= 1:
             raise ValueError(f"min_iou and reacquire_min_iou must be in [0, 1], got {self.min_iou}, "
                              f"{self.reacquire_min_iou}")
@@ -103,18 +114,27 @@ class GuardState:
     grey: np.ndarray
     keyframe_index: int
     key_to_frame: np.ndarray
+    key_ref: tuple[int, float] | None = None  # (keyframe index, reference area px) of a confirmed decode
 
 
 @dataclass(frozen=True, slots=True)
 class Expectation:
     """What the current frame should show: the last good mask warped (``HxW bool``), the anchor
-    (``(2,)`` float32, current-frame pixels), the reference area (px) and the object's colour
-    histogram (float32 ``(8, 8, 8)``, sums to 1)."""
+    (``(2,)`` float32, current-frame pixels), the reference area (px), the object's colour
+    histogram (float32 ``(8, 8, 8)``, sums to 1) and the keyframe reference (``GuardState.key_ref``,
+    its area scaled as the reference's)."""
 
     mask: np.ndarray
     anchor_xy: np.ndarray
     ref_area_px: float
     colour_hist: np.ndarray
+    key_ref: tuple[int, float] | None = None
+
+    def tracking_ref_px(self, keyframe_index: int | None) -> float:
+        """The reference area a tracking decode on ``keyframe_index`` is judged against."""
+        if self.key_ref is not None and self.key_ref[0] == keyframe_index:
+            return self.key_ref[1]
+        return self.ref_area_px
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +168,10 @@ def expect(state: GuardState, matrix: np.ndarray, frame_hw: tuple[int, int]) -> 
     """The expectation in the current frame, ``matrix`` mapping the state's frame to it."""
     warped = warp_mask(np.asarray(state.mask, bool), matrix, frame_hw)
     before = float(state.mask.sum())
-    scale = float(warped.sum()) / before if before > 0 else 1.0
-    return Expectation(warped, map_point(state.anchor_xy, matrix), state.ref_area_px * max(scale, 1e-3),
-                       state.colour_hist)
+    scale = max(float(warped.sum()) / before if before > 0 else 1.0, 1e-3)
+    key_ref = None if state.key_ref is None else (state.key_ref[0], state.key_ref[1] * scale)
+    return Expectation(warped, map_point(state.anchor_xy, matrix), state.ref_area_px * scale,
+                       state.colour_hist, key_ref)
 
 
 def colour_hist(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -188,11 +209,12 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def check(mask: np.ndarray, exp: Expectation, config: GuardConfig, fit_min_iou: float | None = None,
-          rgb: np.ndarray | None = None) -> GuardCheck:
+          rgb: np.ndarray | None = None, keyframe_index: int | None = None) -> GuardCheck:
     """Judge ``mask`` (``HxW bool``, current frame ``rgb``; None skips the colours) against ``exp``:
-    a tracking decode (strict thresholds), or with ``fit_min_iou`` a re-decoded candidate
-    (``fit_area_ratio``)."""
-    ratio = float(np.count_nonzero(mask)) / max(exp.ref_area_px, 1.0)
+    a tracking decode on ``keyframe_index`` (strict thresholds, against ``tracking_ref_px``), or
+    with ``fit_min_iou`` a re-decoded candidate (``fit_area_ratio``, against the reference)."""
+    ref = exp.ref_area_px if fit_min_iou is not None else exp.tracking_ref_px(keyframe_index)
+    ratio = float(np.count_nonzero(mask)) / max(ref, 1.0)
     overlap = iou(mask, exp.mask)
     inside = anchor_inside(mask, exp.anchor_xy)
     lo, hi = (config.min_area_ratio, config.max_area_ratio) if fit_min_iou is None else config.fit_area_ratio
@@ -272,11 +294,26 @@ def recentre(mask: np.ndarray, anchor_xy: np.ndarray, pull: float = 0.5) -> np.n
     return np.array([x + x0, y + y0], np.float32)
 
 
+def confirms(failed: GuardCheck, failed_mask: np.ndarray, corrected: np.ndarray, config: GuardConfig) -> bool:
+    """Whether an accepted correction ``corrected`` confirms the tracking decode ``failed_mask``
+    that failed its check ``failed`` on its area alone (``HxW bool`` masks, current frame)."""
+    shape_ok = failed.iou >= config.min_iou and failed.anchor_inside and failed.colour_dist <= config.max_colour_dist
+    return bool(shape_ok and iou(failed_mask, corrected) >= config.confirm_iou)
+
+
 def accept(state: GuardState, exp: Expectation, mask: np.ndarray, rgb: np.ndarray, frame_index: int,
-           grey: np.ndarray, keyframe_index: int, key_to_frame: np.ndarray, config: GuardConfig) -> None:
+           grey: np.ndarray, keyframe_index: int, key_to_frame: np.ndarray, config: GuardConfig,
+           confirmed: bool = False) -> None:
     """Fold an accepted mask in: the anchor follows the motion, the reference area moves towards
-    the mask's by ``ref_rate``."""
+    the mask's by ``ref_rate``. ``confirmed`` (``confirms``): the mask's area becomes the
+    reference of tracking decodes on ``keyframe_index``; else a keyframe reference held is carried
+    on while the keyframe is the same."""
     area = float(np.count_nonzero(mask))
+    if confirmed:
+        state.key_ref = (keyframe_index, area)
+    else:
+        held = exp.key_ref
+        state.key_ref = held if held is not None and held[0] == keyframe_index else None
     state.ref_area_px = (1 - config.ref_rate) * exp.ref_area_px + config.ref_rate * area
     state.colour_hist = (1 - config.ref_rate) * exp.colour_hist + config.ref_rate * colour_hist(rgb, mask)
     state.mask, state.anchor_xy = mask, recentre(mask, exp.anchor_xy)
