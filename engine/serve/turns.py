@@ -6,8 +6,8 @@ frames are slow (a decode streak) holds one slot while the cheap sessions cycle 
 and gets a fraction of their frame rate. ``TurnGate`` instead counts the frames each session has
 started. A free slot goes to the waiting session that has started the fewest (ties: the one that
 has waited longest), and no session starts a frame more than ``lead`` frames ahead of the session
-furthest behind among those stepping or waiting, so over a stream the sessions' frame counts differ
-by at most ``lead``. A session with nothing to step does not hold the others back, and one that
+furthest behind among those stepping or waiting, so over a stream the sessions' frame counts stay
+within about ``lead`` of each other. A session with nothing to step does not hold the others back, and one that
 comes back (or joins) starts at most ``lead`` frames behind the furthest behind: a short head start,
 not a debt the others wait out.
 Event-loop only: every method runs on the loop that owns the gate (no locks).
