@@ -1,10 +1,11 @@
-"""A re-decode that confirms a tracking decode holds for the rest of its keyframe.
+"""A re-decode that confirms an object's first tracking decode on a keyframe holds for the rest of it.
 
 When an object really changes size (or a stale long-term reference area says it did not), every
 tracking decode on the new keyframe fails the guard's area check and is re-decoded, two decodes a
-frame, though the re-decode finds the same mask. Once a correction confirms the tracking decode,
-the accepted area is the reference of the tracking decodes on that keyframe; the long-term
-reference goes on and judges the next keyframe."""
+frame, though the re-decode finds the same mask. Once a correction confirms the keyframe's first
+tracking decode, the accepted area is the reference of the tracking decodes on that keyframe; the
+long-term reference goes on and judges the next keyframe. A mask that decays from frame to frame
+on one keyframe is never confirmed (``test_live_settings``: the half-swan point start still holds)."""
 
 from __future__ import annotations
 

@@ -11,11 +11,14 @@ fits its place and size, not its colours. A failing mask is re-decoded from the 
 (``GuardConfig.strategy``, see ``correction_boxes``); candidates are scored by
 ``candidate_score`` and the best one is kept when it passes the check, else the object is lost.
 
-A re-decode that confirms a tracking decode failed on its area alone (the kept candidate's IoU
-with it >= ``confirm_iou``) says the reference is what is off on this keyframe, not the decode:
-the accepted mask's area becomes the reference of the object's tracking decodes until the
-keyframe changes (``GuardState.key_ref``), so a stale reference does not cost a re-decode on every
-frame of a keyframe. The long-term reference goes on as before and judges the next keyframe.
+A new keyframe can show an object at another size than the old one did (an embedding many frames
+old, or a real change). When the object's first tracking decode on a keyframe fails on its area
+alone and the re-decode confirms it (the kept candidate's IoU with it >= ``confirm_iou``), the
+reference is what is off, not the decode: the accepted mask's area becomes the reference of the
+object's tracking decodes until the keyframe changes (``GuardState.key_ref``), so a stale
+reference does not cost a re-decode on every frame of the keyframe. Only a keyframe's first decode
+is confirmed: a mask that shrinks or grows from frame to frame on one embedding is drift, judged
+and corrected as before. The long-term reference goes on as before and judges the next keyframe.
 """
 
 from __future__ import annotations
@@ -54,8 +57,8 @@ class GuardConfig:
     "proposals" decodes the first box (the expected mask's own) alone and keeps it when it passes
     its check, decoding the others only when it fails (a decode costs about the same per prompt,
     so most corrections cost one decode instead of all of them); False: all in one batch.
-    ``confirm_iou``: IoU between a failed tracking decode and its accepted correction from which
-    the correction confirms it (see the module docstring); above 1 never."""
+    ``confirm_iou``: IoU between an object's first tracking decode on a keyframe, failed, and its
+    accepted correction from which the correction confirms it (see the module docstring); above 1 never."""
 
     enabled: bool = True
     min_area_ratio: float = 0.8
