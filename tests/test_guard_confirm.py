@@ -1,20 +1,24 @@
-"""A re-decode that confirms an object's first tracking decode on a keyframe holds for the rest of it.
+"""A re-decode that confirms a tracking decode holds for the rest of the keyframe.
 
 When an object really changes size (or a stale long-term reference area says it did not), every
-tracking decode on the new keyframe fails the guard's area check and is re-decoded, two decodes a
+tracking decode on the keyframe fails the guard's area check and is re-decoded, two decodes a
 frame, though the re-decode finds the same mask. Once a correction confirms the keyframe's first
-tracking decode, the accepted area is the reference of the tracking decodes on that keyframe; the
-long-term reference goes on and judges the next keyframe. A mask that decays from frame to frame
-on one keyframe is never confirmed (``test_live_settings``: the half-swan point start still holds)."""
+tracking decode, or a later one while coming no nearer the reference than it, the accepted area is
+the reference of the tracking decodes on that keyframe; the long-term reference goes on and judges
+the next keyframe. A mask that decays from frame to frame on one keyframe while its corrections
+hold it up is never confirmed (``test_live_settings``: the half-swan point start still holds)"""
 
 from __future__ import annotations
+
+import argparse
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from engine.stream.engine import EngineConfig, StreamEngine
 from engine.stream.events import Prompt
-from engine.stream.guards import GuardConfig, GuardState, accept, check, colour_hist, confirms, expect
+from engine.stream.guards import GuardConfig, GuardState, accept, check, colour_hist, confirms, expect, iou
 from engine.stream.scheduler import KeyframePolicy
 from engine.types import Frame
 from tests.stream_fakes import FakeSegmenter, fake_spec, green_mask, green_scene
@@ -78,11 +82,22 @@ def test_keyframe_reference_rules() -> None:
     exp = expect(st, np.eye(3), HW)
     failed = check(small, exp, cfg, rgb=big_rgb, keyframe_index=12)
     assert not failed.passed and failed.iou >= cfg.min_iou and failed.anchor_inside  # its area alone
-    assert confirms(failed, small, small, cfg)
+    assert confirms(failed, small, small, cfg, first=True)
     shifted = np.roll(small, 40, axis=1)
-    assert not confirms(failed, small, shifted, cfg)  # the correction found another mask
+    assert not confirms(failed, small, shifted, cfg, first=True)  # the correction found another mask
+    assert failed.shape_ok and failed.ref_px == pytest.approx(big.sum())
+    # later on the keyframe: only a correction no nearer the reference than the decode confirms it
+    _, nearer = green_scene(HW, radius_px=52.0)  # agrees with the decode (IoU 0.92), but nearer the big disc
+    _, smaller = green_scene(HW, radius_px=49.0)  # agrees (IoU 0.96), no nearer
+    assert iou(small, nearer) >= cfg.confirm_iou and iou(small, smaller) >= cfg.confirm_iou
+    assert confirms(failed, small, nearer, cfg, first=True)
+    assert not confirms(failed, small, nearer, cfg, first=False)  # the correction holds the object up: drift
+    assert confirms(failed, small, smaller, cfg, first=False)  # the embedding has nothing nearer to give
+    assert confirms(failed, small, small, cfg, first=False)
     off_anchor = check(np.roll(small, 200, axis=1), exp, cfg, rgb=big_rgb, keyframe_index=12)
-    assert not confirms(off_anchor, np.roll(small, 200, axis=1), np.roll(small, 200, axis=1), cfg)
+    assert not off_anchor.shape_ok
+    assert not confirms(off_anchor, np.roll(small, 200, axis=1), np.roll(small, 200, axis=1), cfg,
+                        first=True)
     accept(st, exp, small, big_rgb, 12, st.grey, 12, np.eye(3), cfg, confirmed=True)
     assert st.key_ref == (12, float(small.sum()))
     assert st.ref_area_px == pytest.approx(0.95 * big.sum() + 0.05 * small.sum())  # long-term: as before
@@ -100,3 +115,34 @@ def test_keyframe_reference_rules() -> None:
     assert st.key_ref is None  # a new keyframe drops it
     with pytest.raises(ValueError, match="confirm_iou"):
         GuardConfig(confirm_iou=0.0)
+
+
+def test_a_correction_no_nearer_its_reference_confirms_later_decodes(data_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """DAVIS camel from a point under one client's live schedule (``bench_live`` 2:33, embeddings
+    over 30 frames old): the point start's tracking decodes fail on their area for frames on end,
+    and each correction finds the same mask again, no nearer its reference. Confirming those
+    later decodes too (not only a keyframe's first) saves corrections at the same J."""
+    from engine.models.registry import get_spec
+    from engine.serve.cli import LIVE_MAX_CORRECTION_DECODES, LIVE_REUSE_DECODE_PX, LIVE_ROI_MARGIN, engine_config
+    from engine.stream import guards
+    from engine.stream.evaluate import CachingBackend
+    from engine.stream.live_eval import evaluate_live
+    from tests.test_live_settings import _lite_medsam_torch
+
+    backend = CachingBackend(_lite_medsam_torch())
+    config = engine_config(argparse.Namespace(reuse_decode_px=LIVE_REUSE_DECODE_PX,
+                                              max_correction_decodes=LIVE_MAX_CORRECTION_DECODES,
+                                              roi_margin=LIVE_ROI_MARGIN))
+    runs = {}
+    confirms_any = guards.confirms
+    for rule in ("first and later", "first only"):
+        if rule == "first only":
+            monkeypatch.setattr(guards, "confirms", lambda chk, a, b, cfg, first: first and confirms_any(chk, a, b, cfg,
+                                                                                                        first))
+        eng = StreamEngine(backend, get_spec("lite_medsam"), KeyframePolicy(interval=5), config=config)
+        ev = evaluate_live(eng, data_dir / "davis2016" / "camel", stride=2, delay=33, frames=90, start="point")
+        runs[rule] = (ev.mean_j_after_first, ev.status_counts().get("drift_corrected", 0))
+    (j_new, corrected_new), (j_old, corrected_old) = runs["first and later"], runs["first only"]
+    assert corrected_new <= corrected_old - 3, runs
+    assert j_new >= j_old - 0.01, runs

@@ -232,7 +232,7 @@ class StreamEngine:
         tp = self.tracker.prompt_for(obj, kf.frame_index, frame_hw)
         if tp is None:
             return self._empty(obj.object_id, frame, kf.frame_index, "lost")
-        confirmed = False  # the object's first decode on this keyframe, confirmed by a re-decode (guards.confirms)
+        confirmed = False  # a tracking decode failed on its area, confirmed by its re-decode (guards.confirms)
         exp = None if tp.mode == "user" else guard_steps.expectation(self, obj, kf, motion, frame_hw, timings)
         if tp.mode == "reacquire" and exp is not None:
             result, low_res_logits = guard_steps.correct(self, obj, tp, exp, kf, motion, frame, timings, True)
@@ -251,7 +251,7 @@ class StreamEngine:
                     obj.decode_cache = None
                     failed, first = result.mask, obj.guard is not None and obj.guard.keyframe_index != kf.frame_index
                     result, low_res_logits = guard_steps.correct(self, obj, tp, exp, kf, motion, frame, timings, False)
-                    confirmed = first and result.found and guards.confirms(chk, failed, result.mask, self.config.guard)
+                    confirmed = result.found and guards.confirms(chk, failed, result.mask, self.config.guard, first)
             elif tp.mode == "reacquire" and result.status == "ok":
                 result = replace(result, status="reacquired")
         t0 = time.perf_counter()

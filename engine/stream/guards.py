@@ -12,13 +12,15 @@ fits its place and size, not its colours. A failing mask is re-decoded from the 
 ``candidate_score`` and the best one is kept when it passes the check, else the object is lost.
 
 A new keyframe can show an object at another size than the old one did (an embedding many frames
-old, or a real change). When the object's first tracking decode on a keyframe fails on its area
-alone and the re-decode confirms it (the kept candidate's IoU with it >= ``confirm_iou``), the
-reference is what is off, not the decode: the accepted mask's area becomes the reference of the
-object's tracking decodes until the keyframe changes (``GuardState.key_ref``), so a stale
-reference does not cost a re-decode on every frame of the keyframe. Only a keyframe's first decode
-is confirmed: a mask that shrinks or grows from frame to frame on one embedding is drift, judged
-and corrected as before. The long-term reference goes on as before and judges the next keyframe.
+old, or a real change). When a tracking decode fails on its area alone and the re-decode agrees
+with it (the kept candidate's IoU with it >= ``confirm_iou``), the re-decode confirms it when
+either it is the object's first tracking decode on the keyframe, or the re-decode came no closer
+to the reference area than the decode did: the embedding then holds no mask nearer the reference
+to find, and a re-decode on every frame of the keyframe would find the same mask again. The
+accepted mask's area becomes the reference of the object's tracking decodes until the keyframe
+changes (``GuardState.key_ref``). A mask that shrinks from frame to frame while re-decodes still
+find it nearer its reference (the point start that decays) is drift, judged and corrected as
+before. The long-term reference goes on as before and judges the next keyframe.
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ class GuardConfig:
     "proposals" decodes the first box (the expected mask's own) alone and keeps it when it passes
     its check, decoding the others only when it fails (a decode costs about the same per prompt,
     so most corrections cost one decode instead of all of them); False: all in one batch.
-    ``confirm_iou``: IoU between an object's first tracking decode on a keyframe, failed, and its
-    accepted correction from which the correction confirms it (see the module docstring); above 1 never."""
+    ``confirm_iou``: IoU between a tracking decode failed on its area alone and its accepted
+    correction from which the correction may confirm it (``confirms``); above 1 never."""
 
     enabled: bool = True
     min_area_ratio: float = 0.8
@@ -142,14 +144,17 @@ class Expectation:
 
 @dataclass(frozen=True, slots=True)
 class GuardCheck:
-    """A mask against the expectation: area ratio to the reference, IoU with the expected mask,
-    whether it covers the anchor, the verdict, and the colour histogram distance."""
+    """A mask against the expectation: area ratio to the reference (``ref_px``, px), IoU with the
+    expected mask, whether it covers the anchor, the verdict, the colour histogram distance, and
+    whether all but the area passed (``shape_ok``)."""
 
     area_ratio: float
     iou: float
     anchor_inside: bool
     passed: bool
     colour_dist: float = 0.0
+    shape_ok: bool = False
+    ref_px: float = 0.0
 
 
 def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -223,8 +228,8 @@ def check(mask: np.ndarray, exp: Expectation, config: GuardConfig, fit_min_iou: 
     lo, hi = (config.min_area_ratio, config.max_area_ratio) if fit_min_iou is None else config.fit_area_ratio
     need = config.min_iou if fit_min_iou is None else fit_min_iou
     colours = 0.0 if rgb is None else colour_dist(colour_hist(rgb, mask), exp.colour_hist)
-    passed = bool(lo <= ratio <= hi and overlap >= need and inside and colours <= config.max_colour_dist)
-    return GuardCheck(ratio, overlap, inside, passed, colours)
+    shape_ok = bool(overlap >= need and inside and colours <= config.max_colour_dist)
+    return GuardCheck(ratio, overlap, inside, shape_ok and lo <= ratio <= hi, colours, shape_ok, ref)
 
 
 def candidate_score(chk: GuardCheck) -> float:
@@ -297,11 +302,16 @@ def recentre(mask: np.ndarray, anchor_xy: np.ndarray, pull: float = 0.5) -> np.n
     return np.array([x + x0, y + y0], np.float32)
 
 
-def confirms(failed: GuardCheck, failed_mask: np.ndarray, corrected: np.ndarray, config: GuardConfig) -> bool:
+def confirms(failed: GuardCheck, failed_mask: np.ndarray, corrected: np.ndarray, config: GuardConfig,
+             first: bool) -> bool:
     """Whether an accepted correction ``corrected`` confirms the tracking decode ``failed_mask``
-    that failed its check ``failed`` on its area alone (``HxW bool`` masks, current frame)."""
-    shape_ok = failed.iou >= config.min_iou and failed.anchor_inside and failed.colour_dist <= config.max_colour_dist
-    return bool(shape_ok and iou(failed_mask, corrected) >= config.confirm_iou)
+    that failed its check ``failed`` on its area alone (``HxW bool`` masks, current frame): they
+    agree (IoU >= ``confirm_iou``), and ``first`` (the object's first tracking decode on this
+    keyframe) or the correction's area is no nearer the reference than the decode's."""
+    if not failed.shape_ok or iou(failed_mask, corrected) < config.confirm_iou:
+        return False
+    ref = failed.ref_px
+    return first or abs(np.count_nonzero(corrected) - ref) >= abs(np.count_nonzero(failed_mask) - ref)
 
 
 def accept(state: GuardState, exp: Expectation, mask: np.ndarray, rgb: np.ndarray, frame_index: int,
