@@ -6,12 +6,13 @@ frame, though the re-decode finds the same mask. Once a correction confirms the 
 tracking decode, or a later one while coming no nearer the reference than it, the accepted area is
 the reference of the tracking decodes on that keyframe; the long-term reference goes on and judges
 the next keyframe. A mask that decays from frame to frame on one keyframe while its corrections
-hold it up is never confirmed (``test_live_settings``: the half-swan point start still holds)"""
+hold it up is never confirmed (``test_live_settings``: the half-swan point start still holds)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -134,12 +135,15 @@ def test_a_correction_no_nearer_its_reference_confirms_later_decodes(data_dir: P
     config = engine_config(argparse.Namespace(reuse_decode_px=LIVE_REUSE_DECODE_PX,
                                               max_correction_decodes=LIVE_MAX_CORRECTION_DECODES,
                                               roi_margin=LIVE_ROI_MARGIN))
-    runs = {}
     confirms_any = guards.confirms
+
+    def first_only(chk: Any, failed: np.ndarray, corrected: np.ndarray, cfg: GuardConfig, first: bool) -> bool:
+        return first and confirms_any(chk, failed, corrected, cfg, first)
+
+    runs = {}
     for rule in ("first and later", "first only"):
         if rule == "first only":
-            monkeypatch.setattr(guards, "confirms", lambda chk, a, b, cfg, first: first and confirms_any(chk, a, b, cfg,
-                                                                                                        first))
+            monkeypatch.setattr(guards, "confirms", first_only)
         eng = StreamEngine(backend, get_spec("lite_medsam"), KeyframePolicy(interval=5), config=config)
         ev = evaluate_live(eng, data_dir / "davis2016" / "camel", stride=2, delay=33, frames=90, start="point")
         runs[rule] = (ev.mean_j_after_first, ev.status_counts().get("drift_corrected", 0))
