@@ -169,6 +169,7 @@ def _require_server_libs() -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from engine.serve.app import create_app
     from engine.serve.engines import LocalEngines
+    from engine.serve.session import freeze_loaded_objects
 
     limits = check_args(args)
     _require_server_libs()
@@ -186,6 +187,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                             ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, **ws_options(limits))
     server = uvicorn.Server(config)
+    freeze_loaded_objects()
     sock = config.bind_socket()
     sock.listen(config.backlog)  # connections from the moment the URL is printed wait, not fail
     scheme = "https" if args.tls_cert else "http"

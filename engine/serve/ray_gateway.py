@@ -122,6 +122,7 @@ class Gateway:
     def __init__(self, encoder: Any, settings: GatewaySettings) -> None:
         from engine.backends.factory import create_backend, resolve_auto
         from engine.models.registry import get_spec
+        from engine.serve.session import freeze_loaded_objects
         from engine.threads import apply_threads
 
         name = resolve_auto(settings.device) if settings.backend == "auto" else settings.backend
@@ -139,6 +140,7 @@ class Gateway:
         self.engines = RayEngines(backend, get_spec(settings.model), settings.model, policy=settings.policy,
                                   async_encoder=settings.async_encoder, config=settings.config, encoder=encoder,
                                   encoder_url=settings.encoder_url)
+        freeze_loaded_objects()  # as arsel serve: full collections walk only the sessions' objects
 
     def __serve_build_asgi_app__(self) -> Any:
         from engine.serve.app import create_app

@@ -322,3 +322,15 @@ def release_memory() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except (OSError, AttributeError):
             pass
+
+
+def freeze_loaded_objects() -> None:
+    """Collect, then move every object alive now (the loaded model, torch's and the other libraries'
+    modules) into the collector's permanent generation (``gc.freeze``): a full collection during
+    streaming then walks only what the sessions made since. Without it, such a collection walks
+    the whole process while holding the GIL on whichever session thread set it off, stalling every
+    session. Call once, after loading and before serving."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
